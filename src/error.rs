@@ -1,0 +1,180 @@
+//! The crate's one error type.
+//!
+//! Every variant names the step that failed and carries the address or path involved, so a
+//! message such as "tracker 127.0.0.1:12340 did not answer after 4 tries" can be printed as
+//! is. Causes travel in `source`, never in the message.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The result type used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a tracker, a node or the wire format.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A socket could not be bound to the configured address.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+
+    /// Sending to or receiving from the tracker failed at the socket level.
+    #[error("talking to tracker {addr}")]
+    TrackerIo {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+
+    /// The tracker never answered.
+    #[error("tracker {addr} did not answer after {tries} tries")]
+    TrackerUnreachable {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// How many requests were sent.
+        tries: u32,
+    },
+
+    /// The tracker answered, but refused the request.
+    #[error("tracker {addr} refused the request: {reason}")]
+    TrackerRejected {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// The tracker's words.
+        reason: String,
+    },
+
+    /// No node owns the file, or every owner failed.
+    #[error("no node owns {file}")]
+    NoOwners {
+        /// The file asked for.
+        file: String,
+    },
+
+    /// Every owner failed before the file was complete.
+    #[error("{file}: every owner failed with {missing} of {total} pieces still missing")]
+    OwnersExhausted {
+        /// The file being downloaded.
+        file: String,
+        /// Pieces not yet verified.
+        missing: u32,
+        /// Pieces in the file.
+        total: u32,
+    },
+
+    /// A file name is not a plain name: it has a separator, `..`, a NUL or is empty.
+    #[error("{name:?} is not a plain file name")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+    },
+
+    /// The download target already exists; it is never overwritten.
+    #[error("{file} already exists in {}", dir.display())]
+    AlreadyExists {
+        /// The file name.
+        file: String,
+        /// The node's folder.
+        dir: PathBuf,
+    },
+
+    /// The file is already being downloaded by this node.
+    #[error("{file} is already being downloaded")]
+    AlreadyDownloading {
+        /// The file name.
+        file: String,
+    },
+
+    /// A file to share is not a regular file in the node's folder.
+    #[error("{} is not a regular file", path.display())]
+    NotAFile {
+        /// The path involved.
+        path: PathBuf,
+    },
+
+    /// Reading or writing a file failed.
+    #[error("{op} {}", path.display())]
+    File {
+        /// What was being done ("reading", "writing", "renaming" ...).
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+
+    /// A connection to a peer failed or broke.
+    #[error("peer {addr}: {op}")]
+    PeerIo {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// What was being done ("connecting", "reading frame" ...).
+        op: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+
+    /// A peer broke the protocol or refused a request.
+    #[error("peer {addr}: {reason}")]
+    Peer {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// What it did wrong, or its stated reason.
+        reason: String,
+    },
+
+    /// A piece failed verification.
+    #[error("piece {piece} of {file} from {addr} failed verification")]
+    HashMismatch {
+        /// The file being downloaded.
+        file: String,
+        /// The piece index.
+        piece: u32,
+        /// The owner that sent it.
+        addr: SocketAddr,
+    },
+
+    /// A frame or datagram could not be decoded.
+    #[error("malformed message: {0}")]
+    Decode(#[from] postcard::Error),
+
+    /// A frame announced a length above the hard limit; nothing was allocated for it.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// The announced length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+
+    /// A stream ended in the middle of a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+
+    /// Reading or writing a frame failed at the stream level.
+    #[error("frame i/o")]
+    FrameIo(#[source] io::Error),
+
+    /// The other side speaks another protocol or version.
+    #[error("handshake: {0}")]
+    Handshake(String),
+
+    /// Invalid parameters for an arithmetic helper, e.g. zero owners.
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(&'static str),
+
+    /// A thread of a tracker or node panicked.
+    #[error("thread {0} panicked")]
+    ThreadPanicked(String),
+
+    /// The node or tracker was shut down before the request finished.
+    #[error("shut down")]
+    Shutdown,
+}

@@ -1,0 +1,62 @@
+//! Tracker-coordinated peer-to-peer file distribution: every piece verified, fetched from
+//! several owners at once, with memory bounded by the pieces in flight.
+//!
+//! A [`Tracker`] keeps which nodes own which files. A [`Node`] shares files from its folder
+//! and downloads files from other nodes: it asks the tracker for the owners, asks one for
+//! the size and the BLAKE3 hash of every piece, divides the pieces among the owners, fetches
+//! them in parallel, verifies each piece before writing it, and renames the finished file
+//! into place. Both are handles over threads they own, driven by channels; dropping a
+//! handle shuts it down.
+//!
+//! # Layout
+//!
+//! - [`messages`]: every wire type and the framing; the one place bytes become messages.
+//! - [`split`]: pure arithmetic: a size divided among owners, and the piece layout of a file.
+//! - [`manifest`]: a file's piece hashes and the content id that commits to them.
+//! - [`tracker`]: the tracker's owner table, its UDP service and the [`TrackerClient`].
+//! - [`node`]: the node: serving peers, scheduling and verifying downloads.
+//! - [`error`]: the one [`Error`] type.
+//!
+//! # Example
+//!
+//! A tracker and two nodes on `127.0.0.1`, moving one file:
+//!
+//! ```
+//! use p2ptorrent::{Node, NodeConfig, Tracker, TrackerConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (tracker, _table_events) = Tracker::start(TrackerConfig::new("127.0.0.1:0".parse()?))?;
+//! let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
+//! std::fs::write(dirs.0.path().join("hello.txt"), b"hello, swarm")?;
+//!
+//! let config = |name, dir: &std::path::Path| {
+//!     NodeConfig::new(name, dir)
+//!         .listen("127.0.0.1:0".parse().unwrap())
+//!         .tracker(tracker.local_addr())
+//! };
+//! let (a, _a_events) = Node::start(config("A", dirs.0.path()))?;
+//! let (b, _b_events) = Node::start(config("B", dirs.1.path()))?;
+//!
+//! a.share("hello.txt")?;
+//! let report = b.download("hello.txt")?.wait()?;
+//! assert_eq!(std::fs::read(&report.path)?, b"hello, swarm");
+//!
+//! b.shutdown()?;
+//! a.shutdown()?;
+//! tracker.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod manifest;
+pub mod messages;
+pub mod node;
+pub mod split;
+pub mod tracker;
+
+pub use error::{Error, Result};
+pub use node::{Download, DownloadReport, Event, Node, NodeConfig, ShareReport, Status};
+pub use tracker::{Snapshot, Tracker, TrackerClient, TrackerConfig, TrackerEvent};

@@ -1,0 +1,701 @@
+//! The wire format: every message a tracker or node sends, and the one place bytes become
+//! messages.
+//!
+//! The original's four message types map onto these:
+//!
+//! - **NodeToTracker** ([`NodeToTracker`]): `Have` (I own this file), `Need` (who owns
+//!   it?), `Search` and `Exit`, sent to the tracker over UDP inside a [`TrackerRequest`].
+//! - **TrackerToNode** ([`TrackerToNode`]): the owner list, search hits, an acknowledgement
+//!   or a refusal, inside a [`TrackerReply`] that echoes the request's transaction id.
+//! - **SizeInformation** ([`Message::SizeRequest`] / [`Message::SizeInfo`]): where the
+//!   original sent `size = -1` to ask, a node sends a `SizeRequest` and the owner answers
+//!   with the size, the piece size, the BLAKE3 hash of every piece and the content id, or
+//!   with [`Message::Refused`].
+//! - **FileCommunication** ([`Message::Request`] / [`Message::Data`]): a request for a
+//!   byte range of one piece, answered by a `Data` header followed by the raw bytes.
+//!
+//! Peer traffic runs over TCP as frames: a 4-byte big-endian length, then the postcard
+//! body. File data never passes through serde: a [`Message::Data`] frame is followed on the
+//! stream by exactly `len` raw bytes. Tracker traffic is one postcard datagram each way.
+//! Every length a peer states is checked against a hard limit before anything is
+//! allocated for it.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::split::MAX_PIECE_SIZE;
+
+/// Version of the tracker and peer protocols; both sides must agree.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// First bytes of every peer handshake.
+pub const MAGIC: [u8; 4] = *b"P2PT";
+/// Largest control frame (everything but raw piece data): room for the piece list of the
+/// largest file [`crate::split::Geometry`] allows.
+pub const MAX_FRAME_LEN: u32 = 8 * 1024 * 1024;
+/// Largest raw payload after a [`Message::Data`] header: one whole piece.
+pub const MAX_DATA_LEN: u32 = MAX_PIECE_SIZE;
+/// Largest tracker datagram, in either direction.
+pub const MAX_DATAGRAM_LEN: usize = 65_507;
+/// Longest file name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest node name, in bytes.
+pub const MAX_NODE_NAME_LEN: usize = 64;
+
+/// Identifies a file's content: the BLAKE3 hash of its size, piece size and piece hashes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContentId(pub [u8; 32]);
+
+impl fmt::Display for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short: String = self.to_string().chars().take(12).collect();
+        write!(f, "ContentId({short}…)")
+    }
+}
+
+/// A node's cumulative transfer counters, reported to the tracker with every `Have`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Files this node has sent at least one piece of, counted once per peer.
+    pub files_sent: u64,
+    /// Files this node has downloaded completely.
+    pub files_received: u64,
+    /// Piece bytes sent to peers.
+    pub bytes_sent: u64,
+    /// Verified piece bytes received from peers.
+    pub bytes_received: u64,
+}
+
+/// A node's claim to own (part of) a file: the original's `have`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    /// The node's name, for people reading the table.
+    pub node: String,
+    /// The TCP port the node serves on; the tracker pairs it with the datagram's source IP.
+    pub port: u16,
+    /// The file's plain name.
+    pub file: String,
+    /// The file's content id.
+    pub content: ContentId,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// How many pieces the node holds verified.
+    pub pieces: u32,
+    /// Whether the node holds every piece.
+    pub complete: bool,
+    /// The node's counters.
+    pub counters: Counters,
+}
+
+/// A request from a node to the tracker: the original's NodeToTracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeToTracker {
+    /// Adds or refreshes the sender as an owner of a file (mode `have`).
+    Have(Announce),
+    /// Asks for the owners of a file (mode `need`).
+    Need {
+        /// The file's plain name.
+        file: String,
+        /// How many owners the node wants at most.
+        numwant: u16,
+    },
+    /// Asks which files match a pattern, and who owns them.
+    Search {
+        /// A case-insensitive substring of the file names wanted; empty lists everything.
+        pattern: String,
+    },
+    /// Removes the sender from every file it owns (mode `exit`).
+    Exit {
+        /// The TCP port the node served on.
+        port: u16,
+    },
+}
+
+/// One owner of a file, as the tracker lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerInfo {
+    /// The owner's node name.
+    pub node: String,
+    /// Where the owner serves: the source IP the tracker saw, with the announced port.
+    pub addr: SocketAddr,
+    /// How many files the owner has sent: the original's "upload count".
+    pub uploads: u64,
+    /// Whether the owner holds every piece.
+    pub complete: bool,
+}
+
+/// One file that matched a search.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The file's plain name.
+    pub file: String,
+    /// The file's content id.
+    pub content: ContentId,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// How many owners the tracker knows, which may exceed `owners.len()`.
+    pub owner_count: u32,
+    /// The best owners, best first, capped.
+    pub owners: Vec<OwnerInfo>,
+}
+
+/// A tracker's answer: the original's TrackerToNode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerToNode {
+    /// Acknowledges `Have` or `Exit`, and says how often to re-announce.
+    Ack {
+        /// Seconds between re-announces.
+        interval_secs: u32,
+    },
+    /// The owners of a file, best first, capped at the request's `numwant`.
+    Owners {
+        /// The file's plain name.
+        file: String,
+        /// The content id most owners announce under this name.
+        content: ContentId,
+        /// The file's size.
+        size: u64,
+        /// The owners, best first.
+        owners: Vec<OwnerInfo>,
+        /// Seconds between re-announces.
+        interval_secs: u32,
+    },
+    /// No node owns the file asked for with `Need`.
+    NotFound {
+        /// The file asked for.
+        file: String,
+    },
+    /// Files that matched a search, by name.
+    SearchResults {
+        /// The hits, capped.
+        hits: Vec<SearchHit>,
+    },
+    /// The request was refused.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A datagram from a node to the tracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerRequest {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// A random id the reply echoes, so stale or stray replies are ignored.
+    pub txid: u64,
+    /// The request itself.
+    pub body: NodeToTracker,
+}
+
+/// A datagram from the tracker to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerReply {
+    /// The tracker's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The transaction id of the request answered.
+    pub txid: u64,
+    /// The answer.
+    pub body: TrackerToNode,
+}
+
+/// The size and piece list of a file: the original's SizeInformation answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeInformation {
+    /// The file's plain name.
+    pub file: String,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The size of every piece but the last.
+    pub piece_size: u32,
+    /// The BLAKE3 hash of every piece, or empty if the request asked without hashes.
+    pub hashes: Vec<[u8; 32]>,
+    /// The content id, which commits to the size, piece size and hashes.
+    pub content: ContentId,
+}
+
+/// A frame between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Opens a connection in each direction.
+    Hello {
+        /// Must equal [`MAGIC`].
+        magic: [u8; 4],
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The sender's node name.
+        node: String,
+    },
+    /// Asks for a file's [`SizeInformation`] (the original's `size = -1`).
+    SizeRequest {
+        /// The file's plain name.
+        file: String,
+        /// Whether to include the piece hashes (the first owner asked sends them; the
+        /// others only confirm the content id).
+        hashes: bool,
+    },
+    /// Answers a `SizeRequest`; a [`Message::Bitfield`] follows.
+    SizeInfo(SizeInformation),
+    /// Which pieces of a file the sender holds: bit `i` of byte `i / 8`, most significant
+    /// bit first.
+    Bitfield {
+        /// The file's content id.
+        content: ContentId,
+        /// The bits, `ceil(pieces / 8)` bytes.
+        bits: Vec<u8>,
+    },
+    /// A `SizeRequest` was refused.
+    Refused {
+        /// The file asked for.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// Asks for `len` bytes at `offset` within piece `piece` (FileCommunication).
+    Request {
+        /// The file's content id.
+        content: ContentId,
+        /// The piece index.
+        piece: u32,
+        /// The offset within the piece.
+        offset: u32,
+        /// How many bytes.
+        len: u32,
+    },
+    /// Answers a `Request`; exactly `len` raw bytes follow the frame on the stream.
+    Data {
+        /// The file's content id.
+        content: ContentId,
+        /// The piece index.
+        piece: u32,
+        /// The offset within the piece.
+        offset: u32,
+        /// How many raw bytes follow, at most [`MAX_DATA_LEN`].
+        len: u32,
+    },
+    /// A request was refused; the sender closes the connection after it.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Checks that `name` is a plain file name, safe to join to a node's folder.
+///
+/// A plain name is 1 to [`MAX_NAME_LEN`] bytes with no `/`, `\`, NUL or control
+/// character, and is not `.` or `..`. Absolute paths and traversal fail the separator
+/// rule.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`] naming the offending name.
+pub fn check_file_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        return Err(Error::InvalidName { name: name.into() });
+    }
+    Ok(())
+}
+
+/// Writes one frame: a 4-byte big-endian length, then the postcard body.
+///
+/// For a [`Message::Data`] frame the caller writes the `len` payload bytes next.
+///
+/// # Errors
+///
+/// [`Error::FrameIo`] if writing fails, [`Error::FrameTooLarge`] if the body would exceed
+/// [`MAX_FRAME_LEN`].
+pub fn write_frame(w: &mut impl Write, msg: &Message) -> Result<()> {
+    let mut buf = postcard::to_extend(msg, vec![0u8; 4])?;
+    let len = buf.len() - 4;
+    if len > MAX_FRAME_LEN as usize {
+        return Err(Error::FrameTooLarge {
+            len: len as u64,
+            max: u64::from(MAX_FRAME_LEN),
+        });
+    }
+    buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    w.write_all(&buf).map_err(Error::FrameIo)
+}
+
+/// Reads one frame.
+///
+/// Returns `Ok(None)` if and only if the stream ended cleanly on a frame boundary. A
+/// [`Message::Data`] header is checked here: its `len` must not exceed [`MAX_DATA_LEN`];
+/// the caller then reads the payload with [`read_payload`].
+///
+/// # Errors
+///
+/// [`Error::FrameTooLarge`] before allocating if the length prefix exceeds
+/// [`MAX_FRAME_LEN`], [`Error::Truncated`] if the stream ends inside a frame,
+/// [`Error::Decode`] if the body is not a valid message, [`Error::FrameIo`] otherwise.
+pub fn read_frame(r: &mut impl Read) -> Result<Option<Message>> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(Error::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::FrameIo(e)),
+        }
+    }
+    let len = u32::from_be_bytes(prefix);
+    if len > MAX_FRAME_LEN {
+        return Err(Error::FrameTooLarge {
+            len: u64::from(len),
+            max: u64::from(MAX_FRAME_LEN),
+        });
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).map_err(eof_is_truncation)?;
+    let msg: Message = postcard::from_bytes(&body)?;
+    if let Message::Data { len, .. } = msg
+        && len > MAX_DATA_LEN
+    {
+        return Err(Error::FrameTooLarge {
+            len: u64::from(len),
+            max: u64::from(MAX_DATA_LEN),
+        });
+    }
+    Ok(Some(msg))
+}
+
+/// Reads the raw payload that follows a [`Message::Data`] header into `buf`, filling it.
+///
+/// # Errors
+///
+/// [`Error::Truncated`] if the stream ends first, [`Error::FrameIo`] otherwise.
+pub fn read_payload(r: &mut impl Read, buf: &mut [u8]) -> Result<()> {
+    r.read_exact(buf).map_err(eof_is_truncation)
+}
+
+/// Encodes a tracker request as one datagram.
+///
+/// # Errors
+///
+/// [`Error::Decode`] if encoding fails (it cannot for well-formed values).
+pub fn encode_request(req: &TrackerRequest) -> Result<Vec<u8>> {
+    Ok(postcard::to_stdvec(req)?)
+}
+
+/// Decodes a tracker request, refusing anything over [`MAX_DATAGRAM_LEN`].
+///
+/// # Errors
+///
+/// [`Error::FrameTooLarge`] or [`Error::Decode`].
+pub fn decode_request(bytes: &[u8]) -> Result<TrackerRequest> {
+    check_datagram_len(bytes)?;
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// Encodes a tracker reply as one datagram.
+///
+/// # Errors
+///
+/// [`Error::FrameTooLarge`] if the reply would not fit in one datagram.
+pub fn encode_reply(reply: &TrackerReply) -> Result<Vec<u8>> {
+    let bytes = postcard::to_stdvec(reply)?;
+    check_datagram_len(&bytes)?;
+    Ok(bytes)
+}
+
+/// Decodes a tracker reply, refusing anything over [`MAX_DATAGRAM_LEN`].
+///
+/// # Errors
+///
+/// [`Error::FrameTooLarge`] or [`Error::Decode`].
+pub fn decode_reply(bytes: &[u8]) -> Result<TrackerReply> {
+    check_datagram_len(bytes)?;
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+fn check_datagram_len(bytes: &[u8]) -> Result<()> {
+    if bytes.len() > MAX_DATAGRAM_LEN {
+        return Err(Error::FrameTooLarge {
+            len: bytes.len() as u64,
+            max: MAX_DATAGRAM_LEN as u64,
+        });
+    }
+    Ok(())
+}
+
+fn eof_is_truncation(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Error::Truncated
+    } else {
+        Error::FrameIo(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content() -> ContentId {
+        ContentId([7; 32])
+    }
+
+    fn every_variant() -> Vec<Message> {
+        vec![
+            Message::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                node: "A".into(),
+            },
+            Message::SizeRequest {
+                file: "movie.bin".into(),
+                hashes: true,
+            },
+            Message::SizeInfo(SizeInformation {
+                file: "movie.bin".into(),
+                size: 300_000,
+                piece_size: 262_144,
+                hashes: vec![[1; 32], [2; 32]],
+                content: content(),
+            }),
+            Message::Bitfield {
+                content: content(),
+                bits: vec![0b1100_0000],
+            },
+            Message::Refused {
+                file: "x".into(),
+                reason: "not shared".into(),
+            },
+            Message::Request {
+                content: content(),
+                piece: 3,
+                offset: 0,
+                len: 262_144,
+            },
+            Message::Data {
+                content: content(),
+                piece: 3,
+                offset: 0,
+                len: 262_144,
+            },
+            Message::Reject {
+                reason: "piece out of range".into(),
+            },
+        ]
+    }
+
+    fn framed(msg: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, msg).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        for msg in every_variant() {
+            let bytes = framed(&msg);
+            let back = read_frame(&mut bytes.as_slice()).unwrap();
+            assert_eq!(back, Some(msg));
+        }
+    }
+
+    #[test]
+    fn frame_bytes_are_pinned() {
+        let msg = Message::SizeRequest {
+            file: "ab".into(),
+            hashes: true,
+        };
+        // length 5; variant 1; string of 2 bytes "ab"; true
+        assert_eq!(framed(&msg), [0, 0, 0, 5, 1, 2, b'a', b'b', 1]);
+        let hello = Message::Hello {
+            magic: MAGIC,
+            version: 1,
+            node: "N".into(),
+        };
+        assert_eq!(
+            framed(&hello),
+            [0, 0, 0, 8, 0, b'P', b'2', b'P', b'T', 1, 1, b'N']
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_none_or_an_error() {
+        for msg in every_variant() {
+            let bytes = framed(&msg);
+            for cut in 0..bytes.len() {
+                match read_frame(&mut &bytes[..cut]) {
+                    Ok(None) => assert_eq!(cut, 0),
+                    Ok(Some(m)) => panic!("decoded {m:?} from {cut} of {} bytes", bytes.len()),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_allocating() {
+        let bytes = (MAX_FRAME_LEN + 1).to_be_bytes();
+        assert!(matches!(
+            read_frame(&mut bytes.as_slice()),
+            Err(Error::FrameTooLarge { .. })
+        ));
+        let bytes = u32::MAX.to_be_bytes();
+        assert!(matches!(
+            read_frame(&mut bytes.as_slice()),
+            Err(Error::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_data_header_is_refused() {
+        let msg = Message::Data {
+            content: content(),
+            piece: 0,
+            offset: 0,
+            len: MAX_DATA_LEN + 1,
+        };
+        assert!(matches!(
+            read_frame(&mut framed(&msg).as_slice()),
+            Err(Error::FrameTooLarge { .. })
+        ));
+    }
+
+    /// Hands out at most `chunk` bytes per read, as a socket may.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_frame_split_across_reads_decodes() {
+        for msg in every_variant() {
+            let bytes = framed(&msg);
+            for chunk in [1, 2, 3, 5] {
+                let mut r = Trickle {
+                    data: &bytes,
+                    chunk,
+                };
+                assert_eq!(read_frame(&mut r).unwrap(), Some(msg.clone()));
+                assert_eq!(read_frame(&mut r).unwrap(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn data_payload_follows_its_header() {
+        let mut out = framed(&Message::Data {
+            content: content(),
+            piece: 1,
+            offset: 0,
+            len: 3,
+        });
+        out.extend_from_slice(b"xyz");
+        let mut r = out.as_slice();
+        let Some(Message::Data { len, .. }) = read_frame(&mut r).unwrap() else {
+            panic!("expected a data header");
+        };
+        let mut buf = vec![0; len as usize];
+        read_payload(&mut r, &mut buf).unwrap();
+        assert_eq!(buf, b"xyz");
+        assert!(matches!(
+            read_payload(&mut r, &mut [0; 1]),
+            Err(Error::Truncated)
+        ));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        for len in 0..=255usize {
+            for _ in 0..64 {
+                let mut bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                let _ = decode_request(&bytes);
+                let _ = decode_reply(&bytes);
+                if bytes.len() >= 4 {
+                    let body = (len - 4) as u32;
+                    bytes[..4].copy_from_slice(&body.to_be_bytes());
+                }
+                let _ = read_frame(&mut bytes.as_slice());
+            }
+        }
+    }
+
+    #[test]
+    fn tracker_datagrams_round_trip() {
+        let req = TrackerRequest {
+            version: PROTOCOL_VERSION,
+            txid: 99,
+            body: NodeToTracker::Have(Announce {
+                node: "A".into(),
+                port: 4000,
+                file: "f".into(),
+                content: content(),
+                size: 10,
+                pieces: 1,
+                complete: true,
+                counters: Counters::default(),
+            }),
+        };
+        assert_eq!(decode_request(&encode_request(&req).unwrap()).unwrap(), req);
+        let reply = TrackerReply {
+            version: PROTOCOL_VERSION,
+            txid: 99,
+            body: TrackerToNode::Owners {
+                file: "f".into(),
+                content: content(),
+                size: 10,
+                owners: vec![OwnerInfo {
+                    node: "A".into(),
+                    addr: "127.0.0.1:4000".parse().unwrap(),
+                    uploads: 2,
+                    complete: true,
+                }],
+                interval_secs: 30,
+            },
+        };
+        assert_eq!(decode_reply(&encode_reply(&reply).unwrap()).unwrap(), reply);
+        assert!(decode_reply(&vec![0; MAX_DATAGRAM_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn plain_names_pass_and_paths_do_not() {
+        for ok in ["movie.bin", "a", "..hidden", "x..y", "名前.txt"] {
+            assert!(check_file_name(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc/passwd",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            &long,
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

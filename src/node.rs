@@ -1,0 +1,759 @@
+//! The node: shares files from its folder and downloads files from other nodes.
+//!
+//! [`Node::start`] binds the TCP listener, then spawns `node-accept` (serves peers, one
+//! `node-peer` thread per connection) and `node-control` (runs commands, re-announces
+//! shared files every interval, owns the download threads). Callers drive it through the
+//! handle's methods, each a [`Command`] on a bounded channel, and hear from it through the
+//! [`Event`] receiver `start` returns.
+//!
+//! Layout: `store` (which files are served), `serve` (answering peers), `peer` (asking
+//! peers), `schedule` (which owner fetches which piece), `download` (one download, end to
+//! end).
+
+mod download;
+mod peer;
+mod schedule;
+mod serve;
+mod store;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::messages::{Announce, ContentId, Counters, MAX_NODE_NAME_LEN, SearchHit};
+use crate::tracker::{DEFAULT_TRACKER_ADDR, TrackerClient, wake_addr};
+use store::{SharedFile, Store};
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The node's name, shown in the tracker's table (1 to 64 bytes).
+    pub name: String,
+    /// The folder holding the files it shares and downloads.
+    pub dir: PathBuf,
+    /// The TCP address to serve peers on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The tracker's UDP address.
+    pub tracker: SocketAddr,
+    /// How many owners a download uses at once (the original used 2).
+    pub max_owners: usize,
+    /// Requests in flight per owner: deep enough to keep the link busy, and with one piece
+    /// buffer per owner, memory stays bounded by owners × piece size.
+    pub pipeline_depth: usize,
+    /// The piece size for files this node shares; `None` chooses from the file size.
+    pub piece_size: Option<u32>,
+    /// How long a peer may stay silent with a request outstanding before it is dropped.
+    pub peer_timeout: Duration,
+    /// How many times a tracker request is sent before giving up.
+    pub tracker_tries: u32,
+    /// How often shared files are re-announced until the tracker says otherwise.
+    pub announce_interval: Duration,
+    /// Most peer connections served at once; more are refused.
+    pub max_connections: usize,
+}
+
+impl NodeConfig {
+    /// Returns a config for a node called `name` with its files in `dir`, serving on any
+    /// free port of every interface, using the tracker at `127.0.0.1:12340`.
+    pub fn new(name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            dir: dir.into(),
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            tracker: DEFAULT_TRACKER_ADDR,
+            max_owners: 8,
+            pipeline_depth: 8,
+            piece_size: None,
+            peer_timeout: Duration::from_secs(10),
+            tracker_tries: 4,
+            announce_interval: Duration::from_secs(30),
+            max_connections: 64,
+        }
+    }
+
+    /// Sets the tracker's address.
+    pub fn tracker(mut self, addr: SocketAddr) -> Self {
+        self.tracker = addr;
+        self
+    }
+
+    /// Sets the address to serve peers on.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Sets how many owners a download uses at once (at least one).
+    pub fn max_owners(mut self, owners: usize) -> Self {
+        self.max_owners = owners.max(1);
+        self
+    }
+
+    /// Sets the piece size for files this node shares.
+    pub fn piece_size(mut self, piece_size: u32) -> Self {
+        self.piece_size = Some(piece_size);
+        self
+    }
+}
+
+/// What a running node reports. Events are informational: a full queue drops them (see
+/// [`Node::dropped_events`]); results come back from the handle's methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A file is being served and was announced.
+    Shared {
+        /// Its name.
+        file: String,
+        /// Its size.
+        size: u64,
+        /// How many pieces it has.
+        pieces: u32,
+    },
+    /// A download found its owners and its piece list.
+    DownloadStarted {
+        /// The file.
+        file: String,
+        /// Its size.
+        size: u64,
+        /// Its piece count.
+        pieces: u32,
+        /// Pieces already verified in a `.part` file from an earlier run.
+        resumed: u32,
+        /// How many owners the tracker listed.
+        owners: usize,
+    },
+    /// A piece arrived and verified, and was written.
+    PieceReceived {
+        /// The file.
+        file: String,
+        /// The piece index.
+        piece: u32,
+        /// Its length.
+        bytes: u32,
+        /// The owner that sent it.
+        from: SocketAddr,
+        /// Pieces verified so far.
+        done: u32,
+        /// Pieces in the file.
+        total: u32,
+    },
+    /// A piece was sent to a peer.
+    PieceSent {
+        /// The file.
+        file: String,
+        /// The piece index.
+        piece: u32,
+        /// The peer.
+        to: SocketAddr,
+    },
+    /// A piece failed verification and was thrown away.
+    PieceRejected {
+        /// The file.
+        file: String,
+        /// The piece index.
+        piece: u32,
+        /// The owner that sent it.
+        from: SocketAddr,
+    },
+    /// An owner failed during a download; its work went to the others.
+    OwnerFailed {
+        /// The file.
+        file: String,
+        /// The owner.
+        owner: SocketAddr,
+        /// What went wrong.
+        error: String,
+    },
+    /// A download finished: the file is complete, verified and served.
+    DownloadFinished(DownloadReport),
+    /// A download failed.
+    DownloadFailed {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// A shared file changed on disk and is no longer served.
+    FileChanged {
+        /// The file.
+        file: String,
+    },
+    /// A connection from a peer was dropped for breaking the protocol or failing.
+    PeerError {
+        /// The peer.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: String,
+    },
+    /// A periodic re-announce to the tracker failed; it is tried again next interval.
+    TrackerError {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// What a finished download did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// The file.
+    pub file: String,
+    /// Where it was written.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its content id.
+    pub content: ContentId,
+    /// Its piece count.
+    pub pieces: u32,
+    /// Pieces found already verified in a `.part` file.
+    pub resumed: u32,
+    /// Wall time from the request to the rename.
+    pub elapsed: Duration,
+    /// Bytes received from each owner that sent any, by address.
+    pub from: Vec<(SocketAddr, u64)>,
+    /// Owners dropped during the download, with the reason.
+    pub failed: Vec<(SocketAddr, String)>,
+}
+
+/// A file the node shares, as [`Node::share`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareReport {
+    /// The file.
+    pub file: String,
+    /// Its size.
+    pub size: u64,
+    /// Its piece count.
+    pub pieces: u32,
+    /// Its content id.
+    pub content: ContentId,
+}
+
+/// A node's state, as [`Node::status`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The node's name.
+    pub name: String,
+    /// Where it serves peers.
+    pub addr: SocketAddr,
+    /// The files it shares.
+    pub shared: Vec<ShareReport>,
+    /// The files it is downloading.
+    pub downloading: Vec<String>,
+    /// Its transfer counters.
+    pub counters: Counters,
+}
+
+/// A command for the `node-control` thread; each carries the channel its answer goes to.
+enum Command {
+    Share {
+        file: String,
+        reply: Sender<Result<ShareReport>>,
+    },
+    Download {
+        file: String,
+        reply: Sender<Result<DownloadReport>>,
+    },
+    Search {
+        pattern: String,
+        reply: Sender<Result<Vec<SearchHit>>>,
+    },
+    Status {
+        reply: Sender<Status>,
+    },
+}
+
+/// A download running in the background.
+#[derive(Debug)]
+#[must_use = "a download reports its result only through wait"]
+pub struct Download {
+    file: String,
+    reply: Receiver<Result<DownloadReport>>,
+}
+
+impl Download {
+    /// Returns the file being downloaded.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Waits for the download to finish.
+    ///
+    /// # Errors
+    ///
+    /// Why the download failed, or [`Error::Shutdown`] if the node stopped first.
+    pub fn wait(self) -> Result<DownloadReport> {
+        self.reply.recv().unwrap_or(Err(Error::Shutdown))
+    }
+
+    /// Waits at most `timeout`; returns `None` if the download is still running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<DownloadReport>> {
+        match self.reply.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(Error::Shutdown)),
+        }
+    }
+}
+
+/// A running node. Dropping it shuts it down.
+#[derive(Debug)]
+pub struct Node {
+    ctx: Arc<Ctx>,
+    commands: Sender<Command>,
+    /// Dropped to tell `node-control` to stop; its receivers then see a disconnect.
+    stop: Option<Sender<()>>,
+    threads: Vec<(&'static str, JoinHandle<Result<()>>)>,
+}
+
+impl Node {
+    /// Creates the folder if needed, binds the listener and starts the node.
+    ///
+    /// Returns the handle and the receiver of its events.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidParameter`] for a bad node name, [`Error::File`] if the folder cannot
+    /// be created, [`Error::Bind`] if the address cannot be bound.
+    pub fn start(config: NodeConfig) -> Result<(Self, Receiver<Event>)> {
+        if config.name.is_empty() || config.name.len() > MAX_NODE_NAME_LEN {
+            return Err(Error::InvalidParameter("node names are 1 to 64 bytes"));
+        }
+        std::fs::create_dir_all(&config.dir).map_err(|source| Error::File {
+            op: "creating folder",
+            path: config.dir.clone(),
+            source,
+        })?;
+        let bind_err = |source| Error::Bind {
+            addr: config.listen,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen).map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let (events_tx, events_rx) = bounded(4096);
+        let (commands_tx, commands_rx) = bounded(64);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let tracker = TrackerClient::new(config.tracker)
+            .with_retries(config.tracker_tries, Duration::from_millis(250));
+        let ctx = Arc::new(Ctx {
+            store: Store::new(config.dir.clone()),
+            config,
+            local_addr,
+            tracker,
+            events: events_tx,
+            dropped_events: AtomicU64::new(0),
+            counters: CounterCells::default(),
+            conns: Conns::default(),
+            stopping: AtomicBool::new(false),
+            interval_secs: AtomicU32::new(0),
+        });
+        let mut threads = Vec::new();
+        let accept_ctx = Arc::clone(&ctx);
+        threads.push(spawn("node-accept", move || {
+            serve::accept_loop(&accept_ctx, &listener)
+        })?);
+        let control_ctx = Arc::clone(&ctx);
+        let control = spawn("node-control", move || {
+            control_loop(&control_ctx, &commands_rx, &stop_rx)
+        });
+        let mut node = Self {
+            ctx,
+            commands: commands_tx,
+            stop: Some(stop_tx),
+            threads,
+        };
+        node.threads.push(control?);
+        Ok((node, events_rx))
+    }
+
+    /// Returns the address peers reach this node at, with the real port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ctx.local_addr
+    }
+
+    /// Returns the node's folder.
+    pub fn dir(&self) -> &Path {
+        self.ctx.store.dir()
+    }
+
+    /// Hashes the file `file` in the node's folder, serves it and announces it (mode
+    /// `upload`). Blocks until the tracker has acknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::NotAFile`] or [`Error::File`] for the file; a
+    /// tracker error if the announce failed, in which case the file is still served and is
+    /// announced again at the next interval.
+    pub fn share(&self, file: &str) -> Result<ShareReport> {
+        self.ask(|reply| Command::Share {
+            file: file.into(),
+            reply,
+        })?
+    }
+
+    /// Starts downloading `file` into the node's folder (mode `download`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if the node has stopped; everything else comes from
+    /// [`Download::wait`].
+    pub fn download(&self, file: &str) -> Result<Download> {
+        let (reply, rx) = bounded(1);
+        self.send(Command::Download {
+            file: file.into(),
+            reply,
+        })?;
+        Ok(Download {
+            file: file.into(),
+            reply: rx,
+        })
+    }
+
+    /// Asks the tracker which files contain `pattern` (ignoring case), and who owns them.
+    ///
+    /// # Errors
+    ///
+    /// Tracker errors.
+    pub fn search(&self, pattern: &str) -> Result<Vec<SearchHit>> {
+        self.ask(|reply| Command::Search {
+            pattern: pattern.into(),
+            reply,
+        })?
+    }
+
+    /// Returns what the node shares and downloads, and its counters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if the node has stopped.
+    pub fn status(&self) -> Result<Status> {
+        self.ask(|reply| Command::Status { reply })
+    }
+
+    /// Returns how many events were dropped because the event queue was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.ctx.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Tells the tracker the node is leaving, stops every transfer and waits for every
+    /// thread (mode `exit`).
+    ///
+    /// # Errors
+    ///
+    /// The first error or panic of a node thread, by thread name.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.close()
+    }
+
+    fn ask<T>(&self, command: impl FnOnce(Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = bounded(1);
+        self.send(command(reply))?;
+        rx.recv().map_err(|_| Error::Shutdown)
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| Error::Shutdown)
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(stop) = self.stop.take() else {
+            return Ok(());
+        };
+        self.ctx.stopping.store(true, Ordering::SeqCst);
+        drop(stop);
+        // Wake the blocking accept, then break every open connection's blocking read.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.ctx.local_addr), Duration::from_secs(1));
+        self.ctx.conns.close_all();
+        let mut first = Ok(());
+        for (name, thread) in self.threads.drain(..) {
+            let result = thread
+                .join()
+                .unwrap_or_else(|_| Err(Error::ThreadPanicked(name.into())));
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            eprintln!("node {}: {e}", self.ctx.config.name);
+        }
+    }
+}
+
+/// What every thread of one node shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    config: NodeConfig,
+    local_addr: SocketAddr,
+    store: Store,
+    tracker: TrackerClient,
+    events: Sender<Event>,
+    dropped_events: AtomicU64,
+    counters: CounterCells,
+    conns: Conns,
+    stopping: AtomicBool,
+    /// The interval the tracker last asked for, in seconds; zero until it has answered.
+    interval_secs: AtomicU32,
+}
+
+impl Ctx {
+    fn emit(&self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn announce(&self, tracker: &TrackerClient, file: &SharedFile) -> Result<()> {
+        let m = &file.manifest;
+        let interval = tracker.announce(Announce {
+            node: self.config.name.clone(),
+            port: self.local_addr.port(),
+            file: file.name.clone(),
+            content: m.content(),
+            size: m.size(),
+            pieces: m.piece_count(),
+            complete: true,
+            counters: self.counters.get(),
+        })?;
+        let secs = u32::try_from(interval.as_secs()).unwrap_or(u32::MAX);
+        self.interval_secs.store(secs, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn announce_interval(&self) -> Duration {
+        match self.interval_secs.load(Ordering::Relaxed) {
+            0 => self.config.announce_interval,
+            secs => Duration::from_secs(secs.into()),
+        }
+    }
+}
+
+/// The node's transfer counters.
+#[derive(Debug, Default)]
+struct CounterCells {
+    files_sent: AtomicU64,
+    files_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+impl CounterCells {
+    fn get(&self) -> Counters {
+        Counters {
+            files_sent: self.files_sent.load(Ordering::Relaxed),
+            files_received: self.files_received.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Every open peer connection, so shutdown can break their blocking reads.
+#[derive(Debug, Default)]
+struct Conns {
+    inner: Mutex<ConnTable>,
+}
+
+#[derive(Debug, Default)]
+struct ConnTable {
+    next: u64,
+    closed: bool,
+    open: HashMap<u64, TcpStream>,
+}
+
+impl Conns {
+    /// Registers a connection until the guard drops.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if the node is shutting down; the stream is then shut.
+    fn register(&self, stream: &TcpStream) -> Result<ConnGuard<'_>> {
+        let clone = stream.try_clone();
+        let mut table = self.inner.lock();
+        let clone = match clone {
+            Ok(c) if !table.closed => c,
+            _ => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return Err(Error::Shutdown);
+            }
+        };
+        let id = table.next;
+        table.next += 1;
+        table.open.insert(id, clone);
+        Ok(ConnGuard { conns: self, id })
+    }
+
+    fn close_all(&self) {
+        let open = {
+            let mut table = self.inner.lock();
+            table.closed = true;
+            std::mem::take(&mut table.open)
+        };
+        for stream in open.values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Keeps a connection registered in [`Conns`] while alive.
+struct ConnGuard<'a> {
+    conns: &'a Conns,
+    id: u64,
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.conns.inner.lock().open.remove(&self.id);
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<(&'static str, JoinHandle<Result<()>>)> {
+    let handle = thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::File {
+            op: "spawning thread",
+            path: name.into(),
+            source: e,
+        })?;
+    Ok((name, handle))
+}
+
+/// The `node-control` thread: runs commands, re-announces, owns the download threads.
+fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()>) -> Result<()> {
+    let mut downloads: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut next_announce = Instant::now() + ctx.announce_interval();
+    loop {
+        let wait = next_announce.saturating_duration_since(Instant::now());
+        select! {
+            recv(stop) -> _ => break,
+            recv(commands) -> cmd => match cmd {
+                Ok(cmd) => run_command(ctx, cmd, &mut downloads),
+                Err(_) => break,
+            },
+            default(wait) => {
+                reannounce(ctx);
+                next_announce = Instant::now() + ctx.announce_interval();
+            }
+        }
+        downloads.retain(|_, h| !h.is_finished());
+    }
+    // Shutting down: transfers are being broken by `close`; tell the tracker, then wait.
+    let quick = TrackerClient::new(ctx.config.tracker).with_retries(2, Duration::from_millis(200));
+    let _ = quick.exit(ctx.local_addr.port());
+    for (_, handle) in downloads {
+        handle
+            .join()
+            .map_err(|_| Error::ThreadPanicked("node-download".into()))?;
+    }
+    Ok(())
+}
+
+fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut HashMap<String, JoinHandle<()>>) {
+    match cmd {
+        Command::Share { file, reply } => {
+            let _ = reply.send(share(ctx, &file));
+        }
+        Command::Download { file, reply } => {
+            if downloads.contains_key(&file) {
+                let _ = reply.send(Err(Error::AlreadyDownloading { file }));
+                return;
+            }
+            let dl_ctx = Arc::clone(ctx);
+            let name = file.clone();
+            let spawned = thread::Builder::new()
+                .name("node-download".into())
+                .spawn(move || {
+                    let result = download::run(&dl_ctx, &name);
+                    match &result {
+                        Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
+                        Err(e) => dl_ctx.emit(Event::DownloadFailed {
+                            file: name,
+                            error: e.to_string(),
+                        }),
+                    }
+                    let _ = reply.send(result);
+                });
+            match spawned {
+                Ok(handle) => {
+                    downloads.insert(file, handle);
+                }
+                Err(e) => ctx.emit(Event::DownloadFailed {
+                    file,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Command::Search { pattern, reply } => {
+            let _ = reply.send(ctx.tracker.search(&pattern));
+        }
+        Command::Status { reply } => {
+            let shared = ctx.store.list().iter().map(|f| share_report(f)).collect();
+            let mut downloading: Vec<String> = downloads.keys().cloned().collect();
+            downloading.sort();
+            let _ = reply.send(Status {
+                name: ctx.config.name.clone(),
+                addr: ctx.local_addr,
+                shared,
+                downloading,
+                counters: ctx.counters.get(),
+            });
+        }
+    }
+}
+
+fn share(ctx: &Ctx, file: &str) -> Result<ShareReport> {
+    let shared = ctx.store.share(file, ctx.config.piece_size)?;
+    let report = share_report(&shared);
+    ctx.emit(Event::Shared {
+        file: report.file.clone(),
+        size: report.size,
+        pieces: report.pieces,
+    });
+    ctx.announce(&ctx.tracker, &shared)?;
+    Ok(report)
+}
+
+fn share_report(f: &SharedFile) -> ShareReport {
+    ShareReport {
+        file: f.name.clone(),
+        size: f.manifest.size(),
+        pieces: f.manifest.piece_count(),
+        content: f.manifest.content(),
+    }
+}
+
+/// Re-announces every shared file, with short retries so a dead tracker cannot stall
+/// the node's commands for long.
+fn reannounce(ctx: &Ctx) {
+    let quick = TrackerClient::new(ctx.config.tracker).with_retries(2, Duration::from_millis(250));
+    for file in ctx.store.list() {
+        if let Err(e) = ctx.announce(&quick, &file) {
+            ctx.emit(Event::TrackerError {
+                error: e.to_string(),
+            });
+            return;
+        }
+    }
+}

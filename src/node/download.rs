@@ -1,0 +1,519 @@
+//! One download, end to end.
+//!
+//! 1. Ask the tracker for the owners, best first, and skip this node itself.
+//! 2. Ask owners in turn for the size information until one gives a piece list whose
+//!    content id matches the tracker's (an owner cannot make up a file).
+//! 3. Open `NAME.part`. If it is already there with the right length, re-verify it and keep
+//!    the pieces that pass (resume); otherwise start from zero.
+//! 4. Run a round: one worker per owner (up to the configured count), each with its own
+//!    connection and a pipeline of requests, taking pieces from the [`Schedule`]. Every
+//!    piece is verified before it is written at its offset. An owner that fails (error,
+//!    bad piece, hang-up, silence past the peer timeout) is dropped and its pieces go back
+//!    to the others.
+//! 5. If pieces are still missing when every worker has stopped, run another round with the
+//!    owners not yet given up on, asking the tracker again if none are left.
+//! 6. Sync, link `NAME.part` to `NAME` (which fails rather than overwrite), remove the
+//!    `.part`, serve the file and announce it.
+//!
+//! Memory is one piece buffer and one socket buffer per owner, whatever the file size.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::messages::{ContentId, OwnerInfo};
+
+use super::peer::PeerConn;
+use super::schedule::{Bitfield, Schedule};
+use super::{Ctx, DownloadReport, Event};
+
+/// An owner that failed this many times is given up on for the download.
+const MAX_FAILURES: u32 = 2;
+
+/// Downloads `file` into the node's folder.
+///
+/// # Errors
+///
+/// [`Error::AlreadyExists`] if the file is there, tracker errors, [`Error::NoOwners`],
+/// [`Error::OwnersExhausted`] if every owner failed, [`Error::File`] for local I/O, and
+/// [`Error::Shutdown`] if the node stopped first.
+pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
+    let started = Instant::now();
+    let final_path = ctx.store.path_of(file)?;
+    let exists = || Error::AlreadyExists {
+        file: file.into(),
+        dir: ctx.store.dir().into(),
+    };
+    if final_path.symlink_metadata().is_ok() {
+        return Err(exists());
+    }
+    let numwant =
+        u16::try_from(ctx.config.max_owners.saturating_mul(2).max(16)).unwrap_or(u16::MAX);
+    let listed = ctx.tracker.need(file, numwant)?;
+    let mut owners = Owners::new(ctx, listed.owners);
+    if owners.candidates.is_empty() {
+        return Err(Error::NoOwners { file: file.into() });
+    }
+    let (manifest, first) = fetch_manifest(ctx, file, listed.content, &mut owners)?;
+    let part_path = ctx.store.dir().join(format!("{file}.part"));
+    let (part, mut done) = open_part(&part_path, &manifest)?;
+    let resumed = done.count();
+    ctx.emit(Event::DownloadStarted {
+        file: file.into(),
+        size: manifest.size(),
+        pieces: manifest.piece_count(),
+        resumed,
+        owners: owners.candidates.len(),
+    });
+    let dl = Dl {
+        ctx,
+        file,
+        manifest: &manifest,
+        part: &part,
+        part_path: &part_path,
+        sched: Mutex::new(Schedule::new(&done, 1)),
+        wake: Condvar::new(),
+        fatal: Mutex::new(None),
+        received: Mutex::new(HashMap::new()),
+    };
+    let mut first = Some(first);
+    let mut asked_again = false;
+    while done.count() < manifest.piece_count() {
+        if ctx.stopping() {
+            return Err(Error::Shutdown);
+        }
+        let round = owners.usable(ctx.config.max_owners);
+        if round.is_empty() {
+            if asked_again {
+                return Err(Error::OwnersExhausted {
+                    file: file.into(),
+                    missing: manifest.piece_count() - done.count(),
+                    total: manifest.piece_count(),
+                });
+            }
+            asked_again = true;
+            if let Ok(listed) = ctx.tracker.need(file, numwant)
+                && listed.content == manifest.content()
+            {
+                owners.add(ctx, listed.owners);
+            }
+            continue;
+        }
+        let before = done.count();
+        for (addr, result) in dl.round(&round, first.take(), &done) {
+            if let Err(e) = result {
+                owners.failed(addr, &e);
+                ctx.emit(Event::OwnerFailed {
+                    file: file.into(),
+                    owner: addr,
+                    error: e.to_string(),
+                });
+            }
+        }
+        if let Some(e) = dl.fatal.lock().take() {
+            return Err(e);
+        }
+        done = dl.sched.lock().done_bitfield();
+        if done.count() > before {
+            asked_again = false;
+        }
+    }
+    part.sync_all().map_err(|source| Error::File {
+        op: "syncing",
+        path: part_path.clone(),
+        source,
+    })?;
+    let received = dl.received.into_inner();
+    drop(part);
+    publish(&part_path, &final_path).map_err(|e| match e {
+        PublishError::Exists => exists(),
+        PublishError::Io(op, source) => Error::File {
+            op,
+            path: final_path.clone(),
+            source,
+        },
+    })?;
+    let shared = ctx
+        .store
+        .insert(file, final_path.clone(), manifest.clone())?;
+    ctx.counters.files_received.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = ctx.announce(&ctx.tracker, &shared) {
+        ctx.emit(Event::TrackerError {
+            error: e.to_string(),
+        });
+    }
+    let mut from: Vec<(SocketAddr, u64)> = received.into_iter().collect();
+    from.sort();
+    Ok(DownloadReport {
+        file: file.into(),
+        path: final_path,
+        size: manifest.size(),
+        content: manifest.content(),
+        pieces: manifest.piece_count(),
+        resumed,
+        elapsed: started.elapsed(),
+        from,
+        failed: owners.reasons,
+    })
+}
+
+/// The owners known for one download, and how each has fared.
+struct Owners {
+    /// Every owner heard of, best first.
+    candidates: Vec<OwnerInfo>,
+    failures: HashMap<SocketAddr, u32>,
+    /// Owners that sent a bad piece or broke the protocol: never asked again.
+    banned: HashSet<SocketAddr>,
+    reasons: Vec<(SocketAddr, String)>,
+}
+
+impl Owners {
+    fn new(ctx: &Ctx, listed: Vec<OwnerInfo>) -> Self {
+        let mut owners = Self {
+            candidates: Vec::new(),
+            failures: HashMap::new(),
+            banned: HashSet::new(),
+            reasons: Vec::new(),
+        };
+        owners.add(ctx, listed);
+        owners
+    }
+
+    /// Adds owners not yet known, skipping this node itself.
+    fn add(&mut self, ctx: &Ctx, listed: Vec<OwnerInfo>) {
+        for o in listed {
+            let is_self = o.node == ctx.config.name && o.addr.port() == ctx.local_addr.port();
+            if !is_self && !self.candidates.iter().any(|c| c.addr == o.addr) {
+                self.candidates.push(o);
+            }
+        }
+    }
+
+    /// Returns up to `max` owners not given up on, best first.
+    fn usable(&self, max: usize) -> Vec<SocketAddr> {
+        self.candidates
+            .iter()
+            .map(|o| o.addr)
+            .filter(|a| {
+                !self.banned.contains(a)
+                    && self.failures.get(a).copied().unwrap_or(0) < MAX_FAILURES
+            })
+            .take(max)
+            .collect()
+    }
+
+    fn failed(&mut self, addr: SocketAddr, e: &Error) {
+        match e {
+            Error::HashMismatch { .. } | Error::Peer { .. } | Error::Handshake(_) => {
+                self.banned.insert(addr);
+            }
+            _ => *self.failures.entry(addr).or_default() += 1,
+        }
+        self.reasons.push((addr, e.to_string()));
+    }
+}
+
+/// Asks owners in order for the piece list until one matches the tracker's content id.
+/// Returns it with the connection it came on, which the first round reuses.
+fn fetch_manifest<'a>(
+    ctx: &'a Ctx,
+    file: &str,
+    content: ContentId,
+    owners: &mut Owners,
+) -> Result<(Manifest, (SocketAddr, PeerConn<'a>, Bitfield))> {
+    for addr in owners.usable(usize::MAX) {
+        let attempt = PeerConn::connect(ctx, addr).and_then(|mut conn| {
+            let (info, has) = conn.size_info(file, true)?;
+            let manifest = Manifest::from_size_info(&info).map_err(|e| Error::Peer {
+                addr,
+                reason: format!("bad size information: {e}"),
+            })?;
+            if manifest.content() != content {
+                return Err(Error::Peer {
+                    addr,
+                    reason: "holds other content than the tracker lists".into(),
+                });
+            }
+            Ok((manifest, (addr, conn, has)))
+        });
+        match attempt {
+            Ok(found) => return Ok(found),
+            Err(Error::Shutdown) => return Err(Error::Shutdown),
+            Err(e) => {
+                owners.failed(addr, &e);
+                ctx.emit(Event::OwnerFailed {
+                    file: file.into(),
+                    owner: addr,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Err(Error::OwnersExhausted {
+        file: file.into(),
+        missing: 0,
+        total: 0,
+    })
+}
+
+/// Opens `NAME.part`, keeping the pieces of an earlier run that still verify.
+fn open_part(path: &Path, manifest: &Manifest) -> Result<(File, Bitfield)> {
+    let err = |op| {
+        move |source| Error::File {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err("creating"))?;
+    let len = file.metadata().map_err(err("reading metadata of"))?.len();
+    let mut done = Bitfield::empty(manifest.piece_count());
+    if len == manifest.size() && len > 0 {
+        let verified = manifest.verified_pieces(&file).map_err(err("verifying"))?;
+        for (i, ok) in verified.into_iter().enumerate() {
+            if ok {
+                done.set(i as u32);
+            }
+        }
+    } else {
+        file.set_len(0).map_err(err("truncating"))?;
+        file.set_len(manifest.size()).map_err(err("allocating"))?;
+    }
+    Ok((file, done))
+}
+
+enum PublishError {
+    Exists,
+    Io(&'static str, std::io::Error),
+}
+
+/// Moves the finished `.part` to its final name without ever replacing a file there.
+fn publish(part: &Path, target: &Path) -> Result<(), PublishError> {
+    match std::fs::hard_link(part, target) {
+        Ok(()) => {
+            std::fs::remove_file(part).map_err(|e| PublishError::Io("removing .part of", e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(PublishError::Exists);
+        }
+        // No hard links on this file system: check, then rename.
+        Err(_) => {
+            if target.symlink_metadata().is_ok() {
+                return Err(PublishError::Exists);
+            }
+            std::fs::rename(part, target).map_err(|e| PublishError::Io("renaming .part to", e))?;
+        }
+    }
+    if let Some(dir) = target.parent()
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The state the workers of one download share.
+struct Dl<'a> {
+    ctx: &'a Ctx,
+    file: &'a str,
+    manifest: &'a Manifest,
+    part: &'a File,
+    part_path: &'a PathBuf,
+    sched: Mutex<Schedule>,
+    /// Wakes idle workers when pieces complete or come back.
+    wake: Condvar,
+    /// A local error (the disk) that ends the whole download.
+    fatal: Mutex<Option<Error>>,
+    received: Mutex<HashMap<SocketAddr, u64>>,
+}
+
+impl<'a> Dl<'a> {
+    /// Runs one worker per owner until none can make progress; returns each one's result.
+    fn round(
+        &self,
+        owners: &[SocketAddr],
+        mut first: Option<(SocketAddr, PeerConn<'a>, Bitfield)>,
+        done: &Bitfield,
+    ) -> Vec<(SocketAddr, Result<()>)> {
+        *self.sched.lock() = Schedule::new(done, owners.len());
+        thread::scope(|s| {
+            let handles: Vec<_> = owners
+                .iter()
+                .enumerate()
+                .map(|(slot, &addr)| {
+                    let conn = match &first {
+                        Some((a, ..)) if *a == addr => first.take().map(|(_, c, b)| (c, b)),
+                        _ => None,
+                    };
+                    let spawned = thread::Builder::new()
+                        .name("node-fetch".into())
+                        .spawn_scoped(s, move || self.worker(slot, addr, conn));
+                    if spawned.is_err() {
+                        self.retire(slot);
+                    }
+                    (addr, spawned)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(addr, h)| {
+                    let result = match h {
+                        Ok(h) => h
+                            .join()
+                            .unwrap_or(Err(Error::ThreadPanicked("node-fetch".into()))),
+                        Err(e) => Err(Error::PeerIo {
+                            addr,
+                            op: "starting worker",
+                            source: e,
+                        }),
+                    };
+                    (addr, result)
+                })
+                .collect()
+        })
+    }
+
+    /// Fetches pieces from one owner until there is nothing left it can do.
+    fn worker(
+        &self,
+        slot: usize,
+        addr: SocketAddr,
+        conn: Option<(PeerConn<'a>, Bitfield)>,
+    ) -> Result<()> {
+        let _retire = Retire { dl: self, slot };
+        let (mut conn, has) = match conn {
+            Some(c) => c,
+            None => {
+                let mut conn = PeerConn::connect(self.ctx, addr)?;
+                let (info, has) = conn.size_info(self.file, false)?;
+                if info.content != self.manifest.content() {
+                    return Err(Error::Peer {
+                        addr,
+                        reason: "holds other content".into(),
+                    });
+                }
+                (conn, has)
+            }
+        };
+        let content = self.manifest.content();
+        let geometry = self.manifest.geometry();
+        let total = geometry.piece_count();
+        let mut buf = vec![0u8; geometry.piece_len(0).unwrap_or(0) as usize];
+        let mut in_flight: VecDeque<u32> = VecDeque::new();
+        let depth = self.ctx.config.pipeline_depth.max(1);
+        loop {
+            if self.ctx.stopping() {
+                return Err(Error::Shutdown);
+            }
+            if self.fatal.lock().is_some() {
+                return Ok(());
+            }
+            let mut fresh = Vec::new();
+            {
+                let mut sched = self.sched.lock();
+                while in_flight.len() + fresh.len() < depth {
+                    match sched.take(slot, &has) {
+                        Some(p) => fresh.push(p),
+                        None => break,
+                    }
+                }
+                if in_flight.is_empty() && fresh.is_empty() {
+                    if sched.is_complete() || !sched.others_busy(slot) {
+                        return Ok(());
+                    }
+                    // Pieces in flight elsewhere may yet come back; the timeout re-checks
+                    // for shutdown.
+                    self.wake.wait_for(&mut sched, Duration::from_millis(100));
+                    continue;
+                }
+            }
+            for &p in &fresh {
+                conn.request(content, p, geometry.piece_len(p).unwrap_or(0))?;
+            }
+            if !fresh.is_empty() {
+                conn.flush()?;
+            }
+            in_flight.extend(fresh);
+            let Some(&piece) = in_flight.front() else {
+                continue;
+            };
+            let len = geometry.piece_len(piece).unwrap_or(0) as usize;
+            let data = &mut buf[..len];
+            conn.read_piece(content, piece, data)?;
+            if !self.manifest.verify(piece, data) {
+                self.ctx.emit(Event::PieceRejected {
+                    file: self.file.into(),
+                    piece,
+                    from: addr,
+                });
+                return Err(Error::HashMismatch {
+                    file: self.file.into(),
+                    piece,
+                    addr,
+                });
+            }
+            let offset = geometry.piece_range(piece).map_or(0, |r| r.start);
+            if let Err(source) = self.part.write_all_at(data, offset) {
+                let path = self.part_path.clone();
+                *self.fatal.lock() = Some(Error::File {
+                    op: "writing",
+                    path,
+                    source,
+                });
+                return Ok(());
+            }
+            in_flight.pop_front();
+            let done = {
+                let mut sched = self.sched.lock();
+                sched.complete(slot, piece);
+                sched.done_count()
+            };
+            self.wake.notify_all();
+            self.ctx
+                .counters
+                .bytes_received
+                .fetch_add(len as u64, Ordering::Relaxed);
+            *self.received.lock().entry(addr).or_default() += len as u64;
+            self.ctx.emit(Event::PieceReceived {
+                file: self.file.into(),
+                piece,
+                bytes: len as u32,
+                from: addr,
+                done,
+                total,
+            });
+        }
+    }
+
+    fn retire(&self, slot: usize) {
+        self.sched.lock().retire(slot);
+        self.wake.notify_all();
+    }
+}
+
+/// Hands a worker's pieces back when it stops, however it stops.
+struct Retire<'d, 'a> {
+    dl: &'d Dl<'a>,
+    slot: usize,
+}
+
+impl Drop for Retire<'_, '_> {
+    fn drop(&mut self) {
+        self.dl.retire(self.slot);
+    }
+}

@@ -1,0 +1,212 @@
+//! Asking a peer: one outbound connection, used by one download worker.
+//!
+//! [`PeerConn::connect`] opens the connection and exchanges `Hello`s; then the worker asks
+//! for size information once and pipelines piece requests. Every read has the node's peer
+//! timeout, so an owner that stops answering fails the worker instead of hanging it.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::error::{Error, Result};
+use crate::messages::{
+    ContentId, MAGIC, Message, PROTOCOL_VERSION, SizeInformation, read_frame, read_payload,
+    write_frame,
+};
+
+use super::schedule::Bitfield;
+use super::serve::kind;
+use super::{ConnGuard, Ctx};
+
+/// A connection to an owner.
+pub(super) struct PeerConn<'a> {
+    addr: SocketAddr,
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    _guard: ConnGuard<'a>,
+}
+
+impl<'a> PeerConn<'a> {
+    /// Connects to `addr` and exchanges `Hello`s.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if the connection fails, [`Error::Handshake`] if the peer speaks
+    /// another protocol, [`Error::Shutdown`] if the node is stopping.
+    pub fn connect(ctx: &'a Ctx, addr: SocketAddr) -> Result<Self> {
+        let timeout = ctx.config.peer_timeout;
+        let io = |op| move |source| Error::PeerIo { addr, op, source };
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io("connecting"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(io("setting up connection"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(io("setting up connection"))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(io("setting up connection"))?;
+        // Large enough for a few whole pieces, so the sender rarely waits on this reader.
+        let reader_capacity = 256 * 1024;
+        let mut conn = Self {
+            addr,
+            reader: BufReader::with_capacity(
+                reader_capacity,
+                stream.try_clone().map_err(io("setting up connection"))?,
+            ),
+            writer: BufWriter::with_capacity(
+                16 * 1024,
+                stream.try_clone().map_err(io("setting up connection"))?,
+            ),
+            _guard: ctx.conns.register(&stream)?,
+        };
+        conn.send(&Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node: ctx.config.name.clone(),
+        })?;
+        conn.flush()?;
+        match conn.read()? {
+            Message::Hello { magic, version, .. }
+                if magic == MAGIC && version == PROTOCOL_VERSION =>
+            {
+                Ok(conn)
+            }
+            Message::Hello { version, .. } => Err(Error::Handshake(format!(
+                "{addr} speaks protocol version {version}"
+            ))),
+            Message::Reject { reason } => Err(Error::Peer { addr, reason }),
+            other => Err(Error::Handshake(format!(
+                "{addr} answered with {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    /// Asks for a file's size information and which pieces the peer holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Peer`] if the peer refuses or answers with anything else, or with a
+    /// bitfield that does not fit the file.
+    pub fn size_info(&mut self, file: &str, hashes: bool) -> Result<(SizeInformation, Bitfield)> {
+        self.send(&Message::SizeRequest {
+            file: file.into(),
+            hashes,
+        })?;
+        self.flush()?;
+        let info = match self.read()? {
+            Message::SizeInfo(info) => info,
+            Message::Refused { reason, .. } | Message::Reject { reason } => {
+                return Err(Error::Peer {
+                    addr: self.addr,
+                    reason,
+                });
+            }
+            other => return Err(self.unexpected(&other)),
+        };
+        let pieces = u32::try_from(info.size.div_ceil(u64::from(info.piece_size.max(1))))
+            .unwrap_or(u32::MAX);
+        match self.read()? {
+            Message::Bitfield { content, bits } if content == info.content => {
+                let bits = Bitfield::from_bytes(bits, pieces).ok_or_else(|| Error::Peer {
+                    addr: self.addr,
+                    reason: "bitfield does not fit the file".into(),
+                })?;
+                Ok((info, bits))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Queues a request for a whole piece; [`flush`](Self::flush) sends it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if writing fails.
+    pub fn request(&mut self, content: ContentId, piece: u32, len: u32) -> Result<()> {
+        self.send(&Message::Request {
+            content,
+            piece,
+            offset: 0,
+            len,
+        })
+    }
+
+    /// Reads the answer to the oldest outstanding request, which must be all of piece
+    /// `piece`, into `buf` (exactly the piece's length).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Peer`] if the peer rejects the request or sends anything else,
+    /// [`Error::PeerIo`] on a timeout or a broken connection.
+    pub fn read_piece(&mut self, content: ContentId, piece: u32, buf: &mut [u8]) -> Result<()> {
+        match self.read()? {
+            Message::Data {
+                content: c,
+                piece: p,
+                offset: 0,
+                len,
+            } if c == content && p == piece && len as usize == buf.len() => {
+                read_payload(&mut self.reader, buf).map_err(|e| self.frame_err(e, "reading data"))
+            }
+            Message::Reject { reason } => Err(Error::Peer {
+                addr: self.addr,
+                reason,
+            }),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Sends everything queued.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if writing fails.
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|source| Error::PeerIo {
+            addr: self.addr,
+            op: "writing",
+            source,
+        })
+    }
+
+    fn send(&mut self, msg: &Message) -> Result<()> {
+        write_frame(&mut self.writer, msg).map_err(|e| self.frame_err(e, "writing frame"))
+    }
+
+    fn read(&mut self) -> Result<Message> {
+        match read_frame(&mut self.reader) {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Err(Error::Peer {
+                addr: self.addr,
+                reason: "closed the connection".into(),
+            }),
+            Err(e) => Err(self.frame_err(e, "reading frame")),
+        }
+    }
+
+    fn unexpected(&self, msg: &Message) -> Error {
+        Error::Peer {
+            addr: self.addr,
+            reason: format!("unexpected {}", kind(msg)),
+        }
+    }
+
+    fn frame_err(&self, e: Error, op: &'static str) -> Error {
+        match e {
+            Error::FrameIo(source) => Error::PeerIo {
+                addr: self.addr,
+                op,
+                source,
+            },
+            Error::Truncated => Error::Peer {
+                addr: self.addr,
+                reason: "closed the connection mid-frame".into(),
+            },
+            other => Error::Peer {
+                addr: self.addr,
+                reason: other.to_string(),
+            },
+        }
+    }
+}

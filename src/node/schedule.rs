@@ -1,0 +1,345 @@
+//! Which owner fetches which piece: the download scheduler.
+//!
+//! A [`Schedule`] starts from the original's rule: the missing pieces are divided among the
+//! owners by [`split_pieces`], one contiguous share each. A worker takes pieces from its own
+//! share; pieces an owner does not hold, and every piece of a worker that gave up, become
+//! orphans that any worker takes first; a worker whose share runs dry takes the back half of
+//! the largest remaining share (work stealing), so a slow owner never holds the rest up.
+//! It is plain data: the download holds it behind a lock for the length of one call.
+
+use std::collections::VecDeque;
+
+use crate::split::split_pieces;
+
+/// Which pieces of a file a node holds: one bit per piece, most significant bit first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bitfield {
+    bits: Vec<u8>,
+    len: u32,
+}
+
+impl Bitfield {
+    /// Returns a bitfield of `len` pieces, none held.
+    pub fn empty(len: u32) -> Self {
+        Self {
+            bits: vec![0; len.div_ceil(8) as usize],
+            len,
+        }
+    }
+
+    /// Returns a bitfield of `len` pieces, all held.
+    pub fn full(len: u32) -> Self {
+        let mut b = Self::empty(len);
+        (0..len).for_each(|i| b.set(i));
+        b
+    }
+
+    /// Reads a peer's bitfield, or `None` if it has the wrong length or spare bits set.
+    pub fn from_bytes(bits: Vec<u8>, len: u32) -> Option<Self> {
+        let b = Self { bits, len };
+        let spare_clear = (len..b.bits.len() as u32 * 8).all(|i| !b.get_raw(i));
+        (b.bits.len() == len.div_ceil(8) as usize && spare_clear).then_some(b)
+    }
+
+    /// Returns the bytes sent on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    /// Returns whether piece `i` is held; `false` past the end.
+    pub fn get(&self, i: u32) -> bool {
+        i < self.len && self.get_raw(i)
+    }
+
+    fn get_raw(&self, i: u32) -> bool {
+        self.bits
+            .get((i / 8) as usize)
+            .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+    }
+
+    /// Marks piece `i` as held; does nothing past the end.
+    pub fn set(&mut self, i: u32) {
+        if i < self.len {
+            self.bits[(i / 8) as usize] |= 0x80 >> (i % 8);
+        }
+    }
+
+    /// Returns how many pieces are held.
+    pub fn count(&self) -> u32 {
+        self.bits.iter().map(|b| b.count_ones()).sum()
+    }
+
+    /// Returns the number of pieces.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PieceState {
+    Done,
+    Waiting,
+    InFlight(usize),
+}
+
+/// The assignment of missing pieces to worker slots, one slot per owner.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    state: Vec<PieceState>,
+    queues: Vec<VecDeque<u32>>,
+    orphans: VecDeque<u32>,
+    alive: Vec<bool>,
+    in_flight: Vec<u32>,
+    done: u32,
+}
+
+impl Schedule {
+    /// Divides the pieces not in `done` among `slots` workers (at least one).
+    pub fn new(done: &Bitfield, slots: usize) -> Self {
+        let slots = slots.max(1);
+        let missing: Vec<u32> = (0..done.len()).filter(|&i| !done.get(i)).collect();
+        let shares = split_pieces(missing.len() as u32, slots).unwrap_or_default();
+        let queues = shares
+            .into_iter()
+            .map(|r| {
+                missing[r.start as usize..r.end as usize]
+                    .iter()
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let state = (0..done.len())
+            .map(|i| {
+                if done.get(i) {
+                    PieceState::Done
+                } else {
+                    PieceState::Waiting
+                }
+            })
+            .collect();
+        Self {
+            state,
+            queues,
+            orphans: VecDeque::new(),
+            alive: vec![true; slots],
+            in_flight: vec![0; slots],
+            done: done.count(),
+        }
+    }
+
+    /// Hands slot `slot` its next piece, one its owner holds (`has`), and marks it in
+    /// flight: orphans first, then its own share, then half of the largest other share.
+    /// Returns `None` if there is nothing it can take now.
+    pub fn take(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
+        if !self.alive.get(slot).copied().unwrap_or(false) {
+            return None;
+        }
+        let piece = self
+            .take_orphan(has)
+            .or_else(|| self.take_own(slot, has))
+            .or_else(|| {
+                self.steal(slot, has);
+                self.take_own(slot, has)
+            })?;
+        self.state[piece as usize] = PieceState::InFlight(slot);
+        self.in_flight[slot] += 1;
+        Some(piece)
+    }
+
+    fn take_orphan(&mut self, has: &Bitfield) -> Option<u32> {
+        let at = self.orphans.iter().position(|&p| has.get(p))?;
+        self.orphans.remove(at)
+    }
+
+    fn take_own(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
+        while let Some(p) = self.queues[slot].pop_front() {
+            if has.get(p) {
+                return Some(p);
+            }
+            self.orphans.push_back(p);
+        }
+        None
+    }
+
+    /// Moves to `slot` up to half of the largest other live share (of two pieces or more):
+    /// the pieces nearest its end that `slot`'s owner holds.
+    fn steal(&mut self, slot: usize, has: &Bitfield) {
+        let victim = (0..self.queues.len())
+            .filter(|&v| v != slot && self.alive[v])
+            .max_by_key(|&v| self.queues[v].len());
+        let Some(victim) = victim else { return };
+        let want = self.queues[victim].len() / 2;
+        if want == 0 {
+            return;
+        }
+        let mut queue = std::mem::take(&mut self.queues[victim]);
+        let mut kept = VecDeque::with_capacity(queue.len());
+        let mut taken = VecDeque::with_capacity(want);
+        while let Some(p) = queue.pop_back() {
+            if taken.len() < want && has.get(p) {
+                taken.push_front(p);
+            } else {
+                kept.push_front(p);
+            }
+        }
+        self.queues[victim] = kept;
+        self.queues[slot].extend(taken);
+    }
+
+    /// Records that piece `piece`, fetched by `slot`, is verified and written. Returns
+    /// whether it was newly done.
+    pub fn complete(&mut self, slot: usize, piece: u32) -> bool {
+        let Some(state) = self.state.get_mut(piece as usize) else {
+            return false;
+        };
+        if *state == PieceState::InFlight(slot) {
+            self.in_flight[slot] -= 1;
+        }
+        if *state == PieceState::Done {
+            return false;
+        }
+        *state = PieceState::Done;
+        self.done += 1;
+        true
+    }
+
+    /// Retires `slot`: its share and its pieces in flight become orphans for the others.
+    pub fn retire(&mut self, slot: usize) {
+        if !self.alive.get(slot).copied().unwrap_or(false) {
+            return;
+        }
+        self.alive[slot] = false;
+        let queue = std::mem::take(&mut self.queues[slot]);
+        self.orphans.extend(queue);
+        for (i, state) in self.state.iter_mut().enumerate() {
+            if *state == PieceState::InFlight(slot) {
+                *state = PieceState::Waiting;
+                self.orphans.push_back(i as u32);
+            }
+        }
+        self.in_flight[slot] = 0;
+    }
+
+    /// Returns whether another live slot still has pieces queued or in flight, which may
+    /// yet come back as orphans.
+    pub fn others_busy(&self, slot: usize) -> bool {
+        (0..self.queues.len()).any(|s| {
+            s != slot && self.alive[s] && (self.in_flight[s] > 0 || !self.queues[s].is_empty())
+        })
+    }
+
+    /// Returns whether every piece is done.
+    pub fn is_complete(&self) -> bool {
+        self.done as usize == self.state.len()
+    }
+
+    /// Returns how many pieces are done.
+    pub fn done_count(&self) -> u32 {
+        self.done
+    }
+
+    /// Returns the pieces done, as a bitfield.
+    pub fn done_bitfield(&self) -> Bitfield {
+        let mut b = Bitfield::empty(self.state.len() as u32);
+        for (i, s) in self.state.iter().enumerate() {
+            if *s == PieceState::Done {
+                b.set(i as u32);
+            }
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(s: &mut Schedule, slot: usize, has: &Bitfield) -> Vec<u32> {
+        let mut got = Vec::new();
+        while let Some(p) = s.take(slot, has) {
+            assert!(s.complete(slot, p));
+            got.push(p);
+        }
+        got
+    }
+
+    #[test]
+    fn bitfield_round_trips_and_rejects_bad_lengths() {
+        let mut b = Bitfield::empty(10);
+        b.set(0);
+        b.set(9);
+        assert_eq!(b.as_bytes(), [0x80, 0x40]);
+        assert_eq!(
+            Bitfield::from_bytes(b.as_bytes().to_vec(), 10),
+            Some(b.clone())
+        );
+        assert!(Bitfield::from_bytes(vec![0x80], 10).is_none());
+        assert!(
+            Bitfield::from_bytes(vec![0, 0x20], 10).is_none(),
+            "spare bit set"
+        );
+        assert_eq!(Bitfield::full(10).count(), 10);
+        assert!(!b.get(10));
+    }
+
+    #[test]
+    fn owners_start_on_the_original_contiguous_shares() {
+        let full = Bitfield::full(10);
+        let mut s = Schedule::new(&Bitfield::empty(10), 2);
+        assert_eq!(s.take(0, &full), Some(0));
+        assert_eq!(s.take(1, &full), Some(5));
+    }
+
+    #[test]
+    fn done_pieces_are_not_scheduled() {
+        let mut done = Bitfield::empty(6);
+        [0, 1, 2].iter().for_each(|&i| done.set(i));
+        let mut s = Schedule::new(&done, 1);
+        assert_eq!(drain(&mut s, 0, &Bitfield::full(6)), [3, 4, 5]);
+        assert!(s.is_complete());
+    }
+
+    #[test]
+    fn an_idle_worker_steals_half_of_the_largest_share() {
+        let full = Bitfield::full(12);
+        let mut s = Schedule::new(&Bitfield::empty(12), 2);
+        // Slot 1 finishes its six pieces while slot 0 is stuck on its first.
+        assert_eq!(s.take(0, &full), Some(0));
+        assert_eq!(drain(&mut s, 1, &full), [6, 7, 8, 9, 10, 11, 4, 5, 3, 2]);
+        assert!(s.others_busy(1));
+        assert_eq!(s.take(0, &full), Some(1));
+    }
+
+    #[test]
+    fn a_retired_slot_hands_back_its_share_and_its_pieces_in_flight() {
+        let full = Bitfield::full(8);
+        let mut s = Schedule::new(&Bitfield::empty(8), 2);
+        assert_eq!(s.take(0, &full), Some(0));
+        assert_eq!(s.take(0, &full), Some(1));
+        s.retire(0);
+        assert_eq!(s.take(0, &full), None);
+        let mut got = drain(&mut s, 1, &full);
+        got.sort_unstable();
+        assert_eq!(got, (0..8).collect::<Vec<_>>());
+        assert!(s.is_complete());
+        assert!(!s.others_busy(1));
+    }
+
+    #[test]
+    fn pieces_an_owner_lacks_go_to_those_that_hold_them() {
+        let mut evens = Bitfield::empty(6);
+        [0, 2, 4].iter().for_each(|&i| evens.set(i));
+        let mut s = Schedule::new(&Bitfield::empty(6), 2);
+        assert_eq!(drain(&mut s, 0, &evens), [0, 2, 4]);
+        let mut rest = drain(&mut s, 1, &Bitfield::full(6));
+        rest.sort_unstable();
+        assert_eq!(rest, [1, 3, 5]);
+        assert!(s.is_complete());
+    }
+
+    #[test]
+    fn an_empty_file_is_complete_at_once() {
+        let s = Schedule::new(&Bitfield::empty(0), 3);
+        assert!(s.is_complete());
+    }
+}

@@ -1,0 +1,298 @@
+//! Answering peers: the accept loop and one thread per connection.
+//!
+//! A connection opens with a `Hello` each way. Then the peer may ask for a file's size
+//! information (by plain name, only for files this node shares) and for byte ranges of its
+//! pieces. Anything else, or anything out of range, is answered with a `Reject` and the
+//! connection is closed; other connections are not affected. File data goes from the file
+//! to the socket through `io::copy`, which the standard library turns into `sendfile` on
+//! Linux, so it is never copied through user space here.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::messages::{
+    ContentId, MAGIC, Message, PROTOCOL_VERSION, check_file_name, read_frame, write_frame,
+};
+
+use super::schedule::Bitfield;
+use super::store::SharedFile;
+use super::{Ctx, Event};
+
+/// How long a peer connection may sit idle before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a write to a peer may block before the peer is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `node-accept` thread: accepts until shutdown, then waits for every connection.
+pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> {
+    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    for stream in listener.incoming() {
+        if ctx.stopping() {
+            break;
+        }
+        let Ok(stream) = stream else {
+            // A connection that failed between SYN and accept, or a shortage of file
+            // descriptors: not this node's fault, and the next accept may succeed.
+            continue;
+        };
+        let (finished, running): (Vec<_>, Vec<_>) =
+            handlers.into_iter().partition(|h| h.is_finished());
+        finished.into_iter().for_each(|h| {
+            let _ = h.join();
+        });
+        handlers = running;
+        if handlers.len() >= ctx.config.max_connections {
+            continue; // dropping the stream refuses the peer
+        }
+        let peer_ctx = Arc::clone(ctx);
+        let spawned = thread::Builder::new()
+            .name("node-peer".into())
+            .spawn(move || serve_peer(&peer_ctx, stream));
+        if let Ok(handle) = spawned {
+            handlers.push(handle);
+        }
+    }
+    ctx.conns.close_all();
+    for handle in handlers {
+        handle
+            .join()
+            .map_err(|_| Error::ThreadPanicked("node-peer".into()))?;
+    }
+    Ok(())
+}
+
+fn serve_peer(ctx: &Ctx, stream: TcpStream) {
+    let Ok(addr) = stream.peer_addr() else { return };
+    let result = Server::new(ctx, addr, &stream).and_then(|mut s| s.run());
+    match result {
+        Ok(()) | Err(Error::Shutdown) => {}
+        Err(_) if ctx.stopping() => {}
+        Err(e) => ctx.emit(Event::PeerError {
+            addr,
+            error: e.to_string(),
+        }),
+    }
+}
+
+/// One connection from a peer.
+struct Server<'a> {
+    ctx: &'a Ctx,
+    addr: SocketAddr,
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    /// Files opened for this peer, each with its own offset.
+    open: HashMap<ContentId, (Arc<SharedFile>, File)>,
+    /// Files this peer has had a piece of, so each counts once as "sent".
+    sent: HashSet<ContentId>,
+    _guard: super::ConnGuard<'a>,
+}
+
+impl<'a> Server<'a> {
+    fn new(ctx: &'a Ctx, addr: SocketAddr, stream: &TcpStream) -> Result<Self> {
+        let io = |source| Error::PeerIo {
+            addr,
+            op: "setting up connection",
+            source,
+        };
+        stream.set_nodelay(true).map_err(io)?;
+        stream.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
+        let guard = ctx.conns.register(stream)?;
+        Ok(Self {
+            ctx,
+            addr,
+            reader: BufReader::with_capacity(16 * 1024, stream.try_clone().map_err(io)?),
+            writer: BufWriter::with_capacity(64 * 1024, stream.try_clone().map_err(io)?),
+            open: HashMap::new(),
+            sent: HashSet::new(),
+            _guard: guard,
+        })
+    }
+
+    fn run(&mut self) -> Result<()> {
+        match self.read()? {
+            Some(Message::Hello { magic, version, .. })
+                if magic == MAGIC && version == PROTOCOL_VERSION => {}
+            Some(Message::Hello { version, .. }) => {
+                return self.refuse(format!("protocol version {version} is not supported"));
+            }
+            _ => return self.refuse("expected hello".into()),
+        }
+        self.send(&Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node: self.ctx.config.name.clone(),
+        })?;
+        self.flush()?;
+        while let Some(msg) = self.read()? {
+            match msg {
+                Message::SizeRequest { file, hashes } => self.size_info(file, hashes)?,
+                Message::Request {
+                    content,
+                    piece,
+                    offset,
+                    len,
+                } => {
+                    self.data(content, piece, offset, len)?;
+                }
+                other => return self.refuse(format!("unexpected {}", kind(&other))),
+            }
+            // Answer everything already received before flushing: pipelined requests then
+            // go out back to back.
+            if self.reader.buffer().is_empty() {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn size_info(&mut self, file: String, hashes: bool) -> Result<()> {
+        let shared = check_file_name(&file)
+            .ok()
+            .and_then(|()| self.ctx.store.get(&file));
+        let Some(shared) = shared else {
+            return self.send(&Message::Refused {
+                file,
+                reason: "not shared by this node".into(),
+            });
+        };
+        let m = &shared.manifest;
+        self.send(&Message::SizeInfo(m.size_info(&file, hashes)))?;
+        let bits = Bitfield::full(m.piece_count());
+        self.send(&Message::Bitfield {
+            content: m.content(),
+            bits: bits.as_bytes().to_vec(),
+        })
+    }
+
+    fn data(&mut self, content: ContentId, piece: u32, offset: u32, len: u32) -> Result<()> {
+        // Taken out of the map while in use; an early return closes the connection anyway.
+        let (shared, file) = match self.open.remove(&content) {
+            Some(entry) => entry,
+            None => {
+                let Some(shared) = self.ctx.store.by_content(content) else {
+                    return self.refuse(format!("content {content} is not shared by this node"));
+                };
+                let file = File::open(&shared.path).map_err(|source| Error::File {
+                    op: "opening",
+                    path: shared.path.clone(),
+                    source,
+                })?;
+                (shared, file)
+            }
+        };
+        let geometry = shared.manifest.geometry();
+        let in_range = geometry
+            .piece_len(piece)
+            .is_some_and(|pl| len > 0 && u64::from(offset) + u64::from(len) <= u64::from(pl));
+        if !in_range {
+            return self.refuse(format!("piece {piece} bytes {offset}+{len} out of range"));
+        }
+        if !shared.is_unchanged(&file) {
+            self.ctx.store.withdraw(&shared);
+            self.ctx.emit(Event::FileChanged {
+                file: shared.name.clone(),
+            });
+            return self.refuse(format!("{} changed on disk", shared.name));
+        }
+        let start = geometry.piece_range(piece).map_or(0, |r| r.start) + u64::from(offset);
+        let file_err = |source| Error::File {
+            op: "reading",
+            path: shared.path.clone(),
+            source,
+        };
+        (&file).seek(SeekFrom::Start(start)).map_err(file_err)?;
+        self.send(&Message::Data {
+            content,
+            piece,
+            offset,
+            len,
+        })?;
+        self.flush()?;
+        let copied = io::copy(&mut (&file).take(u64::from(len)), self.writer.get_mut()).map_err(
+            |source| Error::PeerIo {
+                addr: self.addr,
+                op: "sending data",
+                source,
+            },
+        )?;
+        if copied < u64::from(len) {
+            return Err(file_err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let counters = &self.ctx.counters;
+        counters.bytes_sent.fetch_add(copied, Ordering::Relaxed);
+        if self.sent.insert(content) {
+            counters.files_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ctx.emit(Event::PieceSent {
+            file: shared.name.clone(),
+            piece,
+            to: self.addr,
+        });
+        self.open.insert(content, (shared, file));
+        Ok(())
+    }
+
+    /// Tells the peer why, then ends the connection with that reason as the error.
+    fn refuse(&mut self, reason: String) -> Result<()> {
+        let _ = self.send(&Message::Reject {
+            reason: reason.clone(),
+        });
+        let _ = self.flush();
+        Err(Error::Peer {
+            addr: self.addr,
+            reason,
+        })
+    }
+
+    fn read(&mut self) -> Result<Option<Message>> {
+        read_frame(&mut self.reader).map_err(|e| self.frame_err(e, "reading frame"))
+    }
+
+    fn send(&mut self, msg: &Message) -> Result<()> {
+        write_frame(&mut self.writer, msg).map_err(|e| self.frame_err(e, "writing frame"))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|source| Error::PeerIo {
+            addr: self.addr,
+            op: "writing",
+            source,
+        })
+    }
+
+    fn frame_err(&self, e: Error, op: &'static str) -> Error {
+        match e {
+            Error::FrameIo(source) => Error::PeerIo {
+                addr: self.addr,
+                op,
+                source,
+            },
+            other => Error::Peer {
+                addr: self.addr,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Names a message's kind for error messages, without its contents.
+pub(super) fn kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello { .. } => "hello",
+        Message::SizeRequest { .. } => "size request",
+        Message::SizeInfo(_) => "size information",
+        Message::Bitfield { .. } => "bitfield",
+        Message::Refused { .. } => "refusal",
+        Message::Request { .. } => "request",
+        Message::Data { .. } => "data",
+        Message::Reject { .. } => "reject",
+    }
+}

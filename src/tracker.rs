@@ -1,0 +1,345 @@
+//! The tracker: a table of which nodes own which files, served over UDP.
+//!
+//! [`Tracker::start`] binds the socket, spawns one thread (`tracker-udp`) and returns a
+//! handle. Every datagram is one request; the reply echoes its transaction id. Malformed
+//! datagrams are dropped without a reply; well-formed requests the tracker will not honour
+//! are answered with a `Reject`. The table itself lives in `registry` and is readable at
+//! any time with [`Tracker::snapshot`].
+
+mod client;
+mod registry;
+
+pub(crate) use client::is_timeout;
+pub use client::{Owners, TrackerClient};
+pub use registry::{
+    EXPIRY_INTERVALS, FileRow, MAX_OWNERS_LISTED, MAX_OWNERS_PER_HIT, MAX_SEARCH_HITS, NodeRow,
+    OwnerRow, Snapshot,
+};
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::messages::{
+    MAX_DATAGRAM_LEN, NodeToTracker, PROTOCOL_VERSION, TrackerReply, TrackerToNode, decode_request,
+    encode_reply,
+};
+use registry::Registry;
+
+/// The tracker's default UDP address, as in the original.
+pub const DEFAULT_TRACKER_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 12340);
+
+/// How a tracker is started.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TrackerConfig {
+    /// The UDP address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How often nodes should re-announce; owners silent for
+    /// [`EXPIRY_INTERVALS`] intervals are dropped.
+    pub interval: Duration,
+}
+
+impl TrackerConfig {
+    /// Returns a config listening on `listen` with a 30-second announce interval.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            interval: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the announce interval (at least one second).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_secs(1));
+        self
+    }
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self::new(DEFAULT_TRACKER_ADDR)
+    }
+}
+
+/// What a running tracker reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrackerEvent {
+    /// The table changed; read it with [`Tracker::snapshot`].
+    TableChanged,
+    /// A request was refused, with the reason sent back.
+    Rejected {
+        /// Who sent it.
+        from: SocketAddr,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A datagram that is not a request was dropped.
+    Malformed {
+        /// Who sent it.
+        from: SocketAddr,
+    },
+}
+
+/// A running tracker. Dropping it shuts it down.
+#[derive(Debug)]
+pub struct Tracker {
+    local_addr: SocketAddr,
+    registry: Arc<Mutex<Registry>>,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Tracker {
+    /// Binds the UDP socket and starts serving.
+    ///
+    /// Returns the handle and the receiver of its events. Events are dropped, not queued
+    /// without bound, when nobody reads them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Bind`] if the address cannot be bound.
+    pub fn start(config: TrackerConfig) -> Result<(Self, Receiver<TrackerEvent>)> {
+        let bind_err = |source| Error::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = UdpSocket::bind(config.listen).map_err(bind_err)?;
+        let local_addr = socket.local_addr().map_err(bind_err)?;
+        // Wake at least once a second to drop expired owners.
+        let sweep = config.interval.min(Duration::from_secs(1));
+        socket.set_read_timeout(Some(sweep)).map_err(bind_err)?;
+        let registry = Arc::new(Mutex::new(Registry::new(config.interval)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let (events_tx, events_rx) = bounded(1024);
+        let service = Service {
+            socket,
+            registry: Arc::clone(&registry),
+            stop: Arc::clone(&stop),
+            answered: Arc::clone(&answered),
+            events: events_tx,
+            interval_secs: u32::try_from(config.interval.as_secs()).unwrap_or(u32::MAX),
+            sweep,
+        };
+        let thread = thread::Builder::new()
+            .name("tracker-udp".into())
+            .spawn(move || service.run())
+            .map_err(|e| Error::Bind {
+                addr: local_addr,
+                source: e,
+            })?;
+        Ok((
+            Self {
+                local_addr,
+                registry,
+                stop,
+                answered,
+                thread: Some(thread),
+            },
+            events_rx,
+        ))
+    }
+
+    /// Returns the address the tracker listens on, with the real port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Returns a copy of the owner table.
+    pub fn snapshot(&self) -> Snapshot {
+        self.registry.lock().snapshot()
+    }
+
+    /// Returns how many requests the tracker has answered.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Stops the tracker and waits for its thread.
+    ///
+    /// # Errors
+    ///
+    /// The error that stopped the UDP thread, or [`Error::ThreadPanicked`].
+    pub fn shutdown(mut self) -> Result<()> {
+        self.close()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking receive now rather than at its next timeout.
+        let wake = wake_addr(self.local_addr);
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(wake.ip(), 0)) {
+            let _ = s.send_to(&[], wake);
+        }
+        thread
+            .join()
+            .map_err(|_| Error::ThreadPanicked("tracker-udp".into()))?
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            eprintln!("tracker {}: {e}", self.local_addr);
+        }
+    }
+}
+
+/// Returns an address a local socket can send to in order to reach `addr`.
+pub(crate) fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => (Ipv4Addr::LOCALHOST, a.port()).into(),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => (Ipv6Addr::LOCALHOST, a.port()).into(),
+        a => a,
+    }
+}
+
+/// The state of the `tracker-udp` thread.
+struct Service {
+    socket: UdpSocket,
+    registry: Arc<Mutex<Registry>>,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    events: Sender<TrackerEvent>,
+    interval_secs: u32,
+    sweep: Duration,
+}
+
+impl Service {
+    fn run(self) -> Result<()> {
+        let mut buf = vec![0u8; MAX_DATAGRAM_LEN + 1];
+        let mut last_sweep = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if self.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    self.handle(&buf[..n], from);
+                }
+                Err(e) if is_timeout(&e) => {}
+                // ICMP errors for earlier replies and signals are not the tracker's problem.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(source) => {
+                    return Err(Error::TrackerIo {
+                        addr: self.local_addr(),
+                        source,
+                    });
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_sweep) >= self.sweep {
+                last_sweep = now;
+                if self.registry.lock().expire(now) {
+                    self.emit(TrackerEvent::TableChanged);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&self, datagram: &[u8], from: SocketAddr) {
+        let Ok(req) = decode_request(datagram) else {
+            self.emit(TrackerEvent::Malformed { from });
+            return;
+        };
+        let (body, changed) = if req.version != PROTOCOL_VERSION {
+            let reason = format!("protocol version {} is not supported", req.version);
+            (TrackerToNode::Reject { reason }, false)
+        } else {
+            self.apply(req.body, from)
+        };
+        if let TrackerToNode::Reject { reason } = &body {
+            self.emit(TrackerEvent::Rejected {
+                from,
+                reason: reason.clone(),
+            });
+        }
+        let reply = TrackerReply {
+            version: PROTOCOL_VERSION,
+            txid: req.txid,
+            body,
+        };
+        // A reply that cannot be encoded or sent is dropped; the node will ask again.
+        if let Ok(bytes) = encode_reply(&reply)
+            && self.socket.send_to(&bytes, from).is_ok()
+        {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        if changed {
+            self.emit(TrackerEvent::TableChanged);
+        }
+    }
+
+    /// Applies one request to the table; returns the answer and whether the table changed.
+    fn apply(&self, body: NodeToTracker, from: SocketAddr) -> (TrackerToNode, bool) {
+        let ack = TrackerToNode::Ack {
+            interval_secs: self.interval_secs,
+        };
+        match body {
+            NodeToTracker::Have(ann) => {
+                match self
+                    .registry
+                    .lock()
+                    .announce(from.ip(), &ann, Instant::now())
+                {
+                    Ok(changed) => (ack, changed),
+                    Err(reason) => (TrackerToNode::Reject { reason }, false),
+                }
+            }
+            NodeToTracker::Need { file, numwant } => {
+                let found = self.registry.lock().need(&file, numwant);
+                let body = match found {
+                    Some(f) => TrackerToNode::Owners {
+                        file,
+                        content: f.content,
+                        size: f.size,
+                        owners: f.owners,
+                        interval_secs: self.interval_secs,
+                    },
+                    None => TrackerToNode::NotFound { file },
+                };
+                (body, false)
+            }
+            NodeToTracker::Search { pattern } => {
+                let hits = self.registry.lock().search(&pattern);
+                (TrackerToNode::SearchResults { hits }, false)
+            }
+            NodeToTracker::Exit { port } => {
+                let changed = self.registry.lock().exit(SocketAddr::new(from.ip(), port));
+                (ack, changed)
+            }
+        }
+    }
+
+    fn emit(&self, event: TrackerEvent) {
+        // Nobody listening, or a full queue, is not the tracker's problem.
+        let _ = self.events.try_send(event);
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.socket
+            .local_addr()
+            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+    }
+}

@@ -1,0 +1,234 @@
+//! Talking to a tracker: one request datagram, one reply, retried with backoff.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::messages::{
+    Announce, ContentId, MAX_DATAGRAM_LEN, NodeToTracker, OwnerInfo, PROTOCOL_VERSION, SearchHit,
+    TrackerReply, TrackerRequest, TrackerToNode, decode_reply, encode_request,
+};
+
+/// A client for one tracker.
+///
+/// Each request uses a fresh UDP socket and a random transaction id, so any number of
+/// threads may share a client and stray or late replies are never mistaken for an answer.
+/// An unanswered request is sent again after 250 ms, then 500 ms, 1 s and 2 s: four tries,
+/// under four seconds in all, by default.
+#[derive(Debug, Clone)]
+pub struct TrackerClient {
+    addr: SocketAddr,
+    tries: u32,
+    first_timeout: Duration,
+}
+
+/// The owners of a file, as the tracker answered a `Need`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owners {
+    /// The content id most owners hold under that name.
+    pub content: ContentId,
+    /// The file's size.
+    pub size: u64,
+    /// The owners, best first.
+    pub owners: Vec<OwnerInfo>,
+    /// How often the tracker wants owners to re-announce.
+    pub interval: Duration,
+}
+
+impl TrackerClient {
+    /// Creates a client for the tracker at `addr` with the default retries.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tries: 4,
+            first_timeout: Duration::from_millis(250),
+        }
+    }
+
+    /// Sets how many times a request is sent and how long the first wait is; each later
+    /// wait doubles.
+    pub fn with_retries(mut self, tries: u32, first_timeout: Duration) -> Self {
+        self.tries = tries.max(1);
+        self.first_timeout = first_timeout;
+        self
+    }
+
+    /// Returns the tracker's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Announces that this node owns a file, returning the re-announce interval.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request), and [`Error::TrackerRejected`] if refused.
+    pub fn announce(&self, ann: Announce) -> Result<Duration> {
+        match self.request(NodeToTracker::Have(ann))? {
+            TrackerToNode::Ack { interval_secs } => Ok(Duration::from_secs(interval_secs.into())),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Asks for the owners of `file`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoOwners`] if nobody owns it, and as [`request`](Self::request).
+    pub fn need(&self, file: &str, numwant: u16) -> Result<Owners> {
+        match self.request(NodeToTracker::Need {
+            file: file.into(),
+            numwant,
+        })? {
+            TrackerToNode::Owners {
+                content,
+                size,
+                owners,
+                interval_secs,
+                ..
+            } => Ok(Owners {
+                content,
+                size,
+                owners,
+                interval: Duration::from_secs(interval_secs.into()),
+            }),
+            TrackerToNode::NotFound { .. } => Err(Error::NoOwners { file: file.into() }),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Returns the files whose names contain `pattern` (ignoring case) and their owners.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub fn search(&self, pattern: &str) -> Result<Vec<SearchHit>> {
+        match self.request(NodeToTracker::Search {
+            pattern: pattern.into(),
+        })? {
+            TrackerToNode::SearchResults { hits } => Ok(hits),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Tells the tracker the node serving on `port` from this host has left.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub fn exit(&self, port: u16) -> Result<()> {
+        match self.request(NodeToTracker::Exit { port })? {
+            TrackerToNode::Ack { .. } => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends one request and returns the tracker's answer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TrackerUnreachable`] if no answer came after every try,
+    /// [`Error::TrackerRejected`] if the tracker refused, [`Error::TrackerIo`] if the
+    /// socket failed.
+    pub fn request(&self, body: NodeToTracker) -> Result<TrackerToNode> {
+        let io_err = |source| Error::TrackerIo {
+            addr: self.addr,
+            source,
+        };
+        let any: SocketAddr = if self.addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(any).map_err(io_err)?;
+        socket.connect(self.addr).map_err(io_err)?;
+        let txid = fastrand::u64(..);
+        let datagram = encode_request(&TrackerRequest {
+            version: PROTOCOL_VERSION,
+            txid,
+            body,
+        })?;
+        let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
+        let mut wait = self.first_timeout;
+        for _ in 0..self.tries {
+            match socket.send(&datagram) {
+                Ok(_) => {}
+                // A refusal from an earlier try (ICMP port unreachable): try again.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(io_err(e)),
+            }
+            if let Some(reply) = self.await_reply(&socket, txid, wait, &mut buf)? {
+                return match reply.body {
+                    TrackerToNode::Reject { reason } => Err(Error::TrackerRejected {
+                        addr: self.addr,
+                        reason,
+                    }),
+                    body => Ok(body),
+                };
+            }
+            wait *= 2;
+        }
+        Err(Error::TrackerUnreachable {
+            addr: self.addr,
+            tries: self.tries,
+        })
+    }
+
+    /// Waits up to `wait` for the reply to `txid`, skipping anything else that arrives.
+    fn await_reply(
+        &self,
+        socket: &UdpSocket,
+        txid: u64,
+        wait: Duration,
+        buf: &mut [u8],
+    ) -> Result<Option<TrackerReply>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            socket
+                .set_read_timeout(Some(left))
+                .map_err(|source| Error::TrackerIo {
+                    addr: self.addr,
+                    source,
+                })?;
+            match socket.recv(buf) {
+                Ok(n) => match decode_reply(&buf[..n]) {
+                    Ok(reply) if reply.txid == txid => return Ok(Some(reply)),
+                    _ => continue,
+                },
+                Err(e) if is_timeout(&e) => return Ok(None),
+                // Nobody listens on the port (yet): wait out this try, then send again.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::TrackerIo {
+                        addr: self.addr,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn unexpected(&self, reply: TrackerToNode) -> Error {
+        Error::TrackerRejected {
+            addr: self.addr,
+            reason: format!("unexpected answer {reply:?}"),
+        }
+    }
+}
+
+/// Returns whether a socket error means a read timeout expired.
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,513 @@
+//! The tracker's table: which nodes own which files, and what each node has sent and
+//! received.
+//!
+//! [`Registry`] touches no socket and reads no clock: every method takes the time, so it is
+//! tested with ordinary values. The tracker's UDP thread holds it behind a lock for the
+//! length of one call.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::messages::{
+    Announce, ContentId, Counters, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit, check_file_name,
+};
+
+/// Most owners listed in one `Need` answer, whatever the request's `numwant`.
+pub const MAX_OWNERS_LISTED: usize = 50;
+/// Most files listed in one search answer.
+pub const MAX_SEARCH_HITS: usize = 32;
+/// Most owners listed per search hit.
+pub const MAX_OWNERS_PER_HIT: usize = 8;
+/// An owner that has not re-announced for this many intervals is dropped.
+pub const EXPIRY_INTERVALS: u32 = 3;
+
+/// The owner table.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    expiry: Duration,
+    /// File name → content id → swarm; a name may carry several contents if owners
+    /// disagree, and `need` answers with the one most owners hold.
+    files: BTreeMap<String, HashMap<ContentId, Swarm>>,
+    nodes: HashMap<SocketAddr, NodeEntry>,
+}
+
+#[derive(Debug)]
+struct Swarm {
+    size: u64,
+    owners: HashMap<SocketAddr, Ownership>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ownership {
+    pieces: u32,
+    complete: bool,
+    last_seen: Instant,
+}
+
+#[derive(Debug)]
+struct NodeEntry {
+    name: String,
+    counters: Counters,
+    files: HashSet<(String, ContentId)>,
+}
+
+/// What a `Need` finds: the content most owners hold under a name, and its best owners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub content: ContentId,
+    pub size: u64,
+    pub owners: Vec<OwnerInfo>,
+}
+
+impl Registry {
+    /// Creates an empty table whose owners expire after `EXPIRY_INTERVALS × interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            expiry: interval * EXPIRY_INTERVALS,
+            files: BTreeMap::new(),
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// Records that the node at `ip` (serving on `ann.port`) owns a file.
+    ///
+    /// Returns whether the table changed in a way a reader would see, or the reason the
+    /// announce is refused.
+    pub fn announce(&mut self, ip: IpAddr, ann: &Announce, now: Instant) -> Result<bool, String> {
+        check_file_name(&ann.file).map_err(|e| e.to_string())?;
+        if ann.node.is_empty() || ann.node.len() > MAX_NODE_NAME_LEN {
+            return Err(format!("node names are 1 to {MAX_NODE_NAME_LEN} bytes"));
+        }
+        if ann.port == 0 {
+            return Err("port 0 cannot be served on".into());
+        }
+        let addr = SocketAddr::new(ip, ann.port);
+        let node = self.nodes.entry(addr).or_insert_with(|| NodeEntry {
+            name: String::new(),
+            counters: Counters::default(),
+            files: HashSet::new(),
+        });
+        let mut changed = node.name != ann.node || node.counters != ann.counters;
+        node.name.clone_from(&ann.node);
+        node.counters = ann.counters;
+        // An owner announces one content per name: a changed file replaces the old one.
+        let stale: Vec<ContentId> = node
+            .files
+            .iter()
+            .filter(|(f, c)| *f == ann.file && *c != ann.content)
+            .map(|(_, c)| *c)
+            .collect();
+        for content in stale {
+            node.files.remove(&(ann.file.clone(), content));
+            remove_owner(&mut self.files, &ann.file, content, addr);
+            changed = true;
+        }
+        node.files.insert((ann.file.clone(), ann.content));
+        let swarm = self
+            .files
+            .entry(ann.file.clone())
+            .or_default()
+            .entry(ann.content)
+            .or_insert_with(|| Swarm {
+                size: ann.size,
+                owners: HashMap::new(),
+            });
+        let new = Ownership {
+            pieces: ann.pieces,
+            complete: ann.complete,
+            last_seen: now,
+        };
+        let old = swarm.owners.insert(addr, new);
+        changed |= old.is_none_or(|o| o.pieces != new.pieces || o.complete != new.complete);
+        Ok(changed)
+    }
+
+    /// Returns the content most owners hold under `file`, with up to `numwant` owners
+    /// (capped at [`MAX_OWNERS_LISTED`]) ranked best first, or `None` if nobody owns it.
+    ///
+    /// Complete owners come first, then those that have sent the most files, then the
+    /// most bytes: the original's "best node".
+    pub fn need(&self, file: &str, numwant: u16) -> Option<Found> {
+        let swarms = self.files.get(file)?;
+        let (content, swarm) = swarms
+            .iter()
+            .filter(|(_, s)| !s.owners.is_empty())
+            .max_by_key(|(c, s)| (s.owners.len(), std::cmp::Reverse(**c)))?;
+        let want = usize::from(numwant).min(MAX_OWNERS_LISTED);
+        Some(Found {
+            content: *content,
+            size: swarm.size,
+            owners: self.ranked_owners(swarm, want),
+        })
+    }
+
+    /// Returns the files whose names contain `pattern`, ignoring case, with their best
+    /// owners, capped at [`MAX_SEARCH_HITS`] files of [`MAX_OWNERS_PER_HIT`] owners.
+    pub fn search(&self, pattern: &str) -> Vec<SearchHit> {
+        let pattern = pattern.to_lowercase();
+        self.files
+            .iter()
+            .filter(|(name, _)| name.to_lowercase().contains(&pattern))
+            .flat_map(|(name, swarms)| {
+                swarms
+                    .iter()
+                    .filter(|(_, s)| !s.owners.is_empty())
+                    .map(|(content, swarm)| SearchHit {
+                        file: name.clone(),
+                        content: *content,
+                        size: swarm.size,
+                        owner_count: u32::try_from(swarm.owners.len()).unwrap_or(u32::MAX),
+                        owners: self.ranked_owners(swarm, MAX_OWNERS_PER_HIT),
+                    })
+            })
+            .take(MAX_SEARCH_HITS)
+            .collect()
+    }
+
+    /// Removes the node serving at `addr` from every file. Returns whether it was known.
+    pub fn exit(&mut self, addr: SocketAddr) -> bool {
+        let Some(node) = self.nodes.remove(&addr) else {
+            return false;
+        };
+        for (file, content) in node.files {
+            remove_owner(&mut self.files, &file, content, addr);
+        }
+        true
+    }
+
+    /// Drops owners that have not announced within the expiry time, and nodes left with no
+    /// files. Returns whether anything was dropped.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let expiry = self.expiry;
+        let mut dropped = Vec::new();
+        for (file, swarms) in &mut self.files {
+            for (content, swarm) in swarms.iter_mut() {
+                swarm.owners.retain(|addr, o| {
+                    let keep = now.saturating_duration_since(o.last_seen) < expiry;
+                    if !keep {
+                        dropped.push((*addr, file.clone(), *content));
+                    }
+                    keep
+                });
+            }
+            swarms.retain(|_, s| !s.owners.is_empty());
+        }
+        self.files.retain(|_, swarms| !swarms.is_empty());
+        for (addr, file, content) in &dropped {
+            if let Some(node) = self.nodes.get_mut(addr) {
+                node.files.remove(&(file.clone(), *content));
+            }
+        }
+        self.nodes.retain(|_, n| !n.files.is_empty());
+        !dropped.is_empty()
+    }
+
+    /// Returns a copy of the whole table, sorted for printing.
+    pub fn snapshot(&self) -> Snapshot {
+        let files = self
+            .files
+            .iter()
+            .flat_map(|(name, swarms)| {
+                swarms.iter().map(move |(content, swarm)| {
+                    let mut owners: Vec<OwnerRow> = swarm
+                        .owners
+                        .iter()
+                        .map(|(addr, o)| OwnerRow {
+                            node: self
+                                .nodes
+                                .get(addr)
+                                .map(|n| n.name.clone())
+                                .unwrap_or_default(),
+                            addr: *addr,
+                            pieces: o.pieces,
+                            complete: o.complete,
+                        })
+                        .collect();
+                    owners.sort_by(|a, b| (&a.node, a.addr).cmp(&(&b.node, b.addr)));
+                    FileRow {
+                        file: name.clone(),
+                        content: *content,
+                        size: swarm.size,
+                        owners,
+                    }
+                })
+            })
+            .collect();
+        let mut nodes: Vec<NodeRow> = self
+            .nodes
+            .iter()
+            .map(|(addr, n)| {
+                let mut files: Vec<String> = n.files.iter().map(|(f, _)| f.clone()).collect();
+                files.sort();
+                NodeRow {
+                    node: n.name.clone(),
+                    addr: *addr,
+                    files,
+                    counters: n.counters,
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| (&a.node, a.addr).cmp(&(&b.node, b.addr)));
+        Snapshot { files, nodes }
+    }
+
+    fn ranked_owners(&self, swarm: &Swarm, want: usize) -> Vec<OwnerInfo> {
+        let mut owners: Vec<OwnerInfo> = swarm
+            .owners
+            .iter()
+            .map(|(addr, o)| {
+                let node = self.nodes.get(addr);
+                OwnerInfo {
+                    node: node.map(|n| n.name.clone()).unwrap_or_default(),
+                    addr: *addr,
+                    uploads: node.map_or(0, |n| n.counters.files_sent),
+                    complete: o.complete,
+                }
+            })
+            .collect();
+        let bytes_sent =
+            |o: &OwnerInfo| self.nodes.get(&o.addr).map_or(0, |n| n.counters.bytes_sent);
+        owners.sort_by(|a, b| {
+            (b.complete, b.uploads, bytes_sent(b))
+                .cmp(&(a.complete, a.uploads, bytes_sent(a)))
+                .then(a.addr.cmp(&b.addr))
+        });
+        owners.truncate(want);
+        owners
+    }
+}
+
+fn remove_owner(
+    files: &mut BTreeMap<String, HashMap<ContentId, Swarm>>,
+    file: &str,
+    content: ContentId,
+    addr: SocketAddr,
+) {
+    if let Some(swarms) = files.get_mut(file) {
+        if let Some(swarm) = swarms.get_mut(&content) {
+            swarm.owners.remove(&addr);
+            if swarm.owners.is_empty() {
+                swarms.remove(&content);
+            }
+        }
+        if swarms.is_empty() {
+            files.remove(file);
+        }
+    }
+}
+
+/// A copy of the tracker's table at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every file with at least one owner, by name, then content id.
+    pub files: Vec<FileRow>,
+    /// Every node that owns at least one file, by name, then address.
+    pub nodes: Vec<NodeRow>,
+}
+
+/// One file in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    /// The file's plain name.
+    pub file: String,
+    /// Its content id.
+    pub content: ContentId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its owners, by node name.
+    pub owners: Vec<OwnerRow>,
+}
+
+/// One owner of a file in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRow {
+    /// The owner's node name.
+    pub node: String,
+    /// Where it serves.
+    pub addr: SocketAddr,
+    /// How many verified pieces it holds.
+    pub pieces: u32,
+    /// Whether it holds them all.
+    pub complete: bool,
+}
+
+/// One node in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// The node's name.
+    pub node: String,
+    /// Where it serves.
+    pub addr: SocketAddr,
+    /// The files it owns, sorted.
+    pub files: Vec<String>,
+    /// Its counters as last announced.
+    pub counters: Counters,
+}
+
+impl Snapshot {
+    /// Returns the owners of `file` under any content id, by node name.
+    pub fn owners_of(&self, file: &str) -> Vec<&OwnerRow> {
+        self.files
+            .iter()
+            .filter(|f| f.file == file)
+            .flat_map(|f| &f.owners)
+            .collect()
+    }
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "files ({}):", self.files.len())?;
+        for row in &self.files {
+            let owners: Vec<String> = row
+                .owners
+                .iter()
+                .map(|o| {
+                    let state = if o.complete {
+                        String::new()
+                    } else {
+                        format!(" {} pieces", o.pieces)
+                    };
+                    format!("{}@{}{state}", o.node, o.addr)
+                })
+                .collect();
+            writeln!(
+                f,
+                "  {:<24} {:>12} B  {}",
+                row.file,
+                row.size,
+                owners.join(", ")
+            )?;
+        }
+        writeln!(f, "nodes ({}):", self.nodes.len())?;
+        for n in &self.nodes {
+            let c = n.counters;
+            writeln!(
+                f,
+                "  {:<12} {:<21} files {:<3} sent {} files/{} B  received {} files/{} B",
+                n.node,
+                n.addr.to_string(),
+                n.files.len(),
+                c.files_sent,
+                c.bytes_sent,
+                c.files_received,
+                c.bytes_received
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn ann(node: &str, port: u16, file: &str, content: u8, sent: u64) -> Announce {
+        Announce {
+            node: node.into(),
+            port,
+            file: file.into(),
+            content: ContentId([content; 32]),
+            size: 1000,
+            pieces: 4,
+            complete: true,
+            counters: Counters {
+                files_sent: sent,
+                ..Counters::default()
+            },
+        }
+    }
+
+    fn registry() -> (Registry, Instant) {
+        (Registry::new(Duration::from_secs(10)), Instant::now())
+    }
+
+    #[test]
+    fn need_lists_owners_best_first_and_capped() {
+        let (mut r, now) = registry();
+        assert!(r.announce(IP, &ann("A", 1, "f", 1, 1), now).unwrap());
+        assert!(r.announce(IP, &ann("B", 2, "f", 1, 5), now).unwrap());
+        assert!(r.announce(IP, &ann("C", 3, "f", 1, 3), now).unwrap());
+        let found = r.need("f", 2).unwrap();
+        let names: Vec<&str> = found.owners.iter().map(|o| o.node.as_str()).collect();
+        assert_eq!(names, ["B", "C"]);
+        assert_eq!(found.owners[0].addr, SocketAddr::new(IP, 2));
+        assert!(r.need("g", 5).is_none());
+    }
+
+    #[test]
+    fn re_announcing_unchanged_is_not_a_change() {
+        let (mut r, now) = registry();
+        assert!(r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap());
+        assert!(!r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap());
+        assert!(r.announce(IP, &ann("A", 1, "f", 1, 1), now).unwrap());
+    }
+
+    #[test]
+    fn need_answers_with_the_content_most_owners_hold() {
+        let (mut r, now) = registry();
+        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
+        r.announce(IP, &ann("B", 2, "f", 2, 0), now).unwrap();
+        r.announce(IP, &ann("C", 3, "f", 2, 0), now).unwrap();
+        assert_eq!(r.need("f", 10).unwrap().content, ContentId([2; 32]));
+        // A changes its file to content 2: content 1 has no owner left.
+        r.announce(IP, &ann("A", 1, "f", 2, 0), now).unwrap();
+        assert_eq!(r.need("f", 10).unwrap().owners.len(), 3);
+        assert_eq!(r.snapshot().files.len(), 1);
+    }
+
+    #[test]
+    fn exit_removes_the_node_everywhere() {
+        let (mut r, now) = registry();
+        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
+        r.announce(IP, &ann("A", 1, "g", 3, 0), now).unwrap();
+        r.announce(IP, &ann("B", 2, "g", 3, 0), now).unwrap();
+        assert!(r.exit(SocketAddr::new(IP, 1)));
+        assert!(!r.exit(SocketAddr::new(IP, 1)));
+        assert!(r.need("f", 5).is_none());
+        assert_eq!(r.need("g", 5).unwrap().owners.len(), 1);
+        assert_eq!(r.snapshot().nodes.len(), 1);
+    }
+
+    #[test]
+    fn silent_owners_expire_after_three_intervals() {
+        let (mut r, now) = registry();
+        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
+        r.announce(IP, &ann("B", 2, "f", 1, 0), now + Duration::from_secs(20))
+            .unwrap();
+        assert!(!r.expire(now + Duration::from_secs(29)));
+        assert!(r.expire(now + Duration::from_secs(30)));
+        let found = r.need("f", 5).unwrap();
+        assert_eq!(found.owners.len(), 1);
+        assert_eq!(found.owners[0].node, "B");
+        assert!(r.expire(now + Duration::from_secs(50)));
+        assert_eq!(r.snapshot(), Snapshot::default());
+    }
+
+    #[test]
+    fn bad_announces_are_refused() {
+        let (mut r, now) = registry();
+        assert!(r.announce(IP, &ann("A", 1, "../x", 1, 0), now).is_err());
+        assert!(r.announce(IP, &ann("", 1, "x", 1, 0), now).is_err());
+        assert!(r.announce(IP, &ann("A", 0, "x", 1, 0), now).is_err());
+        assert_eq!(r.snapshot(), Snapshot::default());
+    }
+
+    #[test]
+    fn search_matches_substrings_ignoring_case() {
+        let (mut r, now) = registry();
+        r.announce(IP, &ann("A", 1, "Movie.bin", 1, 0), now)
+            .unwrap();
+        r.announce(IP, &ann("A", 1, "notes.txt", 2, 0), now)
+            .unwrap();
+        let hits = r.search("movie");
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].file, "Movie.bin");
+        assert_eq!(hits[0].owner_count, 1);
+        assert_eq!(r.search("").len(), 2);
+    }
+}
