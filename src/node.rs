@@ -355,6 +355,7 @@ impl Node {
             conns: Conns::default(),
             stopping: AtomicBool::new(false),
             interval_secs: AtomicU32::new(0),
+            downloading: Mutex::new(std::collections::BTreeSet::new()),
         });
         let mut threads = Vec::new();
         let accept_ctx = Arc::clone(&ctx);
@@ -508,6 +509,8 @@ pub(crate) struct Ctx {
     stopping: AtomicBool,
     /// The interval the tracker last asked for, in seconds; zero until it has answered.
     interval_secs: AtomicU32,
+    /// Files being downloaded; a download leaves this set before it reports its result.
+    downloading: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Ctx {
@@ -642,9 +645,11 @@ fn spawn(
 
 /// The `node-control` thread: runs commands, re-announces, owns the download threads.
 fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()>) -> Result<()> {
-    let mut downloads: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut next_announce = Instant::now() + ctx.announce_interval();
+    let mut downloads: Vec<JoinHandle<()>> = Vec::new();
+    let mut last_announce = Instant::now();
     loop {
+        // Recomputed each pass: the tracker's first answer may shorten the interval.
+        let next_announce = last_announce + ctx.announce_interval();
         let wait = next_announce.saturating_duration_since(Instant::now());
         select! {
             recv(stop) -> _ => break,
@@ -654,15 +659,22 @@ fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()
             },
             default(wait) => {
                 reannounce(ctx);
-                next_announce = Instant::now() + ctx.announce_interval();
+                last_announce = Instant::now();
             }
         }
-        downloads.retain(|_, h| !h.is_finished());
+        let (finished, running): (Vec<_>, Vec<_>) =
+            downloads.into_iter().partition(|h| h.is_finished());
+        for handle in finished {
+            handle
+                .join()
+                .map_err(|_| Error::ThreadPanicked("node-download".into()))?;
+        }
+        downloads = running;
     }
     // Shutting down: transfers are being broken by `close`; tell the tracker, then wait.
     let quick = TrackerClient::new(ctx.config.tracker).with_retries(2, Duration::from_millis(200));
     let _ = quick.exit(ctx.local_addr.port());
-    for (_, handle) in downloads {
+    for handle in downloads {
         handle
             .join()
             .map_err(|_| Error::ThreadPanicked("node-download".into()))?;
@@ -670,13 +682,13 @@ fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()
     Ok(())
 }
 
-fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut HashMap<String, JoinHandle<()>>) {
+fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>) {
     match cmd {
         Command::Share { file, reply } => {
             let _ = reply.send(share(ctx, &file));
         }
         Command::Download { file, reply } => {
-            if downloads.contains_key(&file) {
+            if !ctx.downloading.lock().insert(file.clone()) {
                 let _ = reply.send(Err(Error::AlreadyDownloading { file }));
                 return;
             }
@@ -686,6 +698,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut HashMap<String, Joi
                 .name("node-download".into())
                 .spawn(move || {
                     let result = download::run(&dl_ctx, &name);
+                    dl_ctx.downloading.lock().remove(&name);
                     match &result {
                         Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
                         Err(e) => dl_ctx.emit(Event::DownloadFailed {
@@ -696,13 +709,14 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut HashMap<String, Joi
                     let _ = reply.send(result);
                 });
             match spawned {
-                Ok(handle) => {
-                    downloads.insert(file, handle);
+                Ok(handle) => downloads.push(handle),
+                Err(e) => {
+                    ctx.downloading.lock().remove(&file);
+                    ctx.emit(Event::DownloadFailed {
+                        file,
+                        error: e.to_string(),
+                    });
                 }
-                Err(e) => ctx.emit(Event::DownloadFailed {
-                    file,
-                    error: e.to_string(),
-                }),
             }
         }
         Command::Search { pattern, reply } => {
@@ -710,8 +724,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut HashMap<String, Joi
         }
         Command::Status { reply } => {
             let shared = ctx.store.list().iter().map(|f| share_report(f)).collect();
-            let mut downloading: Vec<String> = downloads.keys().cloned().collect();
-            downloading.sort();
+            let downloading = ctx.downloading.lock().iter().cloned().collect();
             let _ = reply.send(Status {
                 name: ctx.config.name.clone(),
                 addr: ctx.local_addr,

@@ -1,0 +1,338 @@
+//! Helpers shared by the integration tests: real trackers and nodes on 127.0.0.1 with port
+//! 0 and temporary folders, a deadline-bounded `wait_until`, seeded test data, and a fake
+//! owner that speaks the real protocol but lies, stalls or hangs up on purpose.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use p2ptorrent::manifest::Manifest;
+use p2ptorrent::messages::{
+    Announce, Counters, MAGIC, Message, PROTOCOL_VERSION, read_frame, write_frame,
+};
+use p2ptorrent::{Event, Node, NodeConfig, Tracker, TrackerClient, TrackerConfig, TrackerEvent};
+use tempfile::TempDir;
+
+/// Piece size the tests share files with: small, so small files still have many pieces.
+pub const PIECE: u32 = 64 * 1024;
+/// How long any test waits for anything before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+pub fn start_tracker() -> (Tracker, Receiver<TrackerEvent>) {
+    Tracker::start(TrackerConfig::new(localhost())).expect("tracker starts")
+}
+
+/// A node with its own temporary folder.
+pub struct TestNode {
+    pub node: Node,
+    pub events: Receiver<Event>,
+    pub dir: TempDir,
+}
+
+impl TestNode {
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn shutdown(self) {
+        self.node.shutdown().expect("node shuts down cleanly");
+    }
+}
+
+pub fn config(name: &str, dir: &Path, tracker: SocketAddr) -> NodeConfig {
+    NodeConfig::new(name, dir)
+        .listen(localhost())
+        .tracker(tracker)
+        .piece_size(PIECE)
+}
+
+pub fn start_node(name: &str, tracker: SocketAddr) -> TestNode {
+    start_node_with(name, tracker, |c| c)
+}
+
+pub fn start_node_with(
+    name: &str,
+    tracker: SocketAddr,
+    tweak: impl FnOnce(NodeConfig) -> NodeConfig,
+) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, events) =
+        Node::start(tweak(config(name, dir.path(), tracker))).expect("node starts");
+    TestNode { node, events, dir }
+}
+
+/// Polls `cond` until it returns `Some`, failing after `timeout` with the last value seen.
+pub fn wait_until<T, S: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<T, S>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match cond() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out waiting for {what}; last saw {seen:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Waits for the first event that `pick` accepts, failing after `timeout`.
+pub fn wait_event<T>(
+    events: &Receiver<Event>,
+    timeout: Duration,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(e) => {
+                if let Some(v) = pick(&e) {
+                    return v;
+                }
+            }
+            Err(_) => panic!("timed out waiting for an event"),
+        }
+    }
+}
+
+/// Writes `len` seeded pseudo-random bytes to `path`, in chunks.
+pub fn write_random(path: &Path, seed: u64, len: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = BufWriter::new(File::create(path).unwrap());
+    let mut left = len;
+    let mut chunk = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        rng.fill(&mut chunk[..n]);
+        out.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+}
+
+/// Returns the BLAKE3 hash of a whole file, read in chunks.
+pub fn file_hash(path: &Path) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return h.finalize();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+pub fn assert_same_file(a: &Path, b: &Path) {
+    assert_eq!(
+        std::fs::metadata(a).unwrap().len(),
+        std::fs::metadata(b).unwrap().len(),
+        "{} and {} differ in length",
+        a.display(),
+        b.display()
+    );
+    assert_eq!(
+        file_hash(a),
+        file_hash(b),
+        "{} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+/// Lists the `.part` files left in a folder.
+pub fn part_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "part"))
+        .collect()
+}
+
+/// How a [`FakeOwner`] misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Flips a byte in every piece it sends.
+    Corrupt,
+    /// Sends this many good pieces, then hangs up and refuses further connections.
+    HangUpAfter(u32),
+    /// Handshakes and answers size requests, then never answers a piece request.
+    Stall,
+    /// Answers with a piece list that does not match the real file.
+    ForgedPieceList,
+}
+
+/// A test owner that speaks the real protocol, misbehaving as told.
+pub struct FakeOwner {
+    pub addr: SocketAddr,
+    pub pieces_sent: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeOwner {
+    /// Serves the file at `path` as `name`, and announces it to the tracker as a complete
+    /// owner ranked first (a high upload count), so downloaders ask it first.
+    pub fn start(path: &Path, name: &str, tracker: SocketAddr, behaviour: Behaviour) -> Self {
+        let manifest = Manifest::from_file(path, Some(PIECE)).unwrap();
+        let data = std::fs::read(path).unwrap();
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let pieces_sent = Arc::new(AtomicU32::new(0));
+        let file = name.to_string();
+        let (stop2, sent2) = (Arc::clone(&stop), Arc::clone(&pieces_sent));
+        let m2 = manifest.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                if let Behaviour::HangUpAfter(n) = behaviour
+                    && sent2.load(Ordering::SeqCst) >= n
+                {
+                    continue; // refuse: drop it
+                }
+                let clone = stream.try_clone().unwrap();
+                let (m, d, f, s) = (m2.clone(), data.clone(), file.clone(), Arc::clone(&sent2));
+                let h = std::thread::spawn(move || fake_serve(stream, &m, &d, &f, behaviour, &s));
+                conns.push((clone, h));
+            }
+            for (s, h) in conns {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                let _ = h.join();
+            }
+        });
+        TrackerClient::new(tracker)
+            .announce(Announce {
+                node: format!("fake-{behaviour:?}"),
+                port: addr.port(),
+                file: name.into(),
+                content: manifest.content(),
+                size: manifest.size(),
+                pieces: manifest.piece_count(),
+                complete: true,
+                counters: Counters {
+                    files_sent: 1_000_000,
+                    ..Counters::default()
+                },
+            })
+            .expect("fake owner announces");
+        Self {
+            addr,
+            pieces_sent,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeOwner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fake_serve(
+    stream: TcpStream,
+    manifest: &Manifest,
+    data: &[u8],
+    file: &str,
+    behaviour: Behaviour,
+    sent: &AtomicU32,
+) {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    let mut w = BufWriter::new(stream);
+    let hello = Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: "fake".into(),
+    };
+    while let Ok(Some(msg)) = read_frame(&mut r) {
+        let ok = match msg {
+            Message::Hello { .. } => write_frame(&mut w, &hello).is_ok(),
+            Message::SizeRequest { hashes, .. } => {
+                let mut info = manifest.size_info(file, hashes);
+                if behaviour == Behaviour::ForgedPieceList && !info.hashes.is_empty() {
+                    info.hashes[0] = [0xAA; 32];
+                }
+                let bits = vec![0xFF; manifest.piece_count().div_ceil(8) as usize];
+                let mut bits = bits;
+                let spare = bits.len() as u32 * 8 - manifest.piece_count();
+                if let Some(last) = bits.last_mut() {
+                    *last &= 0xFFu8 << spare;
+                }
+                write_frame(&mut w, &Message::SizeInfo(info)).is_ok()
+                    && write_frame(
+                        &mut w,
+                        &Message::Bitfield {
+                            content: manifest.content(),
+                            bits,
+                        },
+                    )
+                    .is_ok()
+            }
+            Message::Request {
+                content,
+                piece,
+                offset,
+                len,
+            } => {
+                if behaviour == Behaviour::Stall {
+                    true // never answer, keep the connection open
+                } else if let Behaviour::HangUpAfter(n) = behaviour
+                    && sent.load(Ordering::SeqCst) >= n
+                {
+                    return;
+                } else {
+                    let start =
+                        manifest.geometry().piece_range(piece).unwrap().start + u64::from(offset);
+                    let mut bytes = data[start as usize..start as usize + len as usize].to_vec();
+                    if behaviour == Behaviour::Corrupt {
+                        bytes[0] ^= 0xFF;
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    write_frame(
+                        &mut w,
+                        &Message::Data {
+                            content,
+                            piece,
+                            offset,
+                            len,
+                        },
+                    )
+                    .is_ok()
+                        && w.write_all(&bytes).is_ok()
+                }
+            }
+            _ => false,
+        };
+        if !ok || w.flush().is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Hostile input: path traversal on both sides, garbage and oversized frames on a node's
+//! TCP port, out-of-range requests, and garbage datagrams at the tracker. Each drops only
+//! the offending connection or datagram; everyone else keeps being served.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use p2ptorrent::messages::{
+    Announce, ContentId, Counters, MAGIC, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, read_frame,
+    write_frame,
+};
+use p2ptorrent::{Error, Event, TrackerClient};
+
+/// Connects to a node with a read timeout, so a bug fails the test instead of hanging it.
+fn connect(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn hello(s: &mut TcpStream) {
+    write_frame(
+        s,
+        &Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node: "probe".into(),
+        },
+    )
+    .unwrap();
+    let reply = read_frame(&mut BufReader::new(s.try_clone().unwrap())).unwrap();
+    assert!(matches!(reply, Some(Message::Hello { .. })), "{reply:?}");
+}
+
+/// Reads until the node closes the connection; fails if it stays open past the timeout.
+fn assert_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("connection still open: {e}"),
+        }
+    }
+}
+
+/// A node sharing one file, for the probes to attack.
+fn victim() -> (p2ptorrent::Tracker, TestNode) {
+    let (tracker, _te) = start_tracker();
+    let node = start_node("victim", tracker.local_addr());
+    write_random(&node.path("f.bin"), 1, 200_000);
+    node.node.share("f.bin").unwrap();
+    (tracker, node)
+}
+
+/// After an attack the node still serves a normal download, byte-exact.
+fn still_serves(tracker: &p2ptorrent::Tracker, node: &TestNode) {
+    let leech = start_node("leech", tracker.local_addr());
+    leech.node.download("f.bin").unwrap().wait().unwrap();
+    assert_same_file(&node.path("f.bin"), &leech.path("f.bin"));
+    leech.shutdown();
+}
+
+#[test]
+fn path_traversal_is_refused_by_the_sharer_and_the_downloader() {
+    let (tracker, node) = victim();
+    for bad in ["../f.bin", "/etc/passwd", "a/b", "..", "", "x\0y"] {
+        assert!(
+            matches!(node.node.share(bad), Err(Error::InvalidName { .. })),
+            "share {bad:?}"
+        );
+        let err = node.node.download(bad).unwrap().wait().unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidName { .. }),
+            "download {bad:?}: {err}"
+        );
+    }
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn a_node_serves_only_what_it_announced_and_never_outside_its_folder() {
+    let (tracker, node) = victim();
+    std::fs::write(node.path("secret.txt"), b"not shared").unwrap();
+    let mut s = connect(node.node.local_addr());
+    hello(&mut s);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for name in [
+        "secret.txt",
+        "../f.bin",
+        "/etc/passwd",
+        "f.bin/..",
+        "missing.bin",
+    ] {
+        write_frame(
+            &mut s,
+            &Message::SizeRequest {
+                file: name.into(),
+                hashes: true,
+            },
+        )
+        .unwrap();
+        match read_frame(&mut r).unwrap() {
+            Some(Message::Refused { file, .. }) => assert_eq!(file, name),
+            other => panic!("{name:?} answered with {other:?}"),
+        }
+    }
+    // A request by a content id the node does not share is rejected and the peer dropped.
+    let forged = Message::Request {
+        content: ContentId([9; 32]),
+        piece: 0,
+        offset: 0,
+        len: 10,
+    };
+    write_frame(&mut s, &forged).unwrap();
+    assert!(matches!(
+        read_frame(&mut r).unwrap(),
+        Some(Message::Reject { .. })
+    ));
+    assert_closed(&mut s);
+    still_serves(&tracker, &node);
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn garbage_and_oversized_frames_drop_only_that_connection() {
+    let (tracker, node) = victim();
+    let addr = node.node.local_addr();
+    // Random bytes instead of a hello.
+    let mut s = connect(addr);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let junk: Vec<u8> = (0..10_000).map(|_| rng.u8(..)).collect();
+    let _ = s.write_all(&junk);
+    assert_closed(&mut s);
+    // A length prefix far past the limit: refused before anything is allocated.
+    let mut s = connect(addr);
+    hello(&mut s);
+    s.write_all(&(MAX_FRAME_LEN + 1).to_be_bytes()).unwrap();
+    assert_closed(&mut s);
+    // A valid frame of an unknown variant.
+    let mut s = connect(addr);
+    hello(&mut s);
+    s.write_all(&[0, 0, 0, 2, 200, 1]).unwrap();
+    assert_closed(&mut s);
+    // A wrong version.
+    let mut s = connect(addr);
+    write_frame(
+        &mut s,
+        &Message::Hello {
+            magic: MAGIC,
+            version: 99,
+            node: "x".into(),
+        },
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert!(matches!(
+        read_frame(&mut r).unwrap(),
+        Some(Message::Reject { .. })
+    ));
+    assert_closed(&mut s);
+    // An idle connection left open meanwhile does not block anyone.
+    let _idle = connect(addr);
+    still_serves(&tracker, &node);
+    let errors = node
+        .events
+        .try_iter()
+        .filter(|e| matches!(e, Event::PeerError { .. }))
+        .count();
+    assert!(errors >= 4, "{errors} peer errors reported");
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn out_of_range_requests_are_rejected() {
+    let (tracker, node) = victim();
+    let content = node.node.status().unwrap().shared[0].content;
+    let pieces = 200_000u32.div_ceil(PIECE);
+    let last_len = 200_000 - (pieces - 1) * PIECE;
+    let bad = [
+        (pieces, 0, 10),               // no such piece
+        (0, 0, PIECE + 1),             // longer than a piece
+        (pieces - 1, 0, last_len + 1), // past the end of the file
+        (0, PIECE - 1, 2),             // offset + len past the piece
+        (0, 0, 0),                     // empty
+        (u32::MAX, u32::MAX, u32::MAX),
+    ];
+    for (piece, offset, len) in bad {
+        let mut s = connect(node.node.local_addr());
+        hello(&mut s);
+        write_frame(
+            &mut s,
+            &Message::Request {
+                content,
+                piece,
+                offset,
+                len,
+            },
+        )
+        .unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        match read_frame(&mut r) {
+            Ok(Some(Message::Reject { .. })) => {}
+            other => panic!("piece {piece} {offset}+{len}: {other:?}"),
+        }
+        assert_closed(&mut s);
+    }
+    // A valid partial request still works.
+    let mut s = connect(node.node.local_addr());
+    hello(&mut s);
+    write_frame(
+        &mut s,
+        &Message::Request {
+            content,
+            piece: 1,
+            offset: 100,
+            len: 50,
+        },
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert!(matches!(
+        read_frame(&mut r).unwrap(),
+        Some(Message::Data { len: 50, .. })
+    ));
+    let mut got = [0u8; 50];
+    r.read_exact(&mut got).unwrap();
+    let all = std::fs::read(node.path("f.bin")).unwrap();
+    let start = PIECE as usize + 100;
+    assert_eq!(&got[..], &all[start..start + 50]);
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn garbage_datagrams_do_not_disturb_the_tracker() {
+    let (tracker, node) = victim();
+    let before = tracker.snapshot();
+    let probe = UdpSocket::bind(localhost()).unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    for len in 0..=255usize {
+        let junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        probe.send_to(&junk, tracker.local_addr()).unwrap();
+    }
+    probe
+        .send_to(&vec![0xFF; 60_000], tracker.local_addr())
+        .unwrap();
+    // The tracker answers requests sent after the garbage: it has read past all of it.
+    let owners = TrackerClient::new(tracker.local_addr())
+        .need("f.bin", 10)
+        .unwrap();
+    assert_eq!(owners.owners.len(), 1);
+    assert_eq!(tracker.snapshot(), before);
+    still_serves(&tracker, &node);
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn the_tracker_refuses_announces_with_bad_names() {
+    let (tracker, _te) = start_tracker();
+    let client = TrackerClient::new(tracker.local_addr());
+    for (node, file) in [
+        ("A", "../etc/passwd"),
+        ("A", "a/b"),
+        ("", "ok.bin"),
+        (&*"n".repeat(65), "ok.bin"),
+    ] {
+        let err = client
+            .announce(Announce {
+                node: node.into(),
+                port: 4000,
+                file: file.into(),
+                content: ContentId([1; 32]),
+                size: 1,
+                pieces: 1,
+                complete: true,
+                counters: Counters::default(),
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::TrackerRejected { .. }), "{err}");
+    }
+    assert!(tracker.snapshot().files.is_empty());
+    tracker.shutdown().unwrap();
+}

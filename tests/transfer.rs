@@ -1,0 +1,147 @@
+//! Byte-exact downloads through a real tracker from 1, 2 and 4 owners, for the sizes where
+//! piece arithmetic goes wrong: empty, one byte, one piece ± 1, and over 100 MiB.
+
+mod common;
+
+use common::*;
+use p2ptorrent::Event;
+
+const BIG: u64 = 100 * 1024 * 1024 + 12_345;
+
+fn sizes() -> Vec<(String, u64)> {
+    let p = u64::from(PIECE);
+    [0, 1, p - 1, p, p + 1, BIG]
+        .into_iter()
+        .map(|s| (format!("file-{s}.bin"), s))
+        .collect()
+}
+
+/// `owners` nodes share every size (hard links of one generated copy each), a fresh node
+/// downloads them all, and each download must match byte for byte and use every owner
+/// for files with enough pieces.
+fn swarm_delivers_exact_copies(owners: usize) {
+    let (tracker, _te) = start_tracker();
+    let source = tempfile::tempdir().unwrap();
+    let seeders: Vec<TestNode> = (0..owners)
+        .map(|i| start_node(&format!("S{i}"), tracker.local_addr()))
+        .collect();
+    for (seed, (name, size)) in sizes().into_iter().enumerate() {
+        let original = source.path().join(&name);
+        write_random(&original, seed as u64, size);
+        for s in &seeders {
+            std::fs::hard_link(&original, s.path(&name)).unwrap();
+            s.node.share(&name).unwrap();
+        }
+    }
+    let leech = start_node("L", tracker.local_addr());
+    for (name, size) in sizes() {
+        let report = leech.node.download(&name).unwrap().wait().unwrap();
+        assert_eq!(report.size, size);
+        assert_same_file(&source.path().join(&name), &leech.path(&name));
+        assert!(report.failed.is_empty(), "{name}: {:?}", report.failed);
+        if size == BIG {
+            assert_eq!(
+                report.from.len(),
+                owners,
+                "every owner should have served part of {name}"
+            );
+        }
+    }
+    assert!(part_files(leech.dir.path()).is_empty());
+    // The downloader now owns every file, and the tracker knows it.
+    let snapshot = tracker.snapshot();
+    for (name, _) in sizes() {
+        assert_eq!(snapshot.owners_of(&name).len(), owners + 1, "{name}");
+    }
+    leech.shutdown();
+    seeders.into_iter().for_each(TestNode::shutdown);
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn exact_copies_from_one_owner() {
+    swarm_delivers_exact_copies(1);
+}
+
+#[test]
+fn exact_copies_from_two_owners() {
+    swarm_delivers_exact_copies(2);
+}
+
+#[test]
+fn exact_copies_from_four_owners() {
+    swarm_delivers_exact_copies(4);
+}
+
+#[test]
+fn events_number_every_piece_on_both_sides() {
+    let (tracker, _te) = start_tracker();
+    let a = start_node("A", tracker.local_addr());
+    let b = start_node("B", tracker.local_addr());
+    write_random(&a.path("f.bin"), 9, u64::from(PIECE) * 5 + 3);
+    a.node.share("f.bin").unwrap();
+    b.node.download("f.bin").unwrap().wait().unwrap();
+    let mut received: Vec<u32> = b
+        .events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::PieceReceived { piece, .. } => Some(piece),
+            _ => None,
+        })
+        .collect();
+    let mut sent: Vec<u32> = a
+        .events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::PieceSent { piece, .. } => Some(piece),
+            _ => None,
+        })
+        .collect();
+    received.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(received, (0..6).collect::<Vec<_>>());
+    assert_eq!(sent, received);
+    let status = a.node.status().unwrap();
+    assert_eq!(status.counters.bytes_sent, u64::from(PIECE) * 5 + 3);
+    assert_eq!(status.counters.files_sent, 1);
+    b.shutdown();
+    a.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn an_existing_file_is_never_overwritten() {
+    let (tracker, _te) = start_tracker();
+    let a = start_node("A", tracker.local_addr());
+    let b = start_node("B", tracker.local_addr());
+    write_random(&a.path("f.bin"), 1, 1000);
+    std::fs::write(b.path("f.bin"), b"mine").unwrap();
+    a.node.share("f.bin").unwrap();
+    let err = b.node.download("f.bin").unwrap().wait().unwrap_err();
+    assert!(err.to_string().contains("f.bin already exists in"), "{err}");
+    assert_eq!(std::fs::read(b.path("f.bin")).unwrap(), b"mine");
+    b.shutdown();
+    a.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn a_download_resumes_from_a_part_file() {
+    let (tracker, _te) = start_tracker();
+    let a = start_node("A", tracker.local_addr());
+    let b = start_node("B", tracker.local_addr());
+    let size = u64::from(PIECE) * 8;
+    write_random(&a.path("f.bin"), 5, size);
+    a.node.share("f.bin").unwrap();
+    // Half of the file already in place from "an earlier run", the rest zeros.
+    let mut part = std::fs::read(a.path("f.bin")).unwrap();
+    part[size as usize / 2..].fill(0);
+    std::fs::write(b.path("f.bin.part"), &part).unwrap();
+    let report = b.node.download("f.bin").unwrap().wait().unwrap();
+    assert_eq!(report.resumed, 4);
+    assert_eq!(report.from.iter().map(|(_, n)| n).sum::<u64>(), size / 2);
+    assert_same_file(&a.path("f.bin"), &b.path("f.bin"));
+    b.shutdown();
+    a.shutdown();
+    tracker.shutdown().unwrap();
+}
