@@ -178,3 +178,15 @@ pub enum Error {
     #[error("shut down")]
     Shutdown,
 }
+
+/// Formats an error with its chain of causes, "outer: inner: innermost", for people.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -1,1 +1,74 @@
-fn main() {}
+//! `tracker`: runs a p2ptorrent tracker and prints its table whenever it changes.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use crossbeam_channel::{bounded, select};
+use p2ptorrent::error::report;
+use p2ptorrent::{Tracker, TrackerConfig, TrackerEvent};
+
+/// Keeps which nodes own which files, and answers nodes over UDP.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// UDP address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:12340")]
+    listen: SocketAddr,
+    /// Seconds between a node's announces; silent owners expire after three.
+    #[arg(long, default_value_t = 30)]
+    interval: u64,
+    /// Print only the start line and errors, not the table.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = TrackerConfig::new(args.listen).interval(Duration::from_secs(args.interval));
+    let (tracker, events) = match Tracker::start(config) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("tracker: {}", report(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "tracker listening on {} (announce interval {} s)",
+        tracker.local_addr(),
+        args.interval.max(1)
+    );
+    let (stop_tx, stop_rx) = bounded(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    }) {
+        eprintln!("tracker: cannot handle signals: {e}");
+    }
+    loop {
+        select! {
+            recv(stop_rx) -> _ => break,
+            recv(events) -> event => match event {
+                Ok(TrackerEvent::TableChanged) => {
+                    // Print once for a burst of changes.
+                    while let Ok(TrackerEvent::TableChanged) = events.try_recv() {}
+                    if !args.quiet {
+                        print!("{}", tracker.snapshot());
+                    }
+                }
+                Ok(TrackerEvent::Rejected { from, reason }) => eprintln!("refused {from}: {reason}"),
+                Ok(TrackerEvent::Malformed { from }) => eprintln!("dropped a malformed datagram from {from}"),
+                Ok(_) => {}
+                Err(_) => break,
+            },
+        }
+    }
+    println!("tracker stopping");
+    match tracker.shutdown() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracker: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

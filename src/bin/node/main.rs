@@ -1,0 +1,344 @@
+//! `node`: runs a p2ptorrent node that shares and downloads files, driven by flags and by
+//! commands typed on stdin.
+
+mod progress;
+mod prompt;
+
+use std::io::{BufRead, IsTerminal};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use crossbeam_channel::{Receiver, bounded, never, select};
+use p2ptorrent::error::report;
+use p2ptorrent::{Download, Event, Node, NodeConfig};
+use progress::Progress;
+use prompt::Command;
+
+/// Shares files from a folder and downloads files from other nodes.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The node's name, shown in the tracker's table.
+    #[arg(short = 'n', long = "name")]
+    name: String,
+    /// TCP port to serve peers on (0 = any). The original's second port is accepted and
+    /// not needed: one TCP port carries both directions.
+    #[arg(short = 'p', long = "port", num_args = 1..=2, required = true)]
+    ports: Vec<u16>,
+    /// IP address to serve peers on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Folder holding the files [default: node_files/NAME].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The tracker's UDP address.
+    #[arg(long, default_value = "127.0.0.1:12340")]
+    tracker: SocketAddr,
+    /// Share this file at start (repeatable).
+    #[arg(long = "upload", value_name = "FILE")]
+    uploads: Vec<String>,
+    /// Download this file at start (repeatable).
+    #[arg(long = "download", value_name = "FILE")]
+    downloads: Vec<String>,
+    /// How many owners a download uses at once (the original used 2).
+    #[arg(long, default_value_t = 8)]
+    owners: usize,
+    /// Exit once the downloads finish; exit code 0 only if every one verified.
+    #[arg(long)]
+    exit_when_done: bool,
+    /// Read no commands from stdin; run until SIGINT/SIGTERM (or, with --exit-when-done,
+    /// until the downloads end).
+    #[arg(long)]
+    no_prompt: bool,
+    /// Log every piece sent and received, with its number.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("node_files").join(&args.name));
+    let config = NodeConfig::new(&args.name, dir)
+        .listen(SocketAddr::new(args.bind, args.ports[0]))
+        .tracker(args.tracker)
+        .max_owners(args.owners);
+    let (node, events) = match Node::start(config) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("node {}: {}", args.name, report(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "node {} serving on {} from {}, tracker {}",
+        args.name,
+        node.local_addr(),
+        node.dir().display(),
+        args.tracker
+    );
+    let mut session = Session {
+        node,
+        verbose: args.verbose,
+        progress: Progress::new(!args.verbose && std::io::stderr().is_terminal()),
+        pending: Vec::new(),
+        started: 0,
+        failures: 0,
+    };
+    let (stop_tx, stop_rx) = bounded(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    }) {
+        eprintln!("node: cannot handle signals: {e}");
+    }
+    for file in &args.uploads {
+        session.run(Command::Upload(file.clone()));
+    }
+    for file in &args.downloads {
+        session.run(Command::Download(file.clone()));
+    }
+    let mut lines = if args.no_prompt {
+        never()
+    } else {
+        stdin_lines()
+    };
+    loop {
+        let nothing_left = session.pending.is_empty() && (session.started > 0 || args.no_prompt);
+        if args.exit_when_done && nothing_left {
+            break;
+        }
+        select! {
+            recv(stop_rx) -> _ => break,
+            recv(lines) -> line => match line {
+                Ok(line) => match prompt::parse(&line) {
+                    Ok(Some(Command::Exit)) => break,
+                    Ok(Some(cmd)) => session.run(cmd),
+                    Ok(None) => {}
+                    Err(msg) => eprintln!("{msg}"),
+                },
+                // End of input: no more commands. Downloads asked for with
+                // --exit-when-done still finish; otherwise the node leaves now.
+                Err(_) if args.exit_when_done && !session.pending.is_empty() => lines = never(),
+                Err(_) => break,
+            },
+            recv(events) -> event => match event {
+                Ok(event) => session.show(&event),
+                Err(_) => break,
+            },
+            default(Duration::from_millis(200)) => {}
+        }
+        session.reap();
+    }
+    session.progress.clear();
+    let unfinished = session.pending.len();
+    let failures = session.failures;
+    let name = args.name;
+    match session.node.shutdown() {
+        Ok(()) => println!("node {name} left the network"),
+        Err(e) => {
+            eprintln!("node {name}: {}", report(&e));
+            return ExitCode::FAILURE;
+        }
+    }
+    if args.exit_when_done && (failures > 0 || unfinished > 0) {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// The running node and what the front end tracks of it.
+struct Session {
+    node: Node,
+    verbose: bool,
+    progress: Progress,
+    pending: Vec<Download>,
+    /// Downloads asked for so far.
+    started: usize,
+    failures: u32,
+}
+
+impl Session {
+    fn run(&mut self, cmd: Command) {
+        self.progress.clear();
+        match cmd {
+            Command::Upload(file) => match self.node.share(&file) {
+                Ok(r) => println!("sharing {} ({} bytes, {} pieces)", r.file, r.size, r.pieces),
+                Err(e) => {
+                    self.failures += 1;
+                    eprintln!("upload {file}: {}", report(&e));
+                }
+            },
+            Command::Download(file) => match self.node.download(&file) {
+                Ok(d) => {
+                    self.started += 1;
+                    self.pending.push(d);
+                }
+                Err(e) => eprintln!("download {file}: {}", report(&e)),
+            },
+            Command::Search(pattern) => match self.node.search(&pattern) {
+                Ok(hits) if hits.is_empty() => println!("no file matches {pattern:?}"),
+                Ok(hits) => {
+                    for h in hits {
+                        let owners: Vec<String> = h
+                            .owners
+                            .iter()
+                            .map(|o| format!("{}@{}", o.node, o.addr))
+                            .collect();
+                        println!(
+                            "{}  {} bytes  {}: {}",
+                            h.file,
+                            h.size,
+                            plural(h.owner_count as usize, "owner"),
+                            owners.join(", ")
+                        );
+                    }
+                }
+                Err(e) => eprintln!("search: {}", report(&e)),
+            },
+            Command::Status => match self.node.status() {
+                Ok(s) => {
+                    println!("node {} on {}", s.name, s.addr);
+                    for f in &s.shared {
+                        println!(
+                            "  sharing {} ({} bytes, {} pieces)",
+                            f.file, f.size, f.pieces
+                        );
+                    }
+                    for f in &s.downloading {
+                        println!("  downloading {f}");
+                    }
+                    let c = s.counters;
+                    println!(
+                        "  sent {} files / {} bytes, received {} files / {} bytes",
+                        c.files_sent, c.bytes_sent, c.files_received, c.bytes_received
+                    );
+                }
+                Err(e) => eprintln!("status: {}", report(&e)),
+            },
+            Command::Help => println!("{}", prompt::HELP),
+            Command::Exit => {}
+        }
+    }
+
+    /// Collects downloads that have ended and reports them.
+    fn reap(&mut self) {
+        let mut still = Vec::new();
+        for d in self.pending.drain(..) {
+            match d.wait_timeout(Duration::ZERO) {
+                None => still.push(d),
+                Some(Ok(r)) => {
+                    self.progress.finish(&r.file);
+                    let secs = r.elapsed.as_secs_f64().max(1e-6);
+                    let resumed = if r.resumed > 0 {
+                        format!(", {} pieces resumed", r.resumed)
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "downloaded {} ({} bytes, {} pieces verified{resumed}) from {} in {:.2} s, {:.1} MB/s",
+                        r.file,
+                        r.size,
+                        r.pieces,
+                        plural(r.from.len(), "owner"),
+                        secs,
+                        r.size as f64 / secs / 1e6
+                    );
+                    for (owner, why) in &r.failed {
+                        println!("  dropped owner {owner}: {why}");
+                    }
+                }
+                Some(Err(e)) => {
+                    self.progress.finish(d.file());
+                    self.failures += 1;
+                    eprintln!("download {}: {}", d.file(), report(&e));
+                }
+            }
+        }
+        self.pending = still;
+    }
+
+    fn show(&mut self, event: &Event) {
+        match event {
+            Event::DownloadStarted {
+                file,
+                size,
+                pieces,
+                resumed,
+                owners,
+            } => {
+                self.progress.clear();
+                let owners = plural(*owners, "owner");
+                println!(
+                    "downloading {file}: {size} bytes, {pieces} pieces, {owners} listed, {resumed} of them already here"
+                );
+                self.progress.start(file, *size, *pieces);
+            }
+            Event::PieceReceived {
+                file,
+                piece,
+                bytes,
+                from,
+                done,
+                total,
+            } => {
+                if self.verbose {
+                    println!(
+                        "received piece {piece} of {file} ({bytes} bytes) from {from} [{done}/{total}]"
+                    );
+                }
+                self.progress.piece(file, *bytes, *done);
+            }
+            Event::PieceSent { file, piece, to } if self.verbose => {
+                println!("sent piece {piece} of {file} to {to}");
+            }
+            Event::PieceRejected { file, piece, from } => {
+                self.progress.clear();
+                println!(
+                    "piece {piece} of {file} from {from} failed verification; fetching it elsewhere"
+                );
+            }
+            Event::OwnerFailed { file, owner, error } => {
+                self.progress.clear();
+                println!("{file}: dropped owner {owner}: {error}");
+            }
+            Event::FileChanged { file } => println!("{file} changed on disk; no longer shared"),
+            Event::TrackerError { error } => eprintln!("re-announce failed: {error}"),
+            Event::PeerError { addr, error } if self.verbose => eprintln!("peer {addr}: {error}"),
+            _ => {}
+        }
+    }
+}
+
+/// Returns "1 owner", "2 owners".
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Reads stdin lines on a thread of their own, since a blocking read cannot be
+/// interrupted. The thread is not joined: it holds no resources and ends with the process.
+fn stdin_lines() -> Receiver<String> {
+    let (tx, rx) = bounded(16);
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    if spawned.is_err() {
+        eprintln!("node: cannot read commands from stdin");
+    }
+    rx
+}

@@ -1,0 +1,237 @@
+//! The binaries, started as a person would: a tracker, two nodes sharing a 64 MiB file, a
+//! third that fetches it through the flags and a fourth through the original's stdin
+//! commands.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use p2ptorrent::TrackerClient;
+
+/// A child process that is killed if the test ends without waiting for it.
+struct Proc {
+    child: Child,
+    out: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    fn start(bin: &str, args: &[&str], cwd: &Path, stdin: Stdio) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            out: Some(out),
+        }
+    }
+
+    /// Reads stdout lines until one contains `needle`; returns it.
+    fn line_with(&mut self, needle: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.out.as_mut().unwrap().read_line(&mut line).unwrap();
+            assert!(n > 0, "output ended before a line with {needle:?}");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for the process to exit, killing it and failing after `timeout`.
+    fn wait(mut self, timeout: Duration) -> ExitStatus {
+        // Drain stdout so the child never blocks on a full pipe.
+        let mut out = self.out.take().unwrap();
+        let drain = std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).unwrap_or(0) > 0 {}
+            sink
+        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                drain.join().unwrap();
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TRACKER: &str = env!("CARGO_BIN_EXE_tracker");
+const NODE: &str = env!("CARGO_BIN_EXE_node");
+
+#[test]
+fn four_nodes_share_a_file_through_the_binaries() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let mut tracker = Proc::start(
+        TRACKER,
+        &["--listen", "127.0.0.1:0", "--interval", "2"],
+        cwd,
+        Stdio::null(),
+    );
+    let line = tracker.line_with("listening on");
+    let addr: SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let tracker_arg = addr.to_string();
+
+    let size = 64 * 1024 * 1024;
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    std::fs::create_dir_all(cwd.join("node_files/B")).unwrap();
+    let original = cwd.join("node_files/A/movie.bin");
+    write_random(&original, 64, size);
+    std::fs::hard_link(&original, cwd.join("node_files/B/movie.bin")).unwrap();
+
+    let seeder = |name: &str| {
+        let args = [
+            "-n",
+            name,
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--tracker",
+            &tracker_arg,
+            "--upload",
+            "movie.bin",
+            "--no-prompt",
+        ];
+        let mut p = Proc::start(NODE, &args, cwd, Stdio::null());
+        p.line_with("sharing movie.bin");
+        p
+    };
+    let a = seeder("A");
+    let b = seeder("B");
+    let client = TrackerClient::new(addr);
+    assert_eq!(client.need("movie.bin", 10).unwrap().owners.len(), 2);
+
+    // C: through the flags.
+    let c_args = [
+        "-n",
+        "C",
+        "-p",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--tracker",
+        &tracker_arg,
+        "--download",
+        "movie.bin",
+        "--exit-when-done",
+        "--no-prompt",
+    ];
+    let c = Proc::start(NODE, &c_args, cwd, Stdio::null());
+    assert!(c.wait(PATIENCE).success(), "C failed");
+    assert_same_file(&original, &cwd.join("node_files/C/movie.bin"));
+
+    // D: through the original's stdin commands, then `torrent exit`.
+    let d_args = [
+        "-n",
+        "D",
+        "-p",
+        "0",
+        "6001",
+        "--bind",
+        "127.0.0.1",
+        "--tracker",
+        &tracker_arg,
+    ];
+    let mut d = Proc::start(NODE, &d_args, cwd, Stdio::piped());
+    let mut stdin = d.child.stdin.take().unwrap();
+    writeln!(stdin, "torrent -search movie").unwrap();
+    let hit = d.line_with("movie.bin");
+    // A and B: C left the network when its download was done.
+    assert!(hit.contains("2 owners"), "{hit}");
+    writeln!(stdin, "torrent -setMode download movie.bin").unwrap();
+    let done = d.line_with("downloaded movie.bin");
+    assert!(done.contains("67108864 bytes"), "{done}");
+    writeln!(stdin, "torrent exit").unwrap();
+    assert!(d.wait(PATIENCE).success(), "D did not exit cleanly");
+    drop(stdin);
+    assert_same_file(&original, &cwd.join("node_files/D/movie.bin"));
+
+    for name in ["A", "B", "C", "D"] {
+        assert!(
+            part_files(&cwd.join("node_files").join(name)).is_empty(),
+            "{name} left a .part"
+        );
+    }
+    // C and D told the tracker they left; A and B are the owners now.
+    let names = |client: &TrackerClient| -> Vec<String> {
+        let mut n: Vec<String> = match client.need("movie.bin", 10) {
+            Ok(o) => o.owners.into_iter().map(|o| o.node).collect(),
+            Err(p2ptorrent::Error::NoOwners { .. }) => Vec::new(),
+            Err(e) => panic!("{e}"),
+        };
+        n.sort();
+        n
+    };
+    assert_eq!(names(&client), ["A", "B"]);
+    // SIGINT and SIGTERM end a node cleanly, and it tells the tracker it left.
+    a.signal("-INT");
+    assert!(a.wait(PATIENCE).success());
+    b.signal("-TERM");
+    assert!(b.wait(PATIENCE).success());
+    assert!(names(&client).is_empty());
+    tracker.signal("-TERM");
+    assert!(tracker.wait(PATIENCE).success());
+}
+
+#[test]
+fn exit_when_done_fails_when_nobody_has_the_file() {
+    let work = tempfile::tempdir().unwrap();
+    let mut tracker = Proc::start(
+        TRACKER,
+        &["--listen", "127.0.0.1:0"],
+        work.path(),
+        Stdio::null(),
+    );
+    let line = tracker.line_with("listening on");
+    let addr = line.split_whitespace().nth(3).unwrap().to_string();
+    let args = [
+        "-n",
+        "C",
+        "-p",
+        "0",
+        "--tracker",
+        &addr,
+        "--download",
+        "nothing.bin",
+        "--exit-when-done",
+        "--no-prompt",
+    ];
+    let c = Proc::start(NODE, &args, work.path(), Stdio::null());
+    assert_eq!(c.wait(PATIENCE).code(), Some(1));
+    tracker.signal("-TERM");
+    assert!(tracker.wait(PATIENCE).success());
+}
