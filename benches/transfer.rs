@@ -1,1 +1,345 @@
-fn main() {}
+//! End-to-end transfer: a file from 1, 2 and 4 owners to one downloader over loopback,
+//! every owner and the downloader a separate `node` process, beside a plain single-stream
+//! TCP copy of the same file measured in the same run. Then the tracker's answered
+//! requests per second under a load generator.
+//!
+//! ```text
+//! cargo bench --bench transfer
+//! P2P_BENCH_MIB=4096 P2P_BENCH_RUNS=5 P2P_BENCH_OWNERS=4 cargo bench --bench transfer
+//! ```
+//!
+//! Both the copy and the download end with the file synced to disk (the download syncs
+//! before its rename), so they are compared like for like. Figures are medians.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use p2ptorrent::messages::{
+    Announce, ContentId, Counters, MAX_DATAGRAM_LEN, NodeToTracker, PROTOCOL_VERSION,
+    TrackerRequest, encode_request,
+};
+use p2ptorrent::{Tracker, TrackerConfig};
+
+const NODE: &str = env!("CARGO_BIN_EXE_node");
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not run us meaningfully.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let mib: u64 = env_or("P2P_BENCH_MIB", 1024);
+    let runs: usize = env_or("P2P_BENCH_RUNS", 3);
+    let owners: Vec<usize> = std::env::var("P2P_BENCH_OWNERS")
+        .unwrap_or_else(|_| "1,2,4".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let size = mib << 20;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("bench.bin");
+    generate(&source, size);
+    println!("transfer of {mib} MiB over loopback, median of {runs} runs");
+    println!(
+        "{:<28} {:>9} {:>9} {:>14}",
+        "setup", "MB/s", "ratio", "peak RSS"
+    );
+
+    let plain = median(
+        (0..runs)
+            .map(|_| plain_copy(&source, &work.path().join("copy.bin")))
+            .collect(),
+    );
+    let plain_mbps = size as f64 / plain / 1e6;
+    println!(
+        "{:<28} {:>9.0} {:>9.2} {:>14}",
+        "plain TCP copy (baseline)", plain_mbps, 1.0, "-"
+    );
+
+    for n in owners {
+        let (secs, rss) = p2p_download(work.path(), &source, n, runs);
+        println!(
+            "{:<28} {:>9.0} {:>9.2} {:>10.1} MiB",
+            format!("p2ptorrent, {n} owner{}", if n == 1 { "" } else { "s" }),
+            size as f64 / secs / 1e6,
+            plain / secs,
+            rss as f64 / 1024.0
+        );
+    }
+    tracker_load();
+}
+
+/// One plain TCP copy: sendfile from the source, a 256 KiB read/write loop into the
+/// destination, then fsync. Returns seconds.
+fn plain_copy(source: &Path, dest: &Path) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let src = source.to_owned();
+    let sender = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        std::io::copy(&mut File::open(src).unwrap(), &mut s).unwrap();
+    });
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = File::create(dest).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).unwrap();
+    }
+    out.sync_all().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    sender.join().unwrap();
+    std::fs::remove_file(dest).unwrap();
+    secs
+}
+
+/// Runs `runs` downloads of `source` from `owners` node processes; returns the median
+/// seconds (as the downloader reports them) and the largest peak RSS in KiB.
+fn p2p_download(work: &Path, source: &Path, owners: usize, runs: usize) -> (f64, u64) {
+    let (tracker, _events) =
+        Tracker::start(TrackerConfig::new("127.0.0.1:0".parse().unwrap())).unwrap();
+    let taddr = tracker.local_addr().to_string();
+    let mut seeders: Vec<Child> = (0..owners)
+        .map(|i| {
+            let dir = work.join(format!("S{owners}-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::hard_link(source, dir.join("bench.bin")).unwrap();
+            let mut child = node(&[
+                &format!("S{i}"),
+                "--dir",
+                dir.to_str().unwrap(),
+                "--tracker",
+                &taddr,
+                "--upload",
+                "bench.bin",
+                "--no-prompt",
+            ]);
+            wait_for_line(&mut child, "sharing");
+            child
+        })
+        .collect();
+    let dl_dir = work.join("L");
+    let mut times = Vec::new();
+    let mut peak = 0;
+    for _ in 0..runs {
+        let _ = std::fs::remove_file(dl_dir.join("bench.bin"));
+        let mut child = node(&[
+            "L",
+            "--dir",
+            dl_dir.to_str().unwrap(),
+            "--tracker",
+            &taddr,
+            "--download",
+            "bench.bin",
+            "--exit-when-done",
+            "--no-prompt",
+            "--owners",
+            &owners.to_string(),
+        ]);
+        let pid = child.id();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            out.lines()
+                .map_while(Result::ok)
+                .find(|l| l.starts_with("downloaded"))
+        });
+        let mut hwm = 0;
+        while child.try_wait().unwrap().is_none() {
+            hwm = hwm.max(vm_hwm_kib(pid).unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak = u64::max(peak, hwm);
+        let line = reader
+            .join()
+            .unwrap()
+            .expect("the downloader reports its download");
+        // "downloaded NAME (...) from N owners in 1.23 s, ..."
+        let secs: f64 = line
+            .split(" in ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap();
+        times.push(secs);
+    }
+    let _ = std::fs::remove_file(dl_dir.join("bench.bin"));
+    for child in &mut seeders {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    tracker.shutdown().unwrap();
+    (median(times), peak)
+}
+
+fn node(args: &[&str]) -> Child {
+    let mut full = vec!["-n", args[0], "-p", "0", "--bind", "127.0.0.1"];
+    full.extend_from_slice(&args[1..]);
+    Command::new(NODE)
+        .args(&full)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_line(child: &mut Child, needle: &str) {
+    let out = child.stdout.as_mut().unwrap();
+    let mut reader = BufReader::new(out);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line.contains(needle) {
+            return;
+        }
+        line.clear();
+    }
+    panic!("node ended before printing {needle:?}");
+}
+
+/// Reads a process's peak resident set size so far, in KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Fills the tracker with 10,000 files × 50 owners, then measures answered requests per
+/// second from several client threads keeping requests in flight (80 % `need`, 20 % `have`).
+fn tracker_load() {
+    const FILES: u32 = 10_000;
+    const OWNERS: u16 = 50;
+    const CLIENTS: usize = 2;
+    const WINDOW: usize = 64;
+    let (tracker, _events) =
+        Tracker::start(TrackerConfig::new("127.0.0.1:0".parse().unwrap())).unwrap();
+    let addr = tracker.local_addr();
+    let announce = |file: u32, port: u16| {
+        NodeToTracker::Have(Announce {
+            node: format!("n{port}"),
+            port,
+            file: format!("file-{file}.bin"),
+            content: ContentId(*blake3::hash(&file.to_le_bytes()).as_bytes()),
+            size: 1 << 30,
+            pieces: 1024,
+            complete: true,
+            counters: Counters {
+                files_sent: u64::from(port),
+                ..Counters::default()
+            },
+        })
+    };
+    let started = Instant::now();
+    let fill: Vec<NodeToTracker> = (0..FILES)
+        .flat_map(|f| (1..=OWNERS).map(move |p| (f, p)))
+        .map(|(f, p)| announce(f, p))
+        .collect();
+    let filled = blast(addr, fill, WINDOW);
+    println!(
+        "tracker: filled with {FILES} files x {OWNERS} owners ({filled} announces) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let duration = Duration::from_secs(3);
+    let answered_before = tracker.answered();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(c as u64);
+                let mut n = 0;
+                while started.elapsed() < duration {
+                    let batch: Vec<NodeToTracker> = (0..1000)
+                        .map(|_| {
+                            let file = rng.u32(..FILES);
+                            if rng.u8(..10) < 8 {
+                                NodeToTracker::Need {
+                                    file: format!("file-{file}.bin"),
+                                    numwant: 50,
+                                }
+                            } else {
+                                announce(file, rng.u16(1..=OWNERS))
+                            }
+                        })
+                        .collect();
+                    n += blast(addr, batch, WINDOW);
+                }
+                n
+            })
+        })
+        .collect();
+    let replies: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let secs = started.elapsed().as_secs_f64();
+    let answered = tracker.answered() - answered_before;
+    println!(
+        "tracker: {:.0} requests/s answered ({replies} replies received by {CLIENTS} client threads in {secs:.1} s; 80% need with 50 owners, 20% have)",
+        answered as f64 / secs
+    );
+    tracker.shutdown().unwrap();
+}
+
+/// Sends `requests` keeping up to `window` unanswered; returns how many replies came back
+/// (a lost datagram is given up after 200 ms).
+fn blast(addr: SocketAddr, requests: Vec<NodeToTracker>, window: usize) -> usize {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
+    let (mut sent, mut outstanding, mut replies) = (0, 0, 0);
+    let total = requests.len();
+    let mut requests = requests.into_iter();
+    while sent < total || outstanding > 0 {
+        while outstanding < window && sent < total {
+            let body = requests.next().unwrap();
+            let datagram = encode_request(&TrackerRequest {
+                version: PROTOCOL_VERSION,
+                txid: sent as u64,
+                body,
+            })
+            .unwrap();
+            socket.send(&datagram).unwrap();
+            sent += 1;
+            outstanding += 1;
+        }
+        match socket.recv(&mut buf) {
+            Ok(_) => {
+                replies += 1;
+                outstanding -= 1;
+            }
+            Err(_) => outstanding = 0, // lost: move on
+        }
+    }
+    replies
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn generate(path: &PathBuf, size: u64) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut out = std::io::BufWriter::new(File::create(path).unwrap());
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        rng.fill(&mut chunk[..n]);
+        out.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+}

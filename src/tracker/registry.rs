@@ -5,7 +5,7 @@
 //! tested with ordinary values. The tracker's UDP thread holds it behind a lock for the
 //! length of one call.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -50,7 +50,8 @@ struct Ownership {
 struct NodeEntry {
     name: String,
     counters: Counters,
-    files: HashSet<(String, ContentId)>,
+    /// File name → the content this node announced under it (one per name).
+    files: HashMap<String, ContentId>,
 }
 
 /// What a `Need` finds: the content most owners hold under a name, and its best owners.
@@ -87,24 +88,18 @@ impl Registry {
         let node = self.nodes.entry(addr).or_insert_with(|| NodeEntry {
             name: String::new(),
             counters: Counters::default(),
-            files: HashSet::new(),
+            files: HashMap::new(),
         });
         let mut changed = node.name != ann.node || node.counters != ann.counters;
         node.name.clone_from(&ann.node);
         node.counters = ann.counters;
         // An owner announces one content per name: a changed file replaces the old one.
-        let stale: Vec<ContentId> = node
-            .files
-            .iter()
-            .filter(|(f, c)| *f == ann.file && *c != ann.content)
-            .map(|(_, c)| *c)
-            .collect();
-        for content in stale {
-            node.files.remove(&(ann.file.clone(), content));
-            remove_owner(&mut self.files, &ann.file, content, addr);
+        if let Some(old) = node.files.insert(ann.file.clone(), ann.content)
+            && old != ann.content
+        {
+            remove_owner(&mut self.files, &ann.file, old, addr);
             changed = true;
         }
-        node.files.insert((ann.file.clone(), ann.content));
         let swarm = self
             .files
             .entry(ann.file.clone())
@@ -196,8 +191,10 @@ impl Registry {
         }
         self.files.retain(|_, swarms| !swarms.is_empty());
         for (addr, file, content) in &dropped {
-            if let Some(node) = self.nodes.get_mut(addr) {
-                node.files.remove(&(file.clone(), *content));
+            if let Some(node) = self.nodes.get_mut(addr)
+                && node.files.get(file) == Some(content)
+            {
+                node.files.remove(file);
             }
         }
         self.nodes.retain(|_, n| !n.files.is_empty());
@@ -239,7 +236,7 @@ impl Registry {
             .nodes
             .iter()
             .map(|(addr, n)| {
-                let mut files: Vec<String> = n.files.iter().map(|(f, _)| f.clone()).collect();
+                let mut files: Vec<String> = n.files.keys().cloned().collect();
                 files.sort();
                 NodeRow {
                     node: n.name.clone(),

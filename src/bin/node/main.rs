@@ -4,6 +4,23 @@
 mod progress;
 mod prompt;
 
+/// Prints a line to stdout, ignoring a closed stdout: a node whose output is no longer
+/// read keeps serving rather than dying on a broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Prints a line to stderr, ignoring a closed stderr.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::io::{BufRead, IsTerminal};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -71,11 +88,11 @@ fn main() -> ExitCode {
     let (node, events) = match Node::start(config) {
         Ok(started) => started,
         Err(e) => {
-            eprintln!("node {}: {}", args.name, report(&e));
+            esay!("node {}: {}", args.name, report(&e));
             return ExitCode::FAILURE;
         }
     };
-    println!(
+    say!(
         "node {} serving on {} from {}, tracker {}",
         args.name,
         node.local_addr(),
@@ -94,7 +111,7 @@ fn main() -> ExitCode {
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
     }) {
-        eprintln!("node: cannot handle signals: {e}");
+        esay!("node: cannot handle signals: {e}");
     }
     for file in &args.uploads {
         session.run(Command::Upload(file.clone()));
@@ -119,7 +136,7 @@ fn main() -> ExitCode {
                     Ok(Some(Command::Exit)) => break,
                     Ok(Some(cmd)) => session.run(cmd),
                     Ok(None) => {}
-                    Err(msg) => eprintln!("{msg}"),
+                    Err(msg) => esay!("{msg}"),
                 },
                 // End of input: no more commands. Downloads asked for with
                 // --exit-when-done still finish; otherwise the node leaves now.
@@ -139,9 +156,9 @@ fn main() -> ExitCode {
     let failures = session.failures;
     let name = args.name;
     match session.node.shutdown() {
-        Ok(()) => println!("node {name} left the network"),
+        Ok(()) => say!("node {name} left the network"),
         Err(e) => {
-            eprintln!("node {name}: {}", report(&e));
+            esay!("node {name}: {}", report(&e));
             return ExitCode::FAILURE;
         }
     }
@@ -167,10 +184,10 @@ impl Session {
         self.progress.clear();
         match cmd {
             Command::Upload(file) => match self.node.share(&file) {
-                Ok(r) => println!("sharing {} ({} bytes, {} pieces)", r.file, r.size, r.pieces),
+                Ok(r) => say!("sharing {} ({} bytes, {} pieces)", r.file, r.size, r.pieces),
                 Err(e) => {
                     self.failures += 1;
-                    eprintln!("upload {file}: {}", report(&e));
+                    esay!("upload {file}: {}", report(&e));
                 }
             },
             Command::Download(file) => match self.node.download(&file) {
@@ -178,10 +195,10 @@ impl Session {
                     self.started += 1;
                     self.pending.push(d);
                 }
-                Err(e) => eprintln!("download {file}: {}", report(&e)),
+                Err(e) => esay!("download {file}: {}", report(&e)),
             },
             Command::Search(pattern) => match self.node.search(&pattern) {
-                Ok(hits) if hits.is_empty() => println!("no file matches {pattern:?}"),
+                Ok(hits) if hits.is_empty() => say!("no file matches {pattern:?}"),
                 Ok(hits) => {
                     for h in hits {
                         let owners: Vec<String> = h
@@ -189,7 +206,7 @@ impl Session {
                             .iter()
                             .map(|o| format!("{}@{}", o.node, o.addr))
                             .collect();
-                        println!(
+                        say!(
                             "{}  {} bytes  {}: {}",
                             h.file,
                             h.size,
@@ -198,29 +215,34 @@ impl Session {
                         );
                     }
                 }
-                Err(e) => eprintln!("search: {}", report(&e)),
+                Err(e) => esay!("search: {}", report(&e)),
             },
             Command::Status => match self.node.status() {
                 Ok(s) => {
-                    println!("node {} on {}", s.name, s.addr);
+                    say!("node {} on {}", s.name, s.addr);
                     for f in &s.shared {
-                        println!(
+                        say!(
                             "  sharing {} ({} bytes, {} pieces)",
-                            f.file, f.size, f.pieces
+                            f.file,
+                            f.size,
+                            f.pieces
                         );
                     }
                     for f in &s.downloading {
-                        println!("  downloading {f}");
+                        say!("  downloading {f}");
                     }
                     let c = s.counters;
-                    println!(
+                    say!(
                         "  sent {} files / {} bytes, received {} files / {} bytes",
-                        c.files_sent, c.bytes_sent, c.files_received, c.bytes_received
+                        c.files_sent,
+                        c.bytes_sent,
+                        c.files_received,
+                        c.bytes_received
                     );
                 }
-                Err(e) => eprintln!("status: {}", report(&e)),
+                Err(e) => esay!("status: {}", report(&e)),
             },
-            Command::Help => println!("{}", prompt::HELP),
+            Command::Help => say!("{}", prompt::HELP),
             Command::Exit => {}
         }
     }
@@ -239,7 +261,7 @@ impl Session {
                     } else {
                         String::new()
                     };
-                    println!(
+                    say!(
                         "downloaded {} ({} bytes, {} pieces verified{resumed}) from {} in {:.2} s, {:.1} MB/s",
                         r.file,
                         r.size,
@@ -249,13 +271,13 @@ impl Session {
                         r.size as f64 / secs / 1e6
                     );
                     for (owner, why) in &r.failed {
-                        println!("  dropped owner {owner}: {why}");
+                        say!("  dropped owner {owner}: {why}");
                     }
                 }
                 Some(Err(e)) => {
                     self.progress.finish(d.file());
                     self.failures += 1;
-                    eprintln!("download {}: {}", d.file(), report(&e));
+                    esay!("download {}: {}", d.file(), report(&e));
                 }
             }
         }
@@ -273,7 +295,7 @@ impl Session {
             } => {
                 self.progress.clear();
                 let owners = plural(*owners, "owner");
-                println!(
+                say!(
                     "downloading {file}: {size} bytes, {pieces} pieces, {owners} listed, {resumed} of them already here"
                 );
                 self.progress.start(file, *size, *pieces);
@@ -287,28 +309,28 @@ impl Session {
                 total,
             } => {
                 if self.verbose {
-                    println!(
+                    say!(
                         "received piece {piece} of {file} ({bytes} bytes) from {from} [{done}/{total}]"
                     );
                 }
                 self.progress.piece(file, *bytes, *done);
             }
             Event::PieceSent { file, piece, to } if self.verbose => {
-                println!("sent piece {piece} of {file} to {to}");
+                say!("sent piece {piece} of {file} to {to}");
             }
             Event::PieceRejected { file, piece, from } => {
                 self.progress.clear();
-                println!(
+                say!(
                     "piece {piece} of {file} from {from} failed verification; fetching it elsewhere"
                 );
             }
             Event::OwnerFailed { file, owner, error } => {
                 self.progress.clear();
-                println!("{file}: dropped owner {owner}: {error}");
+                say!("{file}: dropped owner {owner}: {error}");
             }
-            Event::FileChanged { file } => println!("{file} changed on disk; no longer shared"),
-            Event::TrackerError { error } => eprintln!("re-announce failed: {error}"),
-            Event::PeerError { addr, error } if self.verbose => eprintln!("peer {addr}: {error}"),
+            Event::FileChanged { file } => say!("{file} changed on disk; no longer shared"),
+            Event::TrackerError { error } => esay!("re-announce failed: {error}"),
+            Event::PeerError { addr, error } if self.verbose => esay!("peer {addr}: {error}"),
             _ => {}
         }
     }
@@ -338,7 +360,7 @@ fn stdin_lines() -> Receiver<String> {
             }
         });
     if spawned.is_err() {
-        eprintln!("node: cannot read commands from stdin");
+        esay!("node: cannot read commands from stdin");
     }
     rx
 }

@@ -60,7 +60,7 @@ impl Progress {
     /// Erases the line so a message can be printed in its place.
     pub fn clear(&mut self) {
         if self.enabled && self.drawn {
-            eprint!("\r\x1b[2K");
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
             self.drawn = false;
         }
     }
@@ -91,8 +91,9 @@ impl Progress {
                 )
             })
             .collect();
-        eprint!("\r\x1b[2K{}", line.join("  "));
-        let _ = std::io::stderr().flush();
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K{}", line.join("  "));
+        let _ = err.flush();
         self.drawn = true;
     }
 }
