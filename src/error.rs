@@ -170,6 +170,15 @@ pub enum Error {
     #[error("invalid parameter: {0}")]
     InvalidParameter(&'static str),
 
+    /// The operating system refused to start a thread.
+    #[error("starting thread {name}")]
+    Spawn {
+        /// The thread's name.
+        name: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+
     /// A thread of a tracker or node panicked.
     #[error("thread {0} panicked")]
     ThreadPanicked(String),

@@ -359,11 +359,11 @@ impl Node {
         });
         let mut threads = Vec::new();
         let accept_ctx = Arc::clone(&ctx);
-        threads.push(spawn("node-accept", move || {
+        threads.push(spawn(&ctx, "node-accept", move || {
             serve::accept_loop(&accept_ctx, &listener)
         })?);
         let control_ctx = Arc::clone(&ctx);
-        let control = spawn("node-control", move || {
+        let control = spawn(&ctx, "node-control", move || {
             control_loop(&control_ctx, &commands_rx, &stop_rx)
         });
         let mut node = Self {
@@ -628,19 +628,36 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
+/// Starts a node thread. If it panics, it trips the node's shutdown on the way out, so no
+/// sibling is left waiting for it.
 fn spawn(
+    ctx: &Arc<Ctx>,
     name: &'static str,
     f: impl FnOnce() -> Result<()> + Send + 'static,
 ) -> Result<(&'static str, JoinHandle<Result<()>>)> {
+    let ctx = Arc::clone(ctx);
     let handle = thread::Builder::new()
         .name(name.into())
-        .spawn(f)
-        .map_err(|e| Error::File {
-            op: "spawning thread",
-            path: name.into(),
-            source: e,
-        })?;
+        .spawn(move || {
+            let _trip = TripOnPanic(&ctx);
+            f()
+        })
+        .map_err(|source| Error::Spawn { name, source })?;
     Ok((name, handle))
+}
+
+/// Stops the whole node if the thread holding it panics.
+struct TripOnPanic<'a>(&'a Ctx);
+
+impl Drop for TripOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.stopping.store(true, Ordering::SeqCst);
+            self.0.conns.close_all();
+            let wake = wake_addr(self.0.local_addr);
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        }
+    }
 }
 
 /// The `node-control` thread: runs commands, re-announces, owns the download threads.

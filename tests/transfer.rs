@@ -145,3 +145,42 @@ fn a_download_resumes_from_a_part_file() {
     a.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// Offsets past 4 GiB, without moving 4 GiB: the file is sparse zeros except its last
+/// MiB, and the downloader's sparse `.part` of the right length already verifies for every
+/// zero piece, so only the pieces beyond 4 GiB cross the wire and are written there.
+#[test]
+fn files_over_4_gib_work() {
+    use std::os::unix::fs::FileExt;
+    let (tracker, _te) = start_tracker();
+    let a = start_node("A", tracker.local_addr());
+    let b = start_node("B", tracker.local_addr());
+    let size: u64 = (4 << 30) + (1 << 20);
+    let tail = {
+        let mut t = vec![0u8; 1 << 20];
+        fastrand::Rng::with_seed(4).fill(&mut t);
+        t
+    };
+    let f = std::fs::File::create(a.path("huge.bin")).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&tail, size - tail.len() as u64).unwrap();
+    drop(f);
+    a.node.share("huge.bin").unwrap();
+    std::fs::File::create(b.path("huge.bin.part"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+
+    let report = b.node.download("huge.bin").unwrap().wait().unwrap();
+    let tail_pieces = (1 << 20) / PIECE;
+    assert_eq!(report.pieces - report.resumed, tail_pieces);
+    assert_eq!(report.from.iter().map(|(_, n)| n).sum::<u64>(), 1 << 20);
+    let got = std::fs::File::open(b.path("huge.bin")).unwrap();
+    assert_eq!(got.metadata().unwrap().len(), size);
+    let mut back = vec![0u8; 1 << 20];
+    got.read_exact_at(&mut back, size - (1 << 20)).unwrap();
+    assert!(back == tail, "the last MiB differs");
+    b.shutdown();
+    a.shutdown();
+    tracker.shutdown().unwrap();
+}
