@@ -15,7 +15,8 @@
 //! 6. Sync, link `NAME.part` to `NAME` (which fails rather than overwrite), remove the
 //!    `.part`, serve the file and announce it.
 //!
-//! Memory is one piece buffer and one socket buffer per owner, whatever the file size.
+//! Memory is three piece buffers and two small socket buffers per owner, whatever the file
+//! size.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -26,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
@@ -38,6 +40,8 @@ use super::{Ctx, DownloadReport, Event};
 
 /// An owner that failed this many times is given up on for the download.
 const MAX_FAILURES: u32 = 2;
+/// Piece buffers per owner: one being received, one being verified, one spare.
+const BUFFERS_PER_OWNER: usize = 3;
 
 /// Downloads `file` into the node's folder.
 ///
@@ -389,6 +393,11 @@ impl<'a> Dl<'a> {
     }
 
     /// Fetches pieces from one owner until there is nothing left it can do.
+    ///
+    /// The connection is read on this thread while a `node-verify` thread hashes and
+    /// writes the previous pieces, so hashing overlaps the network. They pass
+    /// [`BUFFERS_PER_OWNER`] piece buffers back and forth: that is all the memory a worker
+    /// holds, and a verifier that falls behind makes the reader wait for a buffer.
     fn worker(
         &self,
         slot: usize,
@@ -396,7 +405,7 @@ impl<'a> Dl<'a> {
         conn: Option<(PeerConn<'a>, Bitfield)>,
     ) -> Result<()> {
         let _retire = Retire { dl: self, slot };
-        let (mut conn, has) = match conn {
+        let (conn, has) = match conn {
             Some(c) => c,
             None => {
                 let mut conn = PeerConn::connect(self.ctx, addr)?;
@@ -410,10 +419,43 @@ impl<'a> Dl<'a> {
                 (conn, has)
             }
         };
+        let piece_size = self.manifest.geometry().piece_len(0).unwrap_or(0) as usize;
+        let (full_tx, full_rx) = bounded::<(u32, Vec<u8>)>(BUFFERS_PER_OWNER);
+        let (empty_tx, empty_rx) = bounded::<Vec<u8>>(BUFFERS_PER_OWNER);
+        for _ in 0..BUFFERS_PER_OWNER {
+            let _ = empty_tx.send(vec![0u8; piece_size]);
+        }
+        thread::scope(|s| {
+            let verifier = thread::Builder::new()
+                .name("node-verify".into())
+                .spawn_scoped(s, move || self.verify_and_write(addr, &full_rx, &empty_tx))
+                .map_err(|source| Error::Spawn {
+                    name: "node-verify",
+                    source,
+                })?;
+            let received = self.receive(slot, conn, &has, &full_tx, &empty_rx);
+            drop(full_tx);
+            let verified = verifier
+                .join()
+                .unwrap_or(Err(Error::ThreadPanicked("node-verify".into())));
+            // A bad piece explains why the reader stopped; report it first.
+            verified.and(received)
+        })
+    }
+
+    /// The reading half of a worker: keeps the pipeline full and hands each piece, as it
+    /// arrives, to the verifier. Returns when there is nothing left for this owner, or when
+    /// the verifier has stopped (it then holds the reason).
+    fn receive(
+        &self,
+        slot: usize,
+        mut conn: PeerConn<'a>,
+        has: &Bitfield,
+        full: &Sender<(u32, Vec<u8>)>,
+        empty: &Receiver<Vec<u8>>,
+    ) -> Result<()> {
         let content = self.manifest.content();
         let geometry = self.manifest.geometry();
-        let total = geometry.piece_count();
-        let mut buf = vec![0u8; geometry.piece_len(0).unwrap_or(0) as usize];
         let mut in_flight: VecDeque<u32> = VecDeque::new();
         let depth = self.ctx.config.pipeline_depth.max(1);
         loop {
@@ -427,7 +469,7 @@ impl<'a> Dl<'a> {
             {
                 let mut sched = self.sched.lock();
                 while in_flight.len() + fresh.len() < depth {
-                    match sched.take(slot, &has) {
+                    match sched.take(slot, has) {
                         Some(p) => fresh.push(p),
                         None => break,
                     }
@@ -436,8 +478,8 @@ impl<'a> Dl<'a> {
                     if sched.is_complete() || !sched.others_busy(slot) {
                         return Ok(());
                     }
-                    // Pieces in flight elsewhere may yet come back; the timeout re-checks
-                    // for shutdown.
+                    // Pieces in flight elsewhere (or in our own verifier) may yet come
+                    // back; the timeout re-checks for shutdown.
                     self.wake.wait_for(&mut sched, Duration::from_millis(100));
                     continue;
                 }
@@ -449,12 +491,34 @@ impl<'a> Dl<'a> {
                 conn.flush()?;
             }
             in_flight.extend(fresh);
-            let Some(&piece) = in_flight.front() else {
+            let Some(piece) = in_flight.pop_front() else {
                 continue;
             };
+            // No buffer comes back once the verifier has stopped: it has the reason.
+            let Ok(mut buf) = empty.recv() else {
+                return Ok(());
+            };
             let len = geometry.piece_len(piece).unwrap_or(0) as usize;
-            let data = &mut buf[..len];
-            conn.read_piece(content, piece, data)?;
+            conn.read_piece(content, piece, &mut buf[..len])?;
+            if full.send((piece, buf)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The verifying half of a worker: checks each piece against its hash, writes it at its
+    /// offset and marks it done, then hands the buffer back.
+    fn verify_and_write(
+        &self,
+        addr: SocketAddr,
+        full: &Receiver<(u32, Vec<u8>)>,
+        empty: &Sender<Vec<u8>>,
+    ) -> Result<()> {
+        let geometry = self.manifest.geometry();
+        let total = geometry.piece_count();
+        for (piece, buf) in full {
+            let len = geometry.piece_len(piece).unwrap_or(0) as usize;
+            let data = &buf[..len];
             if !self.manifest.verify(piece, data) {
                 self.ctx.emit(Event::PieceRejected {
                     file: self.file.into(),
@@ -475,12 +539,12 @@ impl<'a> Dl<'a> {
                     path,
                     source,
                 });
+                self.wake.notify_all();
                 return Ok(());
             }
-            in_flight.pop_front();
             let done = {
                 let mut sched = self.sched.lock();
-                sched.complete(slot, piece);
+                sched.complete(piece);
                 sched.done_count()
             };
             self.wake.notify_all();
@@ -497,7 +561,11 @@ impl<'a> Dl<'a> {
                 done,
                 total,
             });
+            if empty.send(buf).is_err() {
+                break;
+            }
         }
+        Ok(())
     }
 
     fn retire(&self, slot: usize) {

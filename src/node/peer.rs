@@ -45,8 +45,9 @@ impl<'a> PeerConn<'a> {
         stream
             .set_write_timeout(Some(timeout))
             .map_err(io("setting up connection"))?;
-        // Large enough for a few whole pieces, so the sender rarely waits on this reader.
-        let reader_capacity = 256 * 1024;
+        // Small on purpose: a payload read larger than the buffer bypasses it and lands in
+        // the piece buffer directly, so at most this much file data is copied twice.
+        let reader_capacity = 8 * 1024;
         let mut conn = Self {
             addr,
             reader: BufReader::with_capacity(

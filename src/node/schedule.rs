@@ -147,6 +147,9 @@ impl Schedule {
     }
 
     fn take_orphan(&mut self, has: &Bitfield) -> Option<u32> {
+        // A retired slot's piece may still have been completed by its verifier.
+        self.orphans
+            .retain(|&p| self.state[p as usize] != PieceState::Done);
         let at = self.orphans.iter().position(|&p| has.get(p))?;
         self.orphans.remove(at)
     }
@@ -186,14 +189,14 @@ impl Schedule {
         self.queues[slot].extend(taken);
     }
 
-    /// Records that piece `piece`, fetched by `slot`, is verified and written. Returns
-    /// whether it was newly done.
-    pub fn complete(&mut self, slot: usize, piece: u32) -> bool {
+    /// Records that piece `piece` is verified and written. Returns whether it was newly
+    /// done.
+    pub fn complete(&mut self, piece: u32) -> bool {
         let Some(state) = self.state.get_mut(piece as usize) else {
             return false;
         };
-        if *state == PieceState::InFlight(slot) {
-            self.in_flight[slot] -= 1;
+        if let PieceState::InFlight(holder) = *state {
+            self.in_flight[holder] -= 1;
         }
         if *state == PieceState::Done {
             return false;
@@ -257,7 +260,7 @@ mod tests {
     fn drain(s: &mut Schedule, slot: usize, has: &Bitfield) -> Vec<u32> {
         let mut got = Vec::new();
         while let Some(p) = s.take(slot, has) {
-            assert!(s.complete(slot, p));
+            assert!(s.complete(p));
             got.push(p);
         }
         got
