@@ -1,7 +1,7 @@
 //! The tracker: a table of which nodes own which files, served over UDP.
 //!
-//! [`Tracker::start`] binds the socket, spawns one thread (`tracker-udp`) and returns a
-//! handle. Every datagram is one request; the reply echoes its transaction id. Malformed
+//! [`Tracker::start`] binds the socket, spawns the threads that serve it (`tracker-udp`,
+//! one per core by default, all reading the one socket) and returns a handle. Every datagram is one request; the reply echoes its transaction id. Malformed
 //! datagrams are dropped without a reply; well-formed requests the tracker will not honour
 //! are answered with a `Reject`. The table itself lives in `registry` and is readable at
 //! any time with [`Tracker::snapshot`].
@@ -46,6 +46,9 @@ pub struct TrackerConfig {
     /// How often nodes should re-announce; owners silent for
     /// [`EXPIRY_INTERVALS`] intervals are dropped.
     pub interval: Duration,
+    /// How many threads serve the socket; the table is shared behind a lock held for one
+    /// request at a time. Defaults to the number of cores, at most four.
+    pub threads: usize,
 }
 
 impl TrackerConfig {
@@ -54,7 +57,14 @@ impl TrackerConfig {
         Self {
             listen,
             interval: Duration::from_secs(30),
+            threads: thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
+    }
+
+    /// Sets how many threads serve the socket (at least one).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Sets the announce interval (at least one second).
@@ -97,7 +107,7 @@ pub struct Tracker {
     registry: Arc<Mutex<Registry>>,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<()>>>,
+    threads: Vec<JoinHandle<Result<()>>>,
 }
 
 impl Tracker {
@@ -123,32 +133,35 @@ impl Tracker {
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let (events_tx, events_rx) = bounded(1024);
-        let service = Service {
-            socket,
-            registry: Arc::clone(&registry),
-            stop: Arc::clone(&stop),
-            answered: Arc::clone(&answered),
-            events: events_tx,
-            interval_secs: u32::try_from(config.interval.as_secs()).unwrap_or(u32::MAX),
-            sweep,
+        let mut tracker = Self {
+            local_addr,
+            registry,
+            stop,
+            answered,
+            threads: Vec::new(),
         };
-        let thread = thread::Builder::new()
-            .name("tracker-udp".into())
-            .spawn(move || service.run())
-            .map_err(|e| Error::Bind {
-                addr: local_addr,
-                source: e,
-            })?;
-        Ok((
-            Self {
-                local_addr,
-                registry,
-                stop,
-                answered,
-                thread: Some(thread),
-            },
-            events_rx,
-        ))
+        for i in 0..config.threads.max(1) {
+            let service = Service {
+                socket: socket.try_clone().map_err(bind_err)?,
+                registry: Arc::clone(&tracker.registry),
+                stop: Arc::clone(&tracker.stop),
+                answered: Arc::clone(&tracker.answered),
+                events: events_tx.clone(),
+                interval_secs: u32::try_from(config.interval.as_secs()).unwrap_or(u32::MAX),
+                sweep,
+                sweeper: i == 0,
+            };
+            // On failure, dropping `tracker` stops the threads already started.
+            let handle = thread::Builder::new()
+                .name("tracker-udp".into())
+                .spawn(move || service.run())
+                .map_err(|source| Error::Spawn {
+                    name: "tracker-udp",
+                    source,
+                })?;
+            tracker.threads.push(handle);
+        }
+        Ok((tracker, events_rx))
     }
 
     /// Returns the address the tracker listens on, with the real port.
@@ -166,28 +179,38 @@ impl Tracker {
         self.answered.load(Ordering::Relaxed)
     }
 
-    /// Stops the tracker and waits for its thread.
+    /// Stops the tracker and waits for its threads.
     ///
     /// # Errors
     ///
-    /// The error that stopped the UDP thread, or [`Error::ThreadPanicked`].
+    /// The first error that stopped a UDP thread, or [`Error::ThreadPanicked`].
     pub fn shutdown(mut self) -> Result<()> {
         self.close()
     }
 
     fn close(&mut self) -> Result<()> {
-        let Some(thread) = self.thread.take() else {
+        if self.threads.is_empty() {
             return Ok(());
-        };
+        }
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking receive now rather than at its next timeout.
+        // Wake every blocking receive now rather than at its next timeout: each thread
+        // takes one datagram, sees the flag and ends.
         let wake = wake_addr(self.local_addr);
         if let Ok(s) = UdpSocket::bind(SocketAddr::new(wake.ip(), 0)) {
-            let _ = s.send_to(&[], wake);
+            for _ in 0..self.threads.len() {
+                let _ = s.send_to(&[], wake);
+            }
         }
-        thread
-            .join()
-            .map_err(|_| Error::ThreadPanicked("tracker-udp".into()))?
+        let mut first = Ok(());
+        for handle in self.threads.drain(..) {
+            let result = handle
+                .join()
+                .unwrap_or_else(|_| Err(Error::ThreadPanicked("tracker-udp".into())));
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
     }
 }
 
@@ -208,7 +231,7 @@ pub(crate) fn wake_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The state of the `tracker-udp` thread.
+/// The state of one `tracker-udp` thread.
 struct Service {
     socket: UdpSocket,
     registry: Arc<Mutex<Registry>>,
@@ -217,6 +240,8 @@ struct Service {
     events: Sender<TrackerEvent>,
     interval_secs: u32,
     sweep: Duration,
+    /// Whether this thread drops expired owners (one thread does).
+    sweeper: bool,
 }
 
 impl Service {
@@ -248,7 +273,7 @@ impl Service {
                 }
             }
             let now = Instant::now();
-            if now.duration_since(last_sweep) >= self.sweep {
+            if self.sweeper && now.duration_since(last_sweep) >= self.sweep {
                 last_sweep = now;
                 if self.registry.lock().expire(now) {
                     self.emit(TrackerEvent::TableChanged);

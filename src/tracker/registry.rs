@@ -251,28 +251,43 @@ impl Registry {
     }
 
     fn ranked_owners(&self, swarm: &Swarm, want: usize) -> Vec<OwnerInfo> {
-        let mut owners: Vec<OwnerInfo> = swarm
+        use std::cmp::Reverse;
+        // Each owner's node is looked up once, and its sort key computed once; only the
+        // owners that make the cut are turned into `OwnerInfo`s.
+        let mut ranked: Vec<_> = swarm
             .owners
             .iter()
             .map(|(addr, o)| {
                 let node = self.nodes.get(addr);
-                OwnerInfo {
-                    node: node.map(|n| n.name.clone()).unwrap_or_default(),
-                    addr: *addr,
-                    uploads: node.map_or(0, |n| n.counters.files_sent),
-                    complete: o.complete,
-                }
+                let counters = node.map(|n| n.counters).unwrap_or_default();
+                let key = (
+                    Reverse(o.complete),
+                    Reverse(counters.files_sent),
+                    Reverse(counters.bytes_sent),
+                    *addr,
+                );
+                (key, node)
             })
             .collect();
-        let bytes_sent =
-            |o: &OwnerInfo| self.nodes.get(&o.addr).map_or(0, |n| n.counters.bytes_sent);
-        owners.sort_by(|a, b| {
-            (b.complete, b.uploads, bytes_sent(b))
-                .cmp(&(a.complete, a.uploads, bytes_sent(a)))
-                .then(a.addr.cmp(&b.addr))
-        });
-        owners.truncate(want);
-        owners
+        if want < ranked.len() {
+            if want == 0 {
+                return Vec::new();
+            }
+            ranked.select_nth_unstable_by_key(want - 1, |(key, _)| *key);
+            ranked.truncate(want);
+        }
+        ranked.sort_unstable_by_key(|(key, _)| *key);
+        ranked
+            .into_iter()
+            .map(
+                |((Reverse(complete), Reverse(uploads), _, addr), node)| OwnerInfo {
+                    node: node.map(|n| n.name.clone()).unwrap_or_default(),
+                    addr,
+                    uploads,
+                    complete,
+                },
+            )
+            .collect()
     }
 }
 
