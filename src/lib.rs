@@ -58,5 +58,7 @@ pub mod split;
 pub mod tracker;
 
 pub use error::{Error, Result};
-pub use node::{Download, DownloadReport, Event, Node, NodeConfig, ShareReport, Status};
+pub use node::{
+    Download, DownloadReport, Event, Node, NodeConfig, ShareReport, Status, parse_rate,
+};
 pub use tracker::{Snapshot, Tracker, TrackerClient, TrackerConfig, TrackerEvent};

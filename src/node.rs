@@ -11,6 +11,7 @@
 //! end).
 
 mod download;
+mod limit;
 mod peer;
 mod schedule;
 mod serve;
@@ -30,6 +31,8 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::messages::{Announce, ContentId, Counters, MAX_NODE_NAME_LEN, SearchHit};
 use crate::tracker::{DEFAULT_TRACKER_ADDR, TrackerClient, wake_addr};
+use limit::RateLimiter;
+pub use limit::parse_rate;
 use store::{SharedFile, Store};
 
 /// How a node is started.
@@ -59,6 +62,10 @@ pub struct NodeConfig {
     pub announce_interval: Duration,
     /// Most peer connections served at once; more are refused.
     pub max_connections: usize,
+    /// Bytes per second this node sends to all peers together; `None` is unlimited.
+    pub upload_limit: Option<u64>,
+    /// Bytes per second this node receives from all peers together; `None` is unlimited.
+    pub download_limit: Option<u64>,
 }
 
 impl NodeConfig {
@@ -77,6 +84,8 @@ impl NodeConfig {
             tracker_tries: 4,
             announce_interval: Duration::from_secs(30),
             max_connections: 64,
+            upload_limit: None,
+            download_limit: None,
         }
     }
 
@@ -95,6 +104,18 @@ impl NodeConfig {
     /// Sets how many owners a download uses at once (at least one).
     pub fn max_owners(mut self, owners: usize) -> Self {
         self.max_owners = owners.max(1);
+        self
+    }
+
+    /// Limits what this node sends to all peers together, in bytes per second.
+    pub fn upload_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.upload_limit = Some(bytes_per_sec);
+        self
+    }
+
+    /// Limits what this node receives from all peers together, in bytes per second.
+    pub fn download_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.download_limit = Some(bytes_per_sec);
         self
     }
 
@@ -344,6 +365,8 @@ impl Node {
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let tracker = TrackerClient::new(config.tracker)
             .with_retries(config.tracker_tries, Duration::from_millis(250));
+        let (config_upload_limit, config_download_limit) =
+            (config.upload_limit, config.download_limit);
         let ctx = Arc::new(Ctx {
             store: Store::new(config.dir.clone()),
             config,
@@ -356,6 +379,8 @@ impl Node {
             stopping: AtomicBool::new(false),
             interval_secs: AtomicU32::new(0),
             downloading: Mutex::new(std::collections::BTreeSet::new()),
+            upload_limit: config_upload_limit.map(RateLimiter::new),
+            download_limit: config_download_limit.map(RateLimiter::new),
         });
         let mut threads = Vec::new();
         let accept_ctx = Arc::clone(&ctx);
@@ -511,6 +536,10 @@ pub(crate) struct Ctx {
     interval_secs: AtomicU32,
     /// Files being downloaded; a download leaves this set before it reports its result.
     downloading: Mutex<std::collections::BTreeSet<String>>,
+    /// Shared by every connection this node serves.
+    upload_limit: Option<RateLimiter>,
+    /// Shared by every download worker.
+    download_limit: Option<RateLimiter>,
 }
 
 impl Ctx {
@@ -522,6 +551,18 @@ impl Ctx {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Accounts `bytes` against `limit` and waits out any debt, in slices short enough
+    /// that shutdown is not held up.
+    fn throttle(&self, limit: Option<&RateLimiter>, bytes: u64) {
+        let Some(limit) = limit else { return };
+        let mut wait = limit.take(bytes);
+        while !wait.is_zero() && !self.stopping() {
+            let slice = wait.min(Duration::from_millis(50));
+            thread::sleep(slice);
+            wait -= slice;
+        }
     }
 
     fn announce(&self, tracker: &TrackerClient, file: &SharedFile) -> Result<()> {

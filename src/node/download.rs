@@ -499,6 +499,8 @@ impl<'a> Dl<'a> {
                 return Ok(());
             };
             let len = geometry.piece_len(piece).unwrap_or(0) as usize;
+            self.ctx
+                .throttle(self.ctx.download_limit.as_ref(), len as u64);
             conn.read_piece(content, piece, &mut buf[..len])?;
             if full.send((piece, buf)).is_err() {
                 return Ok(());

@@ -240,6 +240,7 @@ impl<'a> Server<'a> {
         let end = start + u64::from(len);
         while at < end {
             let n = ((end - at) as usize).min(CHUNK);
+            self.ctx.throttle(self.ctx.upload_limit.as_ref(), n as u64);
             file.read_exact_at(&mut self.chunk[..n], at)
                 .map_err(|source| Error::File {
                     op: "reading",

@@ -63,6 +63,12 @@ struct Args {
     /// How many owners a download uses at once (the original used 2).
     #[arg(long, default_value_t = 8)]
     owners: usize,
+    /// Limit what this node sends, in bytes per second (e.g. 16MiB, 500k).
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    upload_limit: Option<u64>,
+    /// Limit what this node receives, in bytes per second (e.g. 16MiB, 500k).
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    download_limit: Option<u64>,
     /// Exit once the downloads finish; exit code 0 only if every one verified.
     #[arg(long)]
     exit_when_done: bool,
@@ -81,10 +87,12 @@ fn main() -> ExitCode {
         .dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("node_files").join(&args.name));
-    let config = NodeConfig::new(&args.name, dir)
+    let mut config = NodeConfig::new(&args.name, dir)
         .listen(SocketAddr::new(args.bind, args.ports[0]))
         .tracker(args.tracker)
         .max_owners(args.owners);
+    config.upload_limit = args.upload_limit;
+    config.download_limit = args.download_limit;
     let (node, events) = match Node::start(config) {
         Ok(started) => started,
         Err(e) => {
@@ -334,6 +342,11 @@ impl Session {
             _ => {}
         }
     }
+}
+
+/// Parses a `--upload-limit`/`--download-limit` value.
+fn rate(text: &str) -> Result<u64, String> {
+    p2ptorrent::parse_rate(text).map_err(|e| e.to_string())
 }
 
 /// Returns "1 owner", "2 owners".
