@@ -266,7 +266,8 @@ pub struct Status {
     pub name: String,
     /// Where it serves peers.
     pub addr: SocketAddr,
-    /// The files it shares.
+    /// The complete files it shares (files being downloaded are served too, from their
+    /// verified pieces, and listed under `downloading`).
     pub shared: Vec<ShareReport>,
     /// The files it is downloading.
     pub downloading: Vec<String>,
@@ -567,14 +568,15 @@ impl Ctx {
 
     fn announce(&self, tracker: &TrackerClient, file: &SharedFile) -> Result<()> {
         let m = &file.manifest;
+        let (pieces, complete) = file.progress();
         let interval = tracker.announce(Announce {
             node: self.config.name.clone(),
             port: self.local_addr.port(),
             file: file.name.clone(),
             content: m.content(),
             size: m.size(),
-            pieces: m.piece_count(),
-            complete: true,
+            pieces,
+            complete,
             counters: self.counters.get(),
         })?;
         let secs = u32::try_from(interval.as_secs()).unwrap_or(u32::MAX);
@@ -781,7 +783,13 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let _ = reply.send(ctx.tracker.search(&pattern));
         }
         Command::Status { reply } => {
-            let shared = ctx.store.list().iter().map(|f| share_report(f)).collect();
+            let shared = ctx
+                .store
+                .list()
+                .iter()
+                .filter(|f| !f.is_partial())
+                .map(|f| share_report(f))
+                .collect();
             let downloading = ctx.downloading.lock().iter().cloned().collect();
             let _ = reply.send(Status {
                 name: ctx.config.name.clone(),

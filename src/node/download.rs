@@ -23,7 +23,8 @@ use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,12 +37,16 @@ use crate::messages::{ContentId, OwnerInfo};
 
 use super::peer::PeerConn;
 use super::schedule::{Bitfield, Schedule};
+use super::store::SharedFile;
 use super::{Ctx, DownloadReport, Event};
+use crate::tracker::TrackerClient;
 
 /// An owner that failed this many times is given up on for the download.
 const MAX_FAILURES: u32 = 2;
 /// Piece buffers per owner: one being received, one being verified, one spare.
 const BUFFERS_PER_OWNER: usize = 3;
+/// How often a worker whose owner is partial asks it again which pieces it holds.
+const BITFIELD_REFRESH: Duration = Duration::from_millis(500);
 
 /// Downloads `file` into the node's folder.
 ///
@@ -71,6 +76,15 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
     let part_path = ctx.store.dir().join(format!("{file}.part"));
     let (part, mut done) = open_part(&part_path, &manifest)?;
     let resumed = done.count();
+    // Serve what we hold while we download; withdrawn if the download fails, replaced by
+    // the finished file if it succeeds.
+    let partial = ctx
+        .store
+        .insert_partial(file, part_path.clone(), manifest.clone(), done.clone());
+    let _withdraw = Withdraw {
+        ctx,
+        file: partial.clone(),
+    };
     ctx.emit(Event::DownloadStarted {
         file: file.into(),
         size: manifest.size(),
@@ -84,10 +98,15 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
         manifest: &manifest,
         part: &part,
         part_path: &part_path,
-        sched: Mutex::new(Schedule::new(&done, 1)),
+        sched: Mutex::new(Schedule::new(&done, 1, 0)),
         wake: Condvar::new(),
         fatal: Mutex::new(None),
         received: Mutex::new(HashMap::new()),
+        partial,
+        start_piece: fastrand::u32(..),
+        numwant,
+        live: AtomicUsize::new(0),
+        last_progress: Mutex::new(Instant::now()),
     };
     let mut first = Some(first);
     let mut asked_again = false;
@@ -113,7 +132,7 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
             continue;
         }
         let before = done.count();
-        for (addr, result) in dl.round(&round, first.take(), &done) {
+        for (addr, result) in dl.round(&round, first.take(), &done, &mut owners) {
             if let Err(e) = result {
                 owners.failed(addr, &e);
                 ctx.emit(Event::OwnerFailed {
@@ -344,35 +363,112 @@ struct Dl<'a> {
     /// A local error (the disk) that ends the whole download.
     fatal: Mutex<Option<Error>>,
     received: Mutex<HashMap<SocketAddr, u64>>,
+    /// This download as the store serves it, while it runs.
+    partial: Option<Arc<SharedFile>>,
+    /// Where this node's shares start, so downloaders of one file ask for different pieces.
+    start_piece: u32,
+    numwant: u16,
+    /// Workers running.
+    live: AtomicUsize,
+    /// When a piece last verified.
+    last_progress: Mutex<Instant>,
+}
+
+/// Stops serving a download's `.part` when the download ends without finishing. (After a
+/// success the finished file has replaced the entry, and withdrawing is a no-op.)
+struct Withdraw<'a> {
+    ctx: &'a Ctx,
+    file: Option<Arc<SharedFile>>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            self.ctx.store.withdraw(f);
+        }
+    }
 }
 
 impl<'a> Dl<'a> {
     /// Runs one worker per owner until none can make progress; returns each one's result.
+    ///
+    /// Meanwhile this thread coordinates: once the node holds verified pieces it announces
+    /// itself as a partial owner, and every announce interval it asks the tracker for
+    /// owners again and starts a worker for each new one (up to the configured count).
     fn round(
         &self,
         owners: &[SocketAddr],
         mut first: Option<(SocketAddr, PeerConn<'a>, Bitfield)>,
         done: &Bitfield,
+        book: &mut Owners,
     ) -> Vec<(SocketAddr, Result<()>)> {
-        *self.sched.lock() = Schedule::new(done, owners.len());
+        *self.sched.lock() = Schedule::new(done, owners.len(), self.start_piece);
+        let interval = self.ctx.announce_interval();
+        let quick =
+            TrackerClient::new(self.ctx.config.tracker).with_retries(2, Duration::from_millis(250));
         thread::scope(|s| {
-            let handles: Vec<_> = owners
-                .iter()
-                .enumerate()
-                .map(|(slot, &addr)| {
-                    let conn = match &first {
-                        Some((a, ..)) if *a == addr => first.take().map(|(_, c, b)| (c, b)),
-                        _ => None,
-                    };
-                    let spawned = thread::Builder::new()
-                        .name("node-fetch".into())
-                        .spawn_scoped(s, move || self.worker(slot, addr, conn));
-                    if spawned.is_err() {
-                        self.retire(slot);
+            let mut handles = Vec::new();
+            for (slot, &addr) in owners.iter().enumerate() {
+                let conn = match &first {
+                    Some((a, ..)) if *a == addr => first.take().map(|(_, c, b)| (c, b)),
+                    _ => None,
+                };
+                handles.push((addr, self.spawn_worker(s, slot, addr, conn)));
+            }
+            let mut next_poll = Instant::now() + interval;
+            let mut announced = 0;
+            loop {
+                {
+                    let mut sched = self.sched.lock();
+                    if self.live.load(Ordering::SeqCst) == 0 {
+                        break;
                     }
-                    (addr, spawned)
-                })
-                .collect();
+                    self.wake.wait_for(&mut sched, Duration::from_millis(200));
+                }
+                if self.ctx.stopping() || self.live.load(Ordering::SeqCst) == 0 {
+                    continue;
+                }
+                let held = self.partial.as_ref().map_or(0, |p| p.progress().0);
+                let due = Instant::now() >= next_poll;
+                if let Some(partial) = &self.partial
+                    && held > 0
+                    && (announced == 0 || due)
+                    && held != announced
+                {
+                    announced = held;
+                    if let Err(e) = self.ctx.announce(&quick, partial) {
+                        self.ctx.emit(Event::TrackerError {
+                            error: e.to_string(),
+                        });
+                    }
+                }
+                if !due {
+                    continue;
+                }
+                next_poll = Instant::now() + interval;
+                let Ok(listed) = quick.need(self.file, self.numwant) else {
+                    continue;
+                };
+                if listed.content != self.manifest.content() {
+                    continue;
+                }
+                book.add(self.ctx, listed.owners);
+                let running: Vec<SocketAddr> = handles.iter().map(|(a, _)| *a).collect();
+                let room = self
+                    .ctx
+                    .config
+                    .max_owners
+                    .saturating_sub(self.live.load(Ordering::SeqCst));
+                for addr in book
+                    .usable(usize::MAX)
+                    .into_iter()
+                    .filter(|a| !running.contains(a))
+                    .take(room)
+                {
+                    let slot = self.sched.lock().add_slot();
+                    handles.push((addr, self.spawn_worker(s, slot, addr, None)));
+                }
+            }
             handles
                 .into_iter()
                 .map(|(addr, h)| {
@@ -380,16 +476,32 @@ impl<'a> Dl<'a> {
                         Ok(h) => h
                             .join()
                             .unwrap_or(Err(Error::ThreadPanicked("node-fetch".into()))),
-                        Err(e) => Err(Error::PeerIo {
-                            addr,
-                            op: "starting worker",
-                            source: e,
-                        }),
+                        Err(e) => Err(e),
                     };
                     (addr, result)
                 })
                 .collect()
         })
+    }
+
+    fn spawn_worker<'s>(
+        &'s self,
+        s: &'s thread::Scope<'s, '_>,
+        slot: usize,
+        addr: SocketAddr,
+        conn: Option<(PeerConn<'a>, Bitfield)>,
+    ) -> Result<thread::ScopedJoinHandle<'s, Result<()>>> {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        thread::Builder::new()
+            .name("node-fetch".into())
+            .spawn_scoped(s, move || self.worker(slot, addr, conn))
+            .map_err(|source| {
+                self.retire(slot);
+                Error::Spawn {
+                    name: "node-fetch",
+                    source,
+                }
+            })
     }
 
     /// Fetches pieces from one owner until there is nothing left it can do.
@@ -419,6 +531,7 @@ impl<'a> Dl<'a> {
                 (conn, has)
             }
         };
+        self.sched.lock().set_holdings(slot, has);
         let piece_size = self.manifest.geometry().piece_len(0).unwrap_or(0) as usize;
         let (full_tx, full_rx) = bounded::<(u32, Vec<u8>)>(BUFFERS_PER_OWNER);
         let (empty_tx, empty_rx) = bounded::<Vec<u8>>(BUFFERS_PER_OWNER);
@@ -433,7 +546,7 @@ impl<'a> Dl<'a> {
                     name: "node-verify",
                     source,
                 })?;
-            let received = self.receive(slot, conn, &has, &full_tx, &empty_rx);
+            let received = self.receive(slot, conn, &full_tx, &empty_rx);
             drop(full_tx);
             let verified = verifier
                 .join()
@@ -450,7 +563,6 @@ impl<'a> Dl<'a> {
         &self,
         slot: usize,
         mut conn: PeerConn<'a>,
-        has: &Bitfield,
         full: &Sender<(u32, Vec<u8>)>,
         empty: &Receiver<Vec<u8>>,
     ) -> Result<()> {
@@ -458,6 +570,7 @@ impl<'a> Dl<'a> {
         let geometry = self.manifest.geometry();
         let mut in_flight: VecDeque<u32> = VecDeque::new();
         let depth = self.ctx.config.pipeline_depth.max(1);
+        let mut last_refresh = Instant::now();
         loop {
             if self.ctx.stopping() {
                 return Err(Error::Shutdown);
@@ -466,23 +579,47 @@ impl<'a> Dl<'a> {
                 return Ok(());
             }
             let mut fresh = Vec::new();
+            let mut refresh = false;
             {
                 let mut sched = self.sched.lock();
                 while in_flight.len() + fresh.len() < depth {
-                    match sched.take(slot, has) {
+                    match sched.take(slot) {
                         Some(p) => fresh.push(p),
                         None => break,
                     }
                 }
                 if in_flight.is_empty() && fresh.is_empty() {
-                    if sched.is_complete() || !sched.others_busy(slot) {
+                    if sched.is_complete() {
                         return Ok(());
                     }
-                    // Pieces in flight elsewhere (or in our own verifier) may yet come
-                    // back; the timeout re-checks for shutdown.
-                    self.wake.wait_for(&mut sched, Duration::from_millis(100));
-                    continue;
+                    let stalled =
+                        self.last_progress.lock().elapsed() > self.ctx.config.peer_timeout;
+                    if !sched.others_busy(slot) && (sched.holds_all(slot) || stalled) {
+                        return Ok(());
+                    }
+                    // A partial owner may have verified more pieces since it last said:
+                    // ask it again, at most twice a second.
+                    if !sched.holds_all(slot) && last_refresh.elapsed() >= BITFIELD_REFRESH {
+                        refresh = true;
+                    } else {
+                        // Pieces in flight elsewhere (or in our own verifier) may yet come
+                        // back; the timeout re-checks for shutdown and refreshes.
+                        self.wake.wait_for(&mut sched, Duration::from_millis(100));
+                        continue;
+                    }
                 }
+            }
+            if refresh {
+                last_refresh = Instant::now();
+                let (info, has) = conn.size_info(self.file, false)?;
+                if info.content != content {
+                    return Err(Error::Peer {
+                        addr: conn.addr(),
+                        reason: "holds other content".into(),
+                    });
+                }
+                self.sched.lock().set_holdings(slot, has);
+                continue;
             }
             for &p in &fresh {
                 conn.request(content, p, geometry.piece_len(p).unwrap_or(0))?;
@@ -544,6 +681,10 @@ impl<'a> Dl<'a> {
                 self.wake.notify_all();
                 return Ok(());
             }
+            if let Some(partial) = &self.partial {
+                partial.mark(piece);
+            }
+            *self.last_progress.lock() = Instant::now();
             let done = {
                 let mut sched = self.sched.lock();
                 sched.complete(piece);
@@ -571,7 +712,10 @@ impl<'a> Dl<'a> {
     }
 
     fn retire(&self, slot: usize) {
-        self.sched.lock().retire(slot);
+        let mut sched = self.sched.lock();
+        sched.retire(slot);
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        drop(sched);
         self.wake.notify_all();
     }
 }

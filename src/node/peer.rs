@@ -83,6 +83,11 @@ impl<'a> PeerConn<'a> {
         }
     }
 
+    /// Returns the peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Asks for a file's size information and which pieces the peer holds.
     ///
     /// # Errors

@@ -90,14 +90,31 @@ pub(crate) struct Schedule {
     orphans: VecDeque<u32>,
     alive: Vec<bool>,
     in_flight: Vec<u32>,
+    /// What each slot's owner holds, as it last said.
+    holds: Vec<Bitfield>,
+    /// How many live slots' owners hold each piece: rarer pieces go first.
+    avail: Vec<u16>,
     done: u32,
 }
 
+/// How far into its share a worker looks for the rarest piece.
+const RAREST_WINDOW: usize = 64;
+
 impl Schedule {
-    /// Divides the pieces not in `done` among `slots` workers (at least one).
-    pub fn new(done: &Bitfield, slots: usize) -> Self {
+    /// Divides the pieces not in `done` among `slots` workers (at least one), the
+    /// original's contiguous shares, starting at piece `start` and wrapping around.
+    ///
+    /// Downloads of the same file start at different pieces, so the first owner is not
+    /// asked for the same pieces by everyone and the downloaders have pieces to trade.
+    /// Every slot holds nothing until [`set_holdings`](Self::set_holdings) says otherwise.
+    pub fn new(done: &Bitfield, slots: usize, start: u32) -> Self {
         let slots = slots.max(1);
-        let missing: Vec<u32> = (0..done.len()).filter(|&i| !done.get(i)).collect();
+        let n = done.len();
+        let start = if n == 0 { 0 } else { start % n };
+        let missing: Vec<u32> = (start..n)
+            .chain(0..start)
+            .filter(|&i| !done.get(i))
+            .collect();
         let shares = split_pieces(missing.len() as u32, slots).unwrap_or_default();
         let queues = shares
             .into_iter()
@@ -108,7 +125,7 @@ impl Schedule {
                     .collect()
             })
             .collect();
-        let state = (0..done.len())
+        let state = (0..n)
             .map(|i| {
                 if done.get(i) {
                     PieceState::Done
@@ -123,24 +140,61 @@ impl Schedule {
             orphans: VecDeque::new(),
             alive: vec![true; slots],
             in_flight: vec![0; slots],
+            holds: vec![Bitfield::empty(n); slots],
+            avail: vec![0; n as usize],
             done: done.count(),
         }
     }
 
-    /// Hands slot `slot` its next piece, one its owner holds (`has`), and marks it in
-    /// flight: orphans first, then its own share, then half of the largest other share.
-    /// Returns `None` if there is nothing it can take now.
-    pub fn take(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
+    /// Adds a slot for an owner that joined mid-download; it starts with an empty share
+    /// and takes orphans or steals. Returns its index.
+    pub fn add_slot(&mut self) -> usize {
+        self.queues.push(VecDeque::new());
+        self.alive.push(true);
+        self.in_flight.push(0);
+        self.holds.push(Bitfield::empty(self.state.len() as u32));
+        self.queues.len() - 1
+    }
+
+    /// Records which pieces `slot`'s owner holds (at connect, and whenever it says again).
+    pub fn set_holdings(&mut self, slot: usize, holds: Bitfield) {
+        if !self.alive.get(slot).copied().unwrap_or(false) || holds.len() != self.state.len() as u32
+        {
+            return;
+        }
+        for i in 0..holds.len() {
+            match (self.holds[slot].get(i), holds.get(i)) {
+                (false, true) => self.avail[i as usize] = self.avail[i as usize].saturating_add(1),
+                (true, false) => self.avail[i as usize] = self.avail[i as usize].saturating_sub(1),
+                _ => {}
+            }
+        }
+        self.holds[slot] = holds;
+    }
+
+    /// Returns whether `slot`'s owner holds every piece.
+    pub fn holds_all(&self, slot: usize) -> bool {
+        self.holds.get(slot).is_some_and(|h| h.count() == h.len())
+    }
+
+    /// Hands slot `slot` its next piece, one its owner holds, and marks it in flight:
+    /// orphans first, then its own share (the rarest near its front), then half of the
+    /// largest other share. Returns `None` if there is nothing it can take now.
+    pub fn take(&mut self, slot: usize) -> Option<u32> {
         if !self.alive.get(slot).copied().unwrap_or(false) {
             return None;
         }
+        // Moved out for the call (not cloned: this runs for every piece) and put back.
+        let has = std::mem::replace(&mut self.holds[slot], Bitfield::empty(0));
         let piece = self
-            .take_orphan(has)
-            .or_else(|| self.take_own(slot, has))
+            .take_orphan(&has)
+            .or_else(|| self.take_own(slot, &has))
             .or_else(|| {
-                self.steal(slot, has);
-                self.take_own(slot, has)
-            })?;
+                self.steal(slot, &has);
+                self.take_own(slot, &has)
+            });
+        self.holds[slot] = has;
+        let piece = piece?;
         self.state[piece as usize] = PieceState::InFlight(slot);
         self.in_flight[slot] += 1;
         Some(piece)
@@ -155,13 +209,20 @@ impl Schedule {
     }
 
     fn take_own(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
-        while let Some(p) = self.queues[slot].pop_front() {
+        // Pieces at the front this owner lacks become orphans for owners that have them.
+        while let Some(&p) = self.queues[slot].front() {
             if has.get(p) {
-                return Some(p);
+                break;
             }
+            self.queues[slot].pop_front();
             self.orphans.push_back(p);
         }
-        None
+        let queue = &self.queues[slot];
+        let window = queue.len().min(RAREST_WINDOW);
+        let at = (0..window)
+            .filter(|&i| has.get(queue[i]))
+            .min_by_key(|&i| self.avail[queue[i] as usize])?;
+        self.queues[slot].remove(at)
     }
 
     /// Moves to `slot` up to half of the largest other live share (of two pieces or more):
@@ -211,6 +272,10 @@ impl Schedule {
         if !self.alive.get(slot).copied().unwrap_or(false) {
             return;
         }
+        let holds = std::mem::replace(&mut self.holds[slot], Bitfield::empty(0));
+        for i in (0..holds.len()).filter(|&i| holds.get(i)) {
+            self.avail[i as usize] = self.avail[i as usize].saturating_sub(1);
+        }
         self.alive[slot] = false;
         let queue = std::mem::take(&mut self.queues[slot]);
         self.orphans.extend(queue);
@@ -257,9 +322,18 @@ impl Schedule {
 mod tests {
     use super::*;
 
-    fn drain(s: &mut Schedule, slot: usize, has: &Bitfield) -> Vec<u32> {
+    /// A schedule whose slots hold what `holds` says.
+    fn schedule(done: &Bitfield, holds: &[Bitfield]) -> Schedule {
+        let mut s = Schedule::new(done, holds.len(), 0);
+        for (slot, h) in holds.iter().enumerate() {
+            s.set_holdings(slot, h.clone());
+        }
+        s
+    }
+
+    fn drain(s: &mut Schedule, slot: usize) -> Vec<u32> {
         let mut got = Vec::new();
-        while let Some(p) = s.take(slot, has) {
+        while let Some(p) = s.take(slot) {
             assert!(s.complete(p));
             got.push(p);
         }
@@ -288,40 +362,40 @@ mod tests {
     #[test]
     fn owners_start_on_the_original_contiguous_shares() {
         let full = Bitfield::full(10);
-        let mut s = Schedule::new(&Bitfield::empty(10), 2);
-        assert_eq!(s.take(0, &full), Some(0));
-        assert_eq!(s.take(1, &full), Some(5));
+        let mut s = schedule(&Bitfield::empty(10), &[full.clone(), full]);
+        assert_eq!(s.take(0), Some(0));
+        assert_eq!(s.take(1), Some(5));
     }
 
     #[test]
     fn done_pieces_are_not_scheduled() {
         let mut done = Bitfield::empty(6);
         [0, 1, 2].iter().for_each(|&i| done.set(i));
-        let mut s = Schedule::new(&done, 1);
-        assert_eq!(drain(&mut s, 0, &Bitfield::full(6)), [3, 4, 5]);
+        let mut s = schedule(&done, &[Bitfield::full(6)]);
+        assert_eq!(drain(&mut s, 0), [3, 4, 5]);
         assert!(s.is_complete());
     }
 
     #[test]
     fn an_idle_worker_steals_half_of_the_largest_share() {
         let full = Bitfield::full(12);
-        let mut s = Schedule::new(&Bitfield::empty(12), 2);
+        let mut s = schedule(&Bitfield::empty(12), &[full.clone(), full]);
         // Slot 1 finishes its six pieces while slot 0 is stuck on its first.
-        assert_eq!(s.take(0, &full), Some(0));
-        assert_eq!(drain(&mut s, 1, &full), [6, 7, 8, 9, 10, 11, 4, 5, 3, 2]);
+        assert_eq!(s.take(0), Some(0));
+        assert_eq!(drain(&mut s, 1), [6, 7, 8, 9, 10, 11, 4, 5, 3, 2]);
         assert!(s.others_busy(1));
-        assert_eq!(s.take(0, &full), Some(1));
+        assert_eq!(s.take(0), Some(1));
     }
 
     #[test]
     fn a_retired_slot_hands_back_its_share_and_its_pieces_in_flight() {
         let full = Bitfield::full(8);
-        let mut s = Schedule::new(&Bitfield::empty(8), 2);
-        assert_eq!(s.take(0, &full), Some(0));
-        assert_eq!(s.take(0, &full), Some(1));
+        let mut s = schedule(&Bitfield::empty(8), &[full.clone(), full]);
+        assert_eq!(s.take(0), Some(0));
+        assert_eq!(s.take(0), Some(1));
         s.retire(0);
-        assert_eq!(s.take(0, &full), None);
-        let mut got = drain(&mut s, 1, &full);
+        assert_eq!(s.take(0), None);
+        let mut got = drain(&mut s, 1);
         got.sort_unstable();
         assert_eq!(got, (0..8).collect::<Vec<_>>());
         assert!(s.is_complete());
@@ -332,9 +406,9 @@ mod tests {
     fn pieces_an_owner_lacks_go_to_those_that_hold_them() {
         let mut evens = Bitfield::empty(6);
         [0, 2, 4].iter().for_each(|&i| evens.set(i));
-        let mut s = Schedule::new(&Bitfield::empty(6), 2);
-        assert_eq!(drain(&mut s, 0, &evens), [0, 2, 4]);
-        let mut rest = drain(&mut s, 1, &Bitfield::full(6));
+        let mut s = schedule(&Bitfield::empty(6), &[evens, Bitfield::full(6)]);
+        assert_eq!(drain(&mut s, 0), [0, 2, 4]);
+        let mut rest = drain(&mut s, 1);
         rest.sort_unstable();
         assert_eq!(rest, [1, 3, 5]);
         assert!(s.is_complete());
@@ -342,7 +416,36 @@ mod tests {
 
     #[test]
     fn an_empty_file_is_complete_at_once() {
-        let s = Schedule::new(&Bitfield::empty(0), 3);
+        let s = Schedule::new(&Bitfield::empty(0), 3, 7);
         assert!(s.is_complete());
+    }
+
+    #[test]
+    fn shares_start_where_asked_and_wrap_around() {
+        let mut s = schedule(&Bitfield::empty(6), &[Bitfield::full(6)]);
+        assert_eq!(drain(&mut s, 0), [0, 1, 2, 3, 4, 5]);
+        let mut s = Schedule::new(&Bitfield::empty(6), 1, 4);
+        s.set_holdings(0, Bitfield::full(6));
+        assert_eq!(drain(&mut s, 0), [4, 5, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn the_rarest_pieces_are_asked_of_the_owner_that_alone_holds_them() {
+        // Slot 0 is a seeder; slot 1 (joined later) holds pieces 0 to 2.
+        let mut s = schedule(&Bitfield::empty(6), &[Bitfield::full(6)]);
+        let peer = s.add_slot();
+        let mut some = Bitfield::empty(6);
+        [0, 1, 2].iter().for_each(|&i| some.set(i));
+        s.set_holdings(peer, some);
+        // The seeder is asked for what only it has first.
+        assert_eq!(s.take(0), Some(3));
+        assert_eq!(s.take(0), Some(4));
+        // The peer steals what it holds from the seeder's share.
+        let mut got = drain(&mut s, peer);
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2]);
+        s.retire(peer);
+        assert_eq!(drain(&mut s, 0), [5]);
+        assert!(s.is_complete() || s.done_count() == 4);
     }
 }

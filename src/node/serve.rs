@@ -22,7 +22,6 @@ use crate::messages::{
     ContentId, MAGIC, Message, PROTOCOL_VERSION, check_file_name, read_frame, write_frame,
 };
 
-use super::schedule::Bitfield;
 use super::store::SharedFile;
 use super::{Ctx, Event};
 
@@ -177,7 +176,7 @@ impl<'a> Server<'a> {
         };
         let m = &shared.manifest;
         self.send(&Message::SizeInfo(m.size_info(&file, hashes)))?;
-        let bits = Bitfield::full(m.piece_count());
+        let bits = shared.holdings();
         self.send(&Message::Bitfield {
             content: m.content(),
             bits: bits.as_bytes().to_vec(),
@@ -206,6 +205,9 @@ impl<'a> Server<'a> {
             .is_some_and(|pl| len > 0 && u64::from(offset) + u64::from(len) <= u64::from(pl));
         if !in_range {
             return self.refuse(format!("piece {piece} bytes {offset}+{len} out of range"));
+        }
+        if !shared.holds(piece) {
+            return self.refuse(format!("piece {piece} is not held by this node yet"));
         }
         // Checking costs a syscall; once per interval is enough, since downloaders verify
         // every piece anyway. This catches a copy changed in a way its owner can see.

@@ -1,9 +1,11 @@
 //! The files a node serves: which names it announced, where they are and what they hold.
 //!
 //! Only files in the store are served, and a name becomes a path only through
-//! [`Store::path_of`], which accepts plain names alone. A shared file remembers its length
+//! [`Store::path_of`], which accepts plain names alone. A complete file remembers its length
 //! and modification time when it was hashed; a file found changed on disk is no longer
-//! served (its pieces would fail verification at every downloader anyway).
+//! served (its pieces would fail verification at every downloader anyway). A file being
+//! downloaded is served from its `.part` as a partial entry whose bitfield grows as pieces
+//! verify; the finished file replaces it under the same name.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::messages::{ContentId, check_file_name};
 
+use super::schedule::Bitfield;
+
 /// One file the node serves.
 #[derive(Debug)]
 pub(crate) struct SharedFile {
@@ -25,14 +29,58 @@ pub(crate) struct SharedFile {
     pub manifest: Manifest,
     len: u64,
     modified: Option<SystemTime>,
+    /// The pieces held, for a file still being downloaded; `None` for a complete file.
+    partial: Option<RwLock<Bitfield>>,
 }
 
 impl SharedFile {
     /// Returns whether `file` (an open handle on this file) still looks as it did when it
-    /// was hashed.
+    /// was hashed. A partial file changes as pieces arrive, and is always taken as is.
     pub fn is_unchanged(&self, file: &File) -> bool {
-        file.metadata()
-            .is_ok_and(|m| m.len() == self.len && m.modified().ok() == self.modified)
+        self.partial.is_some()
+            || file
+                .metadata()
+                .is_ok_and(|m| m.len() == self.len && m.modified().ok() == self.modified)
+    }
+
+    /// Returns which pieces the node holds.
+    pub fn holdings(&self) -> Bitfield {
+        match &self.partial {
+            Some(have) => have.read().clone(),
+            None => Bitfield::full(self.manifest.piece_count()),
+        }
+    }
+
+    /// Returns whether the node holds piece `piece`.
+    pub fn holds(&self, piece: u32) -> bool {
+        match &self.partial {
+            Some(have) => have.read().get(piece),
+            None => piece < self.manifest.piece_count(),
+        }
+    }
+
+    /// Returns how many pieces the node holds, and whether that is all of them.
+    pub fn progress(&self) -> (u32, bool) {
+        let total = self.manifest.piece_count();
+        match &self.partial {
+            Some(have) => {
+                let n = have.read().count();
+                (n, n == total)
+            }
+            None => (total, true),
+        }
+    }
+
+    /// Returns whether this is a file still being downloaded.
+    pub fn is_partial(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Records that piece `piece` of a partial file is verified and written.
+    pub fn mark(&self, piece: u32) {
+        if let Some(have) = &self.partial {
+            have.write().set(piece);
+        }
     }
 }
 
@@ -105,9 +153,36 @@ impl Store {
             manifest,
             len: meta.len(),
             modified: meta.modified().ok(),
+            partial: None,
         });
         self.files.write().insert(name.into(), Arc::clone(&shared));
         Ok(shared)
+    }
+
+    /// Starts serving the pieces in `have` of a file being downloaded into `part`.
+    ///
+    /// A name already served complete is left alone (and `None` returned).
+    pub fn insert_partial(
+        &self,
+        name: &str,
+        part: PathBuf,
+        manifest: Manifest,
+        have: Bitfield,
+    ) -> Option<Arc<SharedFile>> {
+        let mut files = self.files.write();
+        if files.get(name).is_some_and(|f| f.partial.is_none()) {
+            return None;
+        }
+        let shared = Arc::new(SharedFile {
+            name: name.into(),
+            path: part,
+            manifest,
+            len: 0,
+            modified: None,
+            partial: Some(RwLock::new(have)),
+        });
+        files.insert(name.into(), Arc::clone(&shared));
+        Some(shared)
     }
 
     /// Returns the shared file called `name`.
