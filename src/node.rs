@@ -579,9 +579,14 @@ impl Ctx {
             complete,
             counters: self.counters.get(),
         })?;
+        self.learn_interval(interval);
+        Ok(())
+    }
+
+    /// Records the announce interval a tracker answer carried.
+    fn learn_interval(&self, interval: Duration) {
         let secs = u32::try_from(interval.as_secs()).unwrap_or(u32::MAX);
         self.interval_secs.store(secs, Ordering::Relaxed);
-        Ok(())
     }
 
     fn announce_interval(&self) -> Duration {

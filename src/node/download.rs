@@ -46,7 +46,61 @@ const MAX_FAILURES: u32 = 2;
 /// Piece buffers per owner: one being received, one being verified, one spare.
 const BUFFERS_PER_OWNER: usize = 3;
 /// How often a worker whose owner is partial asks it again which pieces it holds.
-const BITFIELD_REFRESH: Duration = Duration::from_millis(500);
+const BITFIELD_REFRESH: Duration = Duration::from_millis(250);
+
+/// How many requests a worker keeps in flight: enough for [`PIPELINE_TIME`] at the rate its
+/// owner has been sending, between two pieces and the configured depth. A deep pipeline
+/// to a slow owner would commit pieces to it long before they arrive, pieces that faster
+/// owners could have sent, and that other downloaders meanwhile get too.
+struct Pace {
+    max: usize,
+    piece_size: f64,
+    /// Bytes per second, smoothed; `None` until two pieces have arrived.
+    rate: Option<f64>,
+    last: Option<Instant>,
+}
+
+/// When a download first asks the tracker again for owners, at the latest.
+const FIRST_POLL: Duration = Duration::from_millis(500);
+
+/// How much of an owner's sending a worker keeps requested ahead.
+const PIPELINE_TIME: f64 = 0.1;
+
+impl Pace {
+    fn new(max: usize, piece_size: u32) -> Self {
+        Self {
+            max: max.max(1),
+            piece_size: f64::from(piece_size.max(1)),
+            rate: None,
+            last: None,
+        }
+    }
+
+    fn depth(&self) -> usize {
+        let Some(rate) = self.rate else {
+            return self.max.min(2);
+        };
+        let wanted = (rate * PIPELINE_TIME / self.piece_size).ceil() as usize;
+        wanted.clamp(self.max.min(2), self.max)
+    }
+
+    fn arrived(&mut self, bytes: usize) {
+        let now = Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            let secs = now.duration_since(last).as_secs_f64().max(1e-6);
+            let sample = bytes as f64 / secs;
+            self.rate = Some(self.rate.map_or(sample, |r| 0.8 * r + 0.2 * sample));
+        }
+    }
+}
+
+/// What a worker expects next on its connection, in the order it asked.
+enum Answer {
+    /// A piece.
+    Piece(u32),
+    /// Size information and a bitfield: the owner saying again what it holds.
+    Holdings,
+}
 
 /// Downloads `file` into the node's folder.
 ///
@@ -68,6 +122,7 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
     let numwant =
         u16::try_from(ctx.config.max_owners.saturating_mul(2).max(16)).unwrap_or(u16::MAX);
     let listed = ctx.tracker.need(file, numwant)?;
+    ctx.learn_interval(listed.interval);
     let mut owners = Owners::new(ctx, listed.owners);
     if owners.candidates.is_empty() {
         return Err(Error::NoOwners { file: file.into() });
@@ -415,7 +470,9 @@ impl<'a> Dl<'a> {
                 };
                 handles.push((addr, self.spawn_worker(s, slot, addr, conn)));
             }
-            let mut next_poll = Instant::now() + interval;
+            // The first look comes soon: downloaders started together find each other
+            // once they hold pieces, not an interval later.
+            let mut next_poll = Instant::now() + interval.min(FIRST_POLL);
             let mut announced = 0;
             loop {
                 {
@@ -568,9 +625,10 @@ impl<'a> Dl<'a> {
     ) -> Result<()> {
         let content = self.manifest.content();
         let geometry = self.manifest.geometry();
-        let mut in_flight: VecDeque<u32> = VecDeque::new();
-        let depth = self.ctx.config.pipeline_depth.max(1);
-        let mut last_refresh = Instant::now();
+        let mut in_flight: VecDeque<Answer> = VecDeque::new();
+        let mut pace = Pace::new(self.ctx.config.pipeline_depth, geometry.piece_size());
+        let mut next_refresh = Instant::now() + BITFIELD_REFRESH;
+        let mut refresh_pending = false;
         loop {
             if self.ctx.stopping() {
                 return Err(Error::Shutdown);
@@ -582,13 +640,18 @@ impl<'a> Dl<'a> {
             let mut refresh = false;
             {
                 let mut sched = self.sched.lock();
-                while in_flight.len() + fresh.len() < depth {
+                while in_flight.len() + fresh.len() < pace.depth() {
                     match sched.take(slot) {
                         Some(p) => fresh.push(p),
                         None => break,
                     }
                 }
-                if in_flight.is_empty() && fresh.is_empty() {
+                // A partial owner verifies more pieces as it goes: ask it again what it
+                // holds, in the pipeline with the piece requests, so what this node knows
+                // of who holds what (and so which pieces are rarest) stays current.
+                if !sched.holds_all(slot) && !refresh_pending && Instant::now() >= next_refresh {
+                    refresh = true;
+                } else if in_flight.is_empty() && fresh.is_empty() {
                     if sched.is_complete() {
                         return Ok(());
                     }
@@ -597,50 +660,53 @@ impl<'a> Dl<'a> {
                     if !sched.others_busy(slot) && (sched.holds_all(slot) || stalled) {
                         return Ok(());
                     }
-                    // A partial owner may have verified more pieces since it last said:
-                    // ask it again, at most twice a second.
-                    if !sched.holds_all(slot) && last_refresh.elapsed() >= BITFIELD_REFRESH {
-                        refresh = true;
-                    } else {
-                        // Pieces in flight elsewhere (or in our own verifier) may yet come
-                        // back; the timeout re-checks for shutdown and refreshes.
-                        self.wake.wait_for(&mut sched, Duration::from_millis(100));
-                        continue;
-                    }
+                    // Pieces in flight elsewhere (or in our own verifier) may yet come
+                    // back, or the owner may get more; the timeout re-checks for shutdown.
+                    self.wake.wait_for(&mut sched, Duration::from_millis(100));
+                    continue;
                 }
-            }
-            if refresh {
-                last_refresh = Instant::now();
-                let (info, has) = conn.size_info(self.file, false)?;
-                if info.content != content {
-                    return Err(Error::Peer {
-                        addr: conn.addr(),
-                        reason: "holds other content".into(),
-                    });
-                }
-                self.sched.lock().set_holdings(slot, has);
-                continue;
             }
             for &p in &fresh {
                 conn.request(content, p, geometry.piece_len(p).unwrap_or(0))?;
+                in_flight.push_back(Answer::Piece(p));
             }
-            if !fresh.is_empty() {
+            if refresh {
+                conn.ask_size_info(self.file, false)?;
+                in_flight.push_back(Answer::Holdings);
+                refresh_pending = true;
+            }
+            if !fresh.is_empty() || refresh {
                 conn.flush()?;
             }
-            in_flight.extend(fresh);
-            let Some(piece) = in_flight.pop_front() else {
-                continue;
-            };
-            // No buffer comes back once the verifier has stopped: it has the reason.
-            let Ok(mut buf) = empty.recv() else {
-                return Ok(());
-            };
-            let len = geometry.piece_len(piece).unwrap_or(0) as usize;
-            self.ctx
-                .throttle(self.ctx.download_limit.as_ref(), len as u64);
-            conn.read_piece(content, piece, &mut buf[..len])?;
-            if full.send((piece, buf)).is_err() {
-                return Ok(());
+            match in_flight.pop_front() {
+                None => {}
+                Some(Answer::Holdings) => {
+                    let (info, has) = conn.read_size_info()?;
+                    if info.content != content {
+                        let reason = "holds other content".into();
+                        return Err(Error::Peer {
+                            addr: conn.addr(),
+                            reason,
+                        });
+                    }
+                    self.sched.lock().set_holdings(slot, has);
+                    refresh_pending = false;
+                    next_refresh = Instant::now() + BITFIELD_REFRESH;
+                }
+                Some(Answer::Piece(piece)) => {
+                    // No buffer comes back once the verifier has stopped: it has the reason.
+                    let Ok(mut buf) = empty.recv() else {
+                        return Ok(());
+                    };
+                    let len = geometry.piece_len(piece).unwrap_or(0) as usize;
+                    self.ctx
+                        .throttle(self.ctx.download_limit.as_ref(), len as u64);
+                    conn.read_piece(content, piece, &mut buf[..len])?;
+                    pace.arrived(len);
+                    if full.send((piece, buf)).is_err() {
+                        return Ok(());
+                    }
+                }
             }
         }
     }

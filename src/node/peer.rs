@@ -88,18 +88,38 @@ impl<'a> PeerConn<'a> {
         self.addr
     }
 
-    /// Asks for a file's size information and which pieces the peer holds.
+    /// Asks for a file's size information and which pieces the peer holds, and waits for
+    /// the answer.
     ///
     /// # Errors
     ///
     /// [`Error::Peer`] if the peer refuses or answers with anything else, or with a
     /// bitfield that does not fit the file.
     pub fn size_info(&mut self, file: &str, hashes: bool) -> Result<(SizeInformation, Bitfield)> {
+        self.ask_size_info(file, hashes)?;
+        self.flush()?;
+        self.read_size_info()
+    }
+
+    /// Queues a size request; [`flush`](Self::flush) sends it. Answers come back in the
+    /// order asked, so it may sit in a pipeline of piece requests.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if writing fails.
+    pub fn ask_size_info(&mut self, file: &str, hashes: bool) -> Result<()> {
         self.send(&Message::SizeRequest {
             file: file.into(),
             hashes,
-        })?;
-        self.flush()?;
+        })
+    }
+
+    /// Reads the answer to a size request: the size information, then the bitfield.
+    ///
+    /// # Errors
+    ///
+    /// As [`size_info`](Self::size_info).
+    pub fn read_size_info(&mut self) -> Result<(SizeInformation, Bitfield)> {
         let info = match self.read()? {
             Message::SizeInfo(info) => info,
             Message::Refused { reason, .. } | Message::Reject { reason } => {

@@ -94,11 +94,14 @@ pub(crate) struct Schedule {
     holds: Vec<Bitfield>,
     /// How many live slots' owners hold each piece: rarer pieces go first.
     avail: Vec<u16>,
+    /// Breaks ties among the rarest pieces, so downloaders of one file do not all ask for
+    /// the same one; seeded, so a schedule is reproducible.
+    rng: fastrand::Rng,
     done: u32,
 }
 
 /// How far into its share a worker looks for the rarest piece.
-const RAREST_WINDOW: usize = 64;
+const RAREST_WINDOW: usize = 1024;
 
 impl Schedule {
     /// Divides the pieces not in `done` among `slots` workers (at least one), the
@@ -142,6 +145,7 @@ impl Schedule {
             in_flight: vec![0; slots],
             holds: vec![Bitfield::empty(n); slots],
             avail: vec![0; n as usize],
+            rng: fastrand::Rng::with_seed(u64::from(start)),
             done: done.count(),
         }
     }
@@ -219,9 +223,14 @@ impl Schedule {
         }
         let queue = &self.queues[slot];
         let window = queue.len().min(RAREST_WINDOW);
-        let at = (0..window)
+        let rarest = (0..window)
             .filter(|&i| has.get(queue[i]))
-            .min_by_key(|&i| self.avail[queue[i] as usize])?;
+            .map(|i| self.avail[queue[i] as usize])
+            .min()?;
+        let candidates: Vec<usize> = (0..window)
+            .filter(|&i| has.get(queue[i]) && self.avail[queue[i] as usize] == rarest)
+            .collect();
+        let at = candidates[self.rng.usize(..candidates.len())];
         self.queues[slot].remove(at)
     }
 
@@ -359,12 +368,19 @@ mod tests {
         assert!(!b.get(10));
     }
 
+    fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+        v.sort_unstable();
+        v
+    }
+
     #[test]
     fn owners_start_on_the_original_contiguous_shares() {
         let full = Bitfield::full(10);
         let mut s = schedule(&Bitfield::empty(10), &[full.clone(), full]);
-        assert_eq!(s.take(0), Some(0));
-        assert_eq!(s.take(1), Some(5));
+        let first: Vec<u32> = (0..5).map(|_| s.take(0).unwrap()).collect();
+        let second: Vec<u32> = (0..5).map(|_| s.take(1).unwrap()).collect();
+        assert_eq!(sorted(first), [0, 1, 2, 3, 4]);
+        assert_eq!(sorted(second), [5, 6, 7, 8, 9]);
     }
 
     #[test]
@@ -372,7 +388,7 @@ mod tests {
         let mut done = Bitfield::empty(6);
         [0, 1, 2].iter().for_each(|&i| done.set(i));
         let mut s = schedule(&done, &[Bitfield::full(6)]);
-        assert_eq!(drain(&mut s, 0), [3, 4, 5]);
+        assert_eq!(sorted(drain(&mut s, 0)), [3, 4, 5]);
         assert!(s.is_complete());
     }
 
@@ -381,23 +397,30 @@ mod tests {
         let full = Bitfield::full(12);
         let mut s = schedule(&Bitfield::empty(12), &[full.clone(), full]);
         // Slot 1 finishes its six pieces while slot 0 is stuck on its first.
-        assert_eq!(s.take(0), Some(0));
-        assert_eq!(drain(&mut s, 1), [6, 7, 8, 9, 10, 11, 4, 5, 3, 2]);
+        let stuck = s.take(0).unwrap();
+        assert!(stuck < 6);
+        let got = drain(&mut s, 1);
+        assert!((6..12).all(|p| got.contains(&p)));
+        let stolen = got.iter().filter(|&&p| p < 6).count();
+        assert!(
+            stolen >= 2,
+            "stole {stolen} of slot 0's five waiting pieces: {got:?}"
+        );
         assert!(s.others_busy(1));
-        assert_eq!(s.take(0), Some(1));
+        // At least one piece is left to slot 0, which is never stolen from below one.
+        let next = s.take(0).unwrap();
+        assert!(next < 6 && next != stuck && !got.contains(&next));
     }
 
     #[test]
     fn a_retired_slot_hands_back_its_share_and_its_pieces_in_flight() {
         let full = Bitfield::full(8);
         let mut s = schedule(&Bitfield::empty(8), &[full.clone(), full]);
-        assert_eq!(s.take(0), Some(0));
-        assert_eq!(s.take(0), Some(1));
+        assert!(s.take(0).unwrap() < 4);
+        assert!(s.take(0).unwrap() < 4);
         s.retire(0);
         assert_eq!(s.take(0), None);
-        let mut got = drain(&mut s, 1);
-        got.sort_unstable();
-        assert_eq!(got, (0..8).collect::<Vec<_>>());
+        assert_eq!(sorted(drain(&mut s, 1)), (0..8).collect::<Vec<_>>());
         assert!(s.is_complete());
         assert!(!s.others_busy(1));
     }
@@ -407,10 +430,8 @@ mod tests {
         let mut evens = Bitfield::empty(6);
         [0, 2, 4].iter().for_each(|&i| evens.set(i));
         let mut s = schedule(&Bitfield::empty(6), &[evens, Bitfield::full(6)]);
-        assert_eq!(drain(&mut s, 0), [0, 2, 4]);
-        let mut rest = drain(&mut s, 1);
-        rest.sort_unstable();
-        assert_eq!(rest, [1, 3, 5]);
+        assert_eq!(sorted(drain(&mut s, 0)), [0, 2, 4]);
+        assert_eq!(sorted(drain(&mut s, 1)), [1, 3, 5]);
         assert!(s.is_complete());
     }
 
@@ -422,11 +443,14 @@ mod tests {
 
     #[test]
     fn shares_start_where_asked_and_wrap_around() {
-        let mut s = schedule(&Bitfield::empty(6), &[Bitfield::full(6)]);
-        assert_eq!(drain(&mut s, 0), [0, 1, 2, 3, 4, 5]);
-        let mut s = Schedule::new(&Bitfield::empty(6), 1, 4);
-        s.set_holdings(0, Bitfield::full(6));
-        assert_eq!(drain(&mut s, 0), [4, 5, 0, 1, 2, 3]);
+        let full = Bitfield::full(6);
+        let mut s = Schedule::new(&Bitfield::empty(6), 2, 4);
+        s.set_holdings(0, full.clone());
+        s.set_holdings(1, full);
+        let first: Vec<u32> = (0..3).map(|_| s.take(0).unwrap()).collect();
+        let second: Vec<u32> = (0..3).map(|_| s.take(1).unwrap()).collect();
+        assert_eq!(sorted(first), [0, 4, 5]);
+        assert_eq!(sorted(second), [1, 2, 3]);
     }
 
     #[test]
@@ -437,15 +461,14 @@ mod tests {
         let mut some = Bitfield::empty(6);
         [0, 1, 2].iter().for_each(|&i| some.set(i));
         s.set_holdings(peer, some);
-        // The seeder is asked for what only it has first.
-        assert_eq!(s.take(0), Some(3));
-        assert_eq!(s.take(0), Some(4));
+        // The seeder is asked first for what only it has.
+        let rare = [s.take(0).unwrap(), s.take(0).unwrap()];
+        assert!(rare.iter().all(|p| (3..6).contains(p)), "{rare:?}");
         // The peer steals what it holds from the seeder's share.
-        let mut got = drain(&mut s, peer);
-        got.sort_unstable();
-        assert_eq!(got, [0, 1, 2]);
+        assert_eq!(sorted(drain(&mut s, peer)), [0, 1, 2]);
         s.retire(peer);
-        assert_eq!(drain(&mut s, 0), [5]);
-        assert!(s.is_complete() || s.done_count() == 4);
+        let last = drain(&mut s, 0);
+        assert_eq!(last.len(), 1);
+        assert!((3..6).contains(&last[0]) && !rare.contains(&last[0]));
     }
 }
