@@ -52,10 +52,9 @@ fn main() {
             TrackerConfig::new("127.0.0.1:0".parse().unwrap()).interval(Duration::from_secs(1));
         let (tracker, _events) = Tracker::start(config).unwrap();
         let node = |name: &str| {
-            let c = NodeConfig::new(name, work.path().join(name))
+            NodeConfig::new(name, work.path().join(name))
                 .listen("127.0.0.1:0".parse().unwrap())
-                .tracker(tracker.local_addr());
-            c
+                .tracker(tracker.local_addr())
         };
         let mut seeder_config = node("seeder");
         seeder_config.upload_limit = Some(rate);
