@@ -47,7 +47,8 @@ impl Manifest {
             .map_err(|e| file_err("reading metadata of", e))?
             .len();
         let geometry = Geometry::with_piece_size(size, piece_size)?;
-        let hashes = hash_pieces(&file, geometry).map_err(|e| file_err("hashing", e))?;
+        let all: Vec<u32> = (0..geometry.piece_count()).collect();
+        let hashes = hash_pieces(&file, geometry, &all).map_err(|e| file_err("hashing", e))?;
         Ok(Self::new(geometry, hashes))
     }
 
@@ -116,17 +117,18 @@ impl Manifest {
             .is_some_and(|h| blake3::hash(data).as_bytes() == h)
     }
 
-    /// Returns, for each piece, whether `file` (laid out as this manifest says) holds it.
+    /// Returns, for each piece in `which`, whether `file` (laid out as this manifest says)
+    /// holds it.
     ///
     /// # Errors
     ///
     /// The read error, if the file cannot be read (for example because it is shorter).
-    pub(crate) fn verified_pieces(&self, file: &File) -> std::io::Result<Vec<bool>> {
-        let hashes = hash_pieces(file, self.geometry)?;
-        Ok(hashes
+    pub(crate) fn verified_pieces(&self, file: &File, which: &[u32]) -> std::io::Result<Vec<bool>> {
+        let hashes = hash_pieces(file, self.geometry, which)?;
+        Ok(which
             .iter()
-            .zip(&self.hashes)
-            .map(|(a, b)| a == b)
+            .zip(&hashes)
+            .map(|(&i, h)| self.hashes.get(i as usize) == Some(h))
             .collect())
     }
 
@@ -146,21 +148,23 @@ impl Manifest {
     }
 }
 
-/// Hashes every piece of `file`, on up to four threads, each reading its own contiguous
-/// range of pieces into one reused piece buffer.
-fn hash_pieces(file: &File, geometry: Geometry) -> std::io::Result<Vec<[u8; 32]>> {
+/// Hashes the pieces `which` of `file`, on up to four threads, each reading its own part
+/// of the list into one reused piece buffer. Returns the hashes in the order of `which`.
+fn hash_pieces(file: &File, geometry: Geometry, which: &[u32]) -> std::io::Result<Vec<[u8; 32]>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    let ranges = split_pieces(geometry.piece_count(), threads)
+    let ranges = split_pieces(u32::try_from(which.len()).unwrap_or(u32::MAX), threads)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let parts: Vec<std::io::Result<Vec<[u8; 32]>>> = std::thread::scope(|s| {
         let handles: Vec<_> = ranges
             .into_iter()
             .map(|range| {
+                let share = &which[range.start as usize..range.end as usize];
                 s.spawn(move || {
                     let mut buf =
                         vec![0u8; geometry.piece_size().min(geometry_len(geometry)) as usize];
-                    range
-                        .map(|i| {
+                    share
+                        .iter()
+                        .map(|&i| {
                             let r = geometry.piece_range(i).unwrap_or(0..0);
                             let piece = &mut buf[..(r.end - r.start) as usize];
                             file.read_exact_at(piece, r.start)?;
@@ -178,7 +182,7 @@ fn hash_pieces(file: &File, geometry: Geometry) -> std::io::Result<Vec<[u8; 32]>
             })
             .collect()
     });
-    let mut hashes = Vec::with_capacity(geometry.piece_count() as usize);
+    let mut hashes = Vec::with_capacity(which.len());
     for part in parts {
         hashes.extend(part?);
     }

@@ -289,6 +289,47 @@ pub enum Message {
     },
 }
 
+/// What a download records beside its `.part` file: which pieces are verified and on disk.
+///
+/// It is stored as its postcard encoding followed by the BLAKE3 hash of that encoding, so a
+/// torn or altered record is recognised and ignored ([`decode_record`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    /// Must equal [`RECORD_MAGIC`].
+    pub magic: [u8; 4],
+    /// The content id of the file being downloaded.
+    pub content: ContentId,
+    /// How many pieces the file has.
+    pub pieces: u32,
+    /// Which are verified and synced to disk, as in [`Message::Bitfield`].
+    pub bits: Vec<u8>,
+}
+
+/// First bytes of a [`ResumeRecord`].
+pub const RECORD_MAGIC: [u8; 4] = *b"P2PR";
+
+/// Encodes a resume record with its checksum.
+///
+/// # Errors
+///
+/// [`Error::Decode`] if encoding fails (it cannot for well-formed values).
+pub fn encode_record(record: &ResumeRecord) -> Result<Vec<u8>> {
+    let mut bytes = postcard::to_stdvec(record)?;
+    let sum = blake3::hash(&bytes);
+    bytes.extend_from_slice(sum.as_bytes());
+    Ok(bytes)
+}
+
+/// Decodes a resume record, or returns `None` if it is torn, altered or not a record.
+pub fn decode_record(bytes: &[u8]) -> Option<ResumeRecord> {
+    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let record: ResumeRecord = postcard::from_bytes(body).ok()?;
+    (record.magic == RECORD_MAGIC).then_some(record)
+}
+
 /// Checks that `name` is a plain file name, safe to join to a node's folder.
 ///
 /// A plain name is 1 to [`MAX_NAME_LEN`] bytes with no `/`, `\`, NUL or control
@@ -676,6 +717,24 @@ mod tests {
         };
         assert_eq!(decode_reply(&encode_reply(&reply).unwrap()).unwrap(), reply);
         assert!(decode_reply(&vec![0; MAX_DATAGRAM_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_torn_ones_are_refused() {
+        let record = ResumeRecord {
+            magic: RECORD_MAGIC,
+            content: content(),
+            pieces: 10,
+            bits: vec![0xFF, 0xC0],
+        };
+        let bytes = encode_record(&record).unwrap();
+        assert_eq!(decode_record(&bytes), Some(record));
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_record(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[5] ^= 1;
+        assert_eq!(decode_record(&flipped), None);
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub struct NodeConfig {
     pub pipeline_depth: usize,
     /// The piece size for files this node shares; `None` chooses from the file size.
     pub piece_size: Option<u32>,
-    /// How long a peer may stay silent with a request outstanding before it is dropped.
+    /// How long a peer may stay silent with a request outstanding before it is dropped
+    /// and its pieces go to other owners. Silence, not slowness: any byte resets it.
     pub peer_timeout: Duration,
     /// How many times a tracker request is sent before giving up.
     pub tracker_tries: u32,
@@ -80,7 +81,7 @@ impl NodeConfig {
             max_owners: 8,
             pipeline_depth: 8,
             piece_size: None,
-            peer_timeout: Duration::from_secs(10),
+            peer_timeout: Duration::from_secs(5),
             tracker_tries: 4,
             announce_interval: Duration::from_secs(30),
             max_connections: 64,
@@ -199,6 +200,14 @@ pub enum Event {
     DownloadFinished(DownloadReport),
     /// A download failed.
     DownloadFailed {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// A download could not save its resume record; a restart then verifies its `.part`
+    /// again instead of trusting the record.
+    RecordFailed {
         /// The file.
         file: String,
         /// What went wrong.

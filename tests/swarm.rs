@@ -185,6 +185,11 @@ fn a_downloader_stopped_midway_resumes_and_fetches_only_what_is_missing() {
     first.shutdown().unwrap();
     assert!(matches!(download.wait(), Err(p2ptorrent::Error::Shutdown)));
     assert!(folder.path().join("f.bin.part").exists());
+    // The record lists what was synced; the resumed download trusts it, verifies the rest.
+    let record = std::fs::read(folder.path().join("f.bin.part.state")).unwrap();
+    let record = p2ptorrent::messages::decode_record(&record).expect("a whole record");
+    let recorded: u32 = record.bits.iter().map(|b| b.count_ones()).sum();
+    assert!(recorded >= 40, "recorded {recorded}");
 
     let (second, _events) =
         p2ptorrent::Node::start(config("second", folder.path(), tracker.local_addr())).unwrap();
@@ -193,6 +198,7 @@ fn a_downloader_stopped_midway_resumes_and_fetches_only_what_is_missing() {
     let fetched: u64 = report.from.iter().map(|(_, n)| n).sum();
     assert_eq!(fetched, size - u64::from(report.resumed) * u64::from(PIECE));
     assert_same_file(&seeder.path("f.bin"), &folder.path().join("f.bin"));
+    assert!(!folder.path().join("f.bin.part.state").exists());
     second.shutdown().unwrap();
     seeder.shutdown();
     tracker.shutdown().unwrap();
@@ -274,6 +280,40 @@ fn leechers_trade_pieces_so_the_seeder_sends_little_more_than_one_copy() {
         "the seeder sent {sent} bytes for a {size}-byte file"
     );
     leeches.into_iter().for_each(TestNode::shutdown);
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// A torn resume record (cut short, as a crash while writing it would leave it) is not
+/// trusted: the `.part` is verified again and the download is exact.
+#[test]
+fn a_torn_resume_record_is_survived() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    let size = 16 * u64::from(PIECE);
+    write_random(&seeder.path("f.bin"), 7, size);
+    seeder.node.share("f.bin").unwrap();
+    let leech = start_node("leech", tracker.local_addr());
+    plant_part(&leech, &seeder.path("f.bin"), "f.bin", 0..4);
+    // A record claiming every piece but torn: its checksum cannot match.
+    let manifest =
+        p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
+    let whole = p2ptorrent::messages::encode_record(&p2ptorrent::messages::ResumeRecord {
+        magic: p2ptorrent::messages::RECORD_MAGIC,
+        content: manifest.content(),
+        pieces: 16,
+        bits: vec![0xFF, 0xFF],
+    })
+    .unwrap();
+    std::fs::write(leech.path("f.bin.part.state"), &whole[..whole.len() - 5]).unwrap();
+    let report = leech.node.download("f.bin").unwrap().wait().unwrap();
+    assert_eq!(report.resumed, 4);
+    assert_eq!(
+        report.from.iter().map(|(_, n)| n).sum::<u64>(),
+        12 * u64::from(PIECE)
+    );
+    assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
+    leech.shutdown();
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }

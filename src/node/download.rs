@@ -33,7 +33,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::messages::{ContentId, OwnerInfo};
+use crate::messages::{
+    ContentId, OwnerInfo, RECORD_MAGIC, ResumeRecord, decode_record, encode_record,
+};
 
 use super::peer::PeerConn;
 use super::schedule::{Bitfield, Schedule};
@@ -59,6 +61,9 @@ struct Pace {
     rate: Option<f64>,
     last: Option<Instant>,
 }
+
+/// How often a running download saves its resume record.
+const RECORD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// When a download first asks the tracker again for owners, at the latest.
 const FIRST_POLL: Duration = Duration::from_millis(500);
@@ -129,7 +134,8 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
     }
     let (manifest, first) = fetch_manifest(ctx, file, listed.content, &mut owners)?;
     let part_path = ctx.store.dir().join(format!("{file}.part"));
-    let (part, mut done) = open_part(&part_path, &manifest)?;
+    let record_path = ctx.store.dir().join(format!("{file}.part.state"));
+    let (part, mut done) = open_part(&part_path, &record_path, &manifest)?;
     let resumed = done.count();
     // Serve what we hold while we download; withdrawn if the download fails, replaced by
     // the finished file if it succeeds.
@@ -153,6 +159,8 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
         manifest: &manifest,
         part: &part,
         part_path: &part_path,
+        record_path: &record_path,
+        recorded: Mutex::new(0),
         sched: Mutex::new(Schedule::new(&done, 1, 0)),
         wake: Condvar::new(),
         fatal: Mutex::new(None),
@@ -220,6 +228,7 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
             source,
         },
     })?;
+    let _ = std::fs::remove_file(&record_path);
     let shared = ctx
         .store
         .insert(file, final_path.clone(), manifest.clone())?;
@@ -343,8 +352,13 @@ fn fetch_manifest<'a>(
     })
 }
 
-/// Opens `NAME.part`, keeping the pieces of an earlier run that still verify.
-fn open_part(path: &Path, manifest: &Manifest) -> Result<(File, Bitfield)> {
+/// Opens `NAME.part`, keeping the pieces of an earlier run.
+///
+/// Pieces its resume record (`NAME.part.state`) lists are trusted: the record is written
+/// only after the `.part` is synced. Every other piece of a `.part` of the right length
+/// is verified again, since it may have been written after the last record. A record that
+/// is missing, torn or for other content is ignored, and then every piece is verified.
+fn open_part(path: &Path, record: &Path, manifest: &Manifest) -> Result<(File, Bitfield)> {
     let err = |op| {
         move |source| Error::File {
             op,
@@ -360,19 +374,51 @@ fn open_part(path: &Path, manifest: &Manifest) -> Result<(File, Bitfield)> {
         .open(path)
         .map_err(err("creating"))?;
     let len = file.metadata().map_err(err("reading metadata of"))?.len();
-    let mut done = Bitfield::empty(manifest.piece_count());
-    if len == manifest.size() && len > 0 {
-        let verified = manifest.verified_pieces(&file).map_err(err("verifying"))?;
-        for (i, ok) in verified.into_iter().enumerate() {
-            if ok {
-                done.set(i as u32);
-            }
-        }
-    } else {
+    let pieces = manifest.piece_count();
+    if len != manifest.size() || len == 0 {
         file.set_len(0).map_err(err("truncating"))?;
         file.set_len(manifest.size()).map_err(err("allocating"))?;
+        return Ok((file, Bitfield::empty(pieces)));
+    }
+    let mut done = std::fs::read(record)
+        .ok()
+        .and_then(|bytes| decode_record(&bytes))
+        .filter(|r| r.content == manifest.content() && r.pieces == pieces)
+        .and_then(|r| Bitfield::from_bytes(r.bits, pieces))
+        .unwrap_or_else(|| Bitfield::empty(pieces));
+    let unknown: Vec<u32> = (0..pieces).filter(|&i| !done.get(i)).collect();
+    let verified = manifest
+        .verified_pieces(&file, &unknown)
+        .map_err(err("verifying"))?;
+    for (&i, ok) in unknown.iter().zip(verified) {
+        if ok {
+            done.set(i);
+        }
     }
     Ok((file, done))
+}
+
+/// Records durably which pieces are verified: syncs the `.part` first, so the record never
+/// claims a piece that is not on disk, then replaces the record atomically.
+fn save_record(
+    part: &File,
+    record: &Path,
+    content: ContentId,
+    done: &Bitfield,
+) -> std::io::Result<()> {
+    part.sync_data()?;
+    let bytes = encode_record(&ResumeRecord {
+        magic: RECORD_MAGIC,
+        content,
+        pieces: done.len(),
+        bits: done.as_bytes().to_vec(),
+    })
+    .map_err(std::io::Error::other)?;
+    let tmp = record.with_extension("state.tmp");
+    let mut f = File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, &bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, record)
 }
 
 enum PublishError {
@@ -412,6 +458,10 @@ struct Dl<'a> {
     manifest: &'a Manifest,
     part: &'a File,
     part_path: &'a PathBuf,
+    /// The resume record beside the `.part`.
+    record_path: &'a PathBuf,
+    /// How many pieces the resume record last listed.
+    recorded: Mutex<u32>,
     sched: Mutex<Schedule>,
     /// Wakes idle workers when pieces complete or come back.
     wake: Condvar,
@@ -473,6 +523,7 @@ impl<'a> Dl<'a> {
             // The first look comes soon: downloaders started together find each other
             // once they hold pieces, not an interval later.
             let mut next_poll = Instant::now() + interval.min(FIRST_POLL);
+            let mut last_record = Instant::now();
             let mut announced = 0;
             loop {
                 {
@@ -484,6 +535,10 @@ impl<'a> Dl<'a> {
                 }
                 if self.ctx.stopping() || self.live.load(Ordering::SeqCst) == 0 {
                     continue;
+                }
+                if last_record.elapsed() >= RECORD_INTERVAL {
+                    last_record = Instant::now();
+                    self.record();
                 }
                 let held = self.partial.as_ref().map_or(0, |p| p.progress().0);
                 let due = Instant::now() >= next_poll;
@@ -526,7 +581,7 @@ impl<'a> Dl<'a> {
                     handles.push((addr, self.spawn_worker(s, slot, addr, None)));
                 }
             }
-            handles
+            let results = handles
                 .into_iter()
                 .map(|(addr, h)| {
                     let result = match h {
@@ -537,8 +592,27 @@ impl<'a> Dl<'a> {
                     };
                     (addr, result)
                 })
-                .collect()
+                .collect();
+            self.record();
+            results
         })
+    }
+
+    /// Saves the resume record if pieces were verified since the last one. A failure is
+    /// reported and not fatal: the `.part` is then verified again on resume.
+    fn record(&self) {
+        let done = self.sched.lock().done_bitfield();
+        let mut recorded = self.recorded.lock();
+        if done.count() == *recorded || done.count() == done.len() {
+            return;
+        }
+        match save_record(self.part, self.record_path, self.manifest.content(), &done) {
+            Ok(()) => *recorded = done.count(),
+            Err(e) => self.ctx.emit(Event::RecordFailed {
+                file: self.file.into(),
+                error: format!("saving {}: {e}", self.record_path.display()),
+            }),
+        }
     }
 
     fn spawn_worker<'s>(
