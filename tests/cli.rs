@@ -4,92 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use common::*;
 use p2ptorrent::TrackerClient;
 
-/// A child process that is killed if the test ends without waiting for it.
-struct Proc {
-    child: Child,
-    out: Option<BufReader<ChildStdout>>,
-}
-
-impl Proc {
-    fn start(bin: &str, args: &[&str], cwd: &Path, stdin: Stdio) -> Self {
-        let mut child = Command::new(bin)
-            .args(args)
-            .current_dir(cwd)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Self {
-            child,
-            out: Some(out),
-        }
-    }
-
-    /// Reads stdout lines until one contains `needle`; returns it.
-    fn line_with(&mut self, needle: &str) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.out.as_mut().unwrap().read_line(&mut line).unwrap();
-            assert!(n > 0, "output ended before a line with {needle:?}");
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    /// Waits for the process to exit, killing it and failing after `timeout`.
-    fn wait(mut self, timeout: Duration) -> ExitStatus {
-        // Drain stdout so the child never blocks on a full pipe.
-        let mut out = self.out.take().unwrap();
-        let drain = std::thread::spawn(move || {
-            let mut sink = String::new();
-            while out.read_line(&mut sink).unwrap_or(0) > 0 {}
-            sink
-        });
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                drain.join().unwrap();
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("process did not exit within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const TRACKER: &str = env!("CARGO_BIN_EXE_tracker");
-const NODE: &str = env!("CARGO_BIN_EXE_node");
+const TRACKER: &str = TRACKER_BIN;
+const NODE: &str = NODE_BIN;
 
 #[test]
 fn four_nodes_share_a_file_through_the_binaries() {

@@ -170,6 +170,7 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
         numwant,
         live: AtomicUsize::new(0),
         last_progress: Mutex::new(Instant::now()),
+        sockets: Mutex::new(Vec::new()),
     };
     let mut first = Some(first);
     let mut asked_again = false;
@@ -477,6 +478,9 @@ struct Dl<'a> {
     live: AtomicUsize,
     /// When a piece last verified.
     last_progress: Mutex<Instant>,
+    /// The workers' sockets, broken once the file is complete so no worker still waiting
+    /// on a silent owner holds up the finish.
+    sockets: Mutex<Vec<std::net::TcpStream>>,
 }
 
 /// Stops serving a download's `.part` when the download ends without finishing. (After a
@@ -530,6 +534,11 @@ impl<'a> Dl<'a> {
                     let mut sched = self.sched.lock();
                     if self.live.load(Ordering::SeqCst) == 0 {
                         break;
+                    }
+                    if sched.is_complete() {
+                        for s in self.sockets.lock().iter() {
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                        }
                     }
                     self.wake.wait_for(&mut sched, Duration::from_millis(200));
                 }
@@ -663,6 +672,9 @@ impl<'a> Dl<'a> {
             }
         };
         self.sched.lock().set_holdings(slot, has);
+        if let Some(s) = conn.breaker() {
+            self.sockets.lock().push(s);
+        }
         let piece_size = self.manifest.geometry().piece_len(0).unwrap_or(0) as usize;
         let (full_tx, full_rx) = bounded::<(u32, Vec<u8>)>(BUFFERS_PER_OWNER);
         let (empty_tx, empty_rx) = bounded::<Vec<u8>>(BUFFERS_PER_OWNER);
@@ -683,7 +695,12 @@ impl<'a> Dl<'a> {
                 .join()
                 .unwrap_or(Err(Error::ThreadPanicked("node-verify".into())));
             // A bad piece explains why the reader stopped; report it first.
-            verified.and(received)
+            let result = verified.and(received);
+            // A connection broken after the file was complete was cut off on purpose.
+            if result.is_err() && self.sched.lock().is_complete() {
+                return Ok(());
+            }
+            result
         })
     }
 

@@ -88,6 +88,12 @@ impl<'a> PeerConn<'a> {
         self.addr
     }
 
+    /// Returns a handle on the socket, with which another thread can break this
+    /// connection's blocking reads.
+    pub fn breaker(&self) -> Option<TcpStream> {
+        self.writer.get_ref().try_clone().ok()
+    }
+
     /// Asks for a file's size information and which pieces the peer holds, and waits for
     /// the answer.
     ///

@@ -5,9 +5,10 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
@@ -335,4 +336,97 @@ fn fake_serve(
             return;
         }
     }
+}
+
+/// A child process that is killed if the test ends without waiting for it.
+pub struct Proc {
+    pub child: Child,
+    out: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    pub fn start(bin: &str, args: &[&str], cwd: &Path, stdin: Stdio) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            out: Some(out),
+        }
+    }
+
+    /// Reads stdout lines until one contains `needle`; returns it.
+    pub fn line_with(&mut self, needle: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.out.as_mut().unwrap().read_line(&mut line).unwrap();
+            assert!(n > 0, "output ended before a line with {needle:?}");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for the process to exit, killing it and failing after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> ExitStatus {
+        // Drain stdout so the child never blocks on a full pipe.
+        let mut out = self.out.take().unwrap();
+        let drain = std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).unwrap_or(0) > 0 {}
+            sink
+        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                drain.join().unwrap();
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const TRACKER_BIN: &str = env!("CARGO_BIN_EXE_tracker");
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_node");
+
+/// Starts the `tracker` binary on a free port with `interval` seconds; returns it and its
+/// address.
+pub fn tracker_process(cwd: &Path, interval: u64) -> (Proc, SocketAddr) {
+    let interval = interval.to_string();
+    let mut p = Proc::start(
+        TRACKER_BIN,
+        &["--listen", "127.0.0.1:0", "--interval", &interval],
+        cwd,
+        std::process::Stdio::null(),
+    );
+    let line = p.line_with("listening on");
+    let addr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    (p, addr)
 }

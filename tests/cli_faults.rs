@@ -1,0 +1,188 @@
+//! Faults injected into the real binaries: an owner frozen with SIGSTOP or killed with
+//! SIGKILL mid-transfer, and a downloader killed with SIGKILL and started again.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Seconds a `downloaded ... in X s, ...` line reports.
+fn reported_secs(line: &str) -> f64 {
+    line.split(" in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap()
+}
+
+fn node_args<'a>(name: &'a str, tracker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-n",
+        name,
+        "-p",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--tracker",
+        tracker,
+        "--no-prompt",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Two owners capped at 8 MiB/s share 32 MiB; once the downloader is receiving, one
+/// owner gets `signal`. The download must still finish, exact, a few seconds later.
+fn owner_fault_costs_only_seconds(signal: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (tracker, addr) = tracker_process(cwd, 1);
+    let taddr = addr.to_string();
+    let size = 32 * MIB;
+    for n in ["A", "B"] {
+        std::fs::create_dir_all(cwd.join("node_files").join(n)).unwrap();
+    }
+    let original = cwd.join("node_files/A/f.bin");
+    write_random(&original, 8, size);
+    std::fs::hard_link(&original, cwd.join("node_files/B/f.bin")).unwrap();
+    let seeder = |name| {
+        let mut p = Proc::start(
+            NODE_BIN,
+            &node_args(
+                name,
+                &taddr,
+                &["--upload", "f.bin", "--upload-limit", "8MiB"],
+            ),
+            cwd,
+            Stdio::null(),
+        );
+        p.line_with("sharing f.bin");
+        p
+    };
+    let a = seeder("A");
+    let b = seeder("B");
+    let mut c = Proc::start(
+        NODE_BIN,
+        &node_args(
+            "C",
+            &taddr,
+            &["--download", "f.bin", "--exit-when-done", "-v"],
+        ),
+        cwd,
+        Stdio::null(),
+    );
+    c.line_with("received piece");
+    a.signal(signal);
+    let done = c.line_with("downloaded f.bin");
+    let secs = reported_secs(&done);
+    eprintln!("{signal}: {done}");
+    assert!(c.wait(PATIENCE).success());
+    assert_same_file(&original, &cwd.join("node_files/C/f.bin"));
+    // Alone, B needs 4 s for the file; the frozen or dead owner may cost the 5 s peer
+    // timeout on top, not more.
+    assert!(secs < 4.0 + 5.0 + 3.0, "took {secs} s");
+    if signal == "-STOP" {
+        a.signal("-CONT");
+    }
+    drop(a);
+    drop(b);
+    drop(tracker);
+}
+
+#[test]
+fn an_owner_frozen_mid_transfer_costs_only_seconds() {
+    owner_fault_costs_only_seconds("-STOP");
+}
+
+#[test]
+fn an_owner_killed_mid_transfer_costs_only_seconds() {
+    owner_fault_costs_only_seconds("-KILL");
+}
+
+/// A downloader killed with SIGKILL halfway and started again (under another name) on the
+/// same folder resumes, and finishes sooner than a fresh download could.
+#[test]
+fn a_downloader_killed_and_restarted_finishes_sooner_than_a_fresh_one() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (tracker, addr) = tracker_process(cwd, 1);
+    let taddr = addr.to_string();
+    let size = 32 * MIB;
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    let original = cwd.join("node_files/A/f.bin");
+    write_random(&original, 9, size);
+    let mut a = Proc::start(
+        NODE_BIN,
+        &node_args(
+            "A",
+            &taddr,
+            &["--upload", "f.bin", "--upload-limit", "8MiB"],
+        ),
+        cwd,
+        Stdio::null(),
+    );
+    a.line_with("sharing f.bin");
+    let folder = cwd.join("shared-folder");
+    let dir = folder.to_str().unwrap();
+    let mut c = Proc::start(
+        NODE_BIN,
+        &node_args(
+            "C",
+            &taddr,
+            &[
+                "--dir",
+                dir,
+                "--download",
+                "f.bin",
+                "--exit-when-done",
+                "-v",
+            ],
+        ),
+        cwd,
+        Stdio::null(),
+    );
+    // Pieces are 256 KiB here: 128 of them. Kill after half, and after a record was saved.
+    c.line_with("[64/128]");
+    wait_until("the resume record", Duration::from_secs(10), || {
+        let p = folder.join("f.bin.part.state");
+        if p.exists() { Ok(()) } else { Err(p) }
+    });
+    c.signal("-KILL");
+    assert!(!c.wait(PATIENCE).success());
+    assert!(!folder.join("f.bin").exists());
+
+    let mut again = Proc::start(
+        NODE_BIN,
+        &node_args(
+            "C2",
+            &taddr,
+            &["--dir", dir, "--download", "f.bin", "--exit-when-done"],
+        ),
+        cwd,
+        Stdio::null(),
+    );
+    let start = again.line_with("downloading f.bin");
+    // "downloading f.bin: 33554432 bytes, 128 pieces, 1 owner listed, 66 of them already here"
+    let resumed: u32 = start
+        .trim()
+        .rsplit(", ")
+        .next()
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(resumed >= 64, "{start}");
+    let done = again.line_with("downloaded f.bin");
+    assert!(again.wait(PATIENCE).success());
+    assert_same_file(&original, &folder.join("f.bin"));
+    // A fresh download takes at least S/R = 4 s at the owner's limit.
+    let secs = reported_secs(&done);
+    eprintln!("resumed {resumed} pieces: {done}");
+    assert!(secs < 0.75 * 4.0, "took {secs} s");
+    assert!(!folder.join("f.bin.part").exists() && !folder.join("f.bin.part.state").exists());
+    drop(a);
+    drop(tracker);
+}
