@@ -7,7 +7,7 @@
 //! the largest remaining share (work stealing), so a slow owner never holds the rest up.
 //! It is plain data: the download holds it behind a lock for the length of one call.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use crate::split::split_pieces;
 
@@ -79,7 +79,8 @@ impl Bitfield {
 enum PieceState {
     Done,
     Waiting,
-    InFlight(usize),
+    /// Requested from one owner, or from two in the endgame.
+    InFlight,
 }
 
 /// The assignment of missing pieces to worker slots, one slot per owner.
@@ -89,7 +90,8 @@ pub(crate) struct Schedule {
     queues: Vec<VecDeque<u32>>,
     orphans: VecDeque<u32>,
     alive: Vec<bool>,
-    in_flight: Vec<u32>,
+    /// The pieces each slot has asked its owner for and not yet completed.
+    in_flight: Vec<HashSet<u32>>,
     /// What each slot's owner holds, as it last said.
     holds: Vec<Bitfield>,
     /// How many live slots' owners hold each piece: rarer pieces go first.
@@ -142,7 +144,7 @@ impl Schedule {
             queues,
             orphans: VecDeque::new(),
             alive: vec![true; slots],
-            in_flight: vec![0; slots],
+            in_flight: vec![HashSet::new(); slots],
             holds: vec![Bitfield::empty(n); slots],
             avail: vec![0; n as usize],
             rng: fastrand::Rng::with_seed(u64::from(start)),
@@ -155,7 +157,7 @@ impl Schedule {
     pub fn add_slot(&mut self) -> usize {
         self.queues.push(VecDeque::new());
         self.alive.push(true);
-        self.in_flight.push(0);
+        self.in_flight.push(HashSet::new());
         self.holds.push(Bitfield::empty(self.state.len() as u32));
         self.queues.len() - 1
     }
@@ -196,18 +198,49 @@ impl Schedule {
             .or_else(|| {
                 self.steal(slot, &has);
                 self.take_own(slot, &has)
-            });
+            })
+            .or_else(|| self.take_endgame(slot, &has));
         self.holds[slot] = has;
         let piece = piece?;
-        self.state[piece as usize] = PieceState::InFlight(slot);
-        self.in_flight[slot] += 1;
+        self.state[piece as usize] = PieceState::InFlight;
+        self.in_flight[slot].insert(piece);
         Some(piece)
+    }
+
+    /// The endgame: with nothing left to hand out, asks this owner too for a piece in
+    /// flight at one other owner, so the slowest owner does not hold up the finish.
+    /// Whichever copy verifies first counts; the other is dropped on arrival, and the
+    /// download breaks its connections once the file is complete.
+    fn take_endgame(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
+        if !self.orphans.is_empty() || self.queues.iter().any(|q| !q.is_empty()) {
+            return None;
+        }
+        let mut asked: Vec<u32> = self
+            .in_flight
+            .iter()
+            .enumerate()
+            .filter(|&(s, _)| s != slot)
+            .flat_map(|(_, pieces)| pieces.iter().copied())
+            .filter(|&p| {
+                // A piece still claimed by a slow owner may be done already.
+                self.state[p as usize] == PieceState::InFlight
+                    && has.get(p)
+                    && !self.in_flight[slot].contains(&p)
+            })
+            .collect();
+        asked.sort_unstable();
+        // Only pieces asked of exactly one other owner: at most two copies of any piece.
+        let once = asked
+            .iter()
+            .enumerate()
+            .find(|&(i, p)| asked.get(i + 1) != Some(p) && (i == 0 || asked[i - 1] != *p));
+        once.map(|(_, &p)| p)
     }
 
     fn take_orphan(&mut self, has: &Bitfield) -> Option<u32> {
         // A retired slot's piece may still have been completed by its verifier.
         self.orphans
-            .retain(|&p| self.state[p as usize] != PieceState::Done);
+            .retain(|&p| self.state[p as usize] == PieceState::Waiting);
         let at = self.orphans.iter().position(|&p| has.get(p))?;
         self.orphans.remove(at)
     }
@@ -259,21 +292,26 @@ impl Schedule {
         self.queues[slot].extend(taken);
     }
 
-    /// Records that piece `piece` is verified and written. Returns whether it was newly
-    /// done.
-    pub fn complete(&mut self, piece: u32) -> bool {
+    /// Records that piece `piece`, fetched by `slot`, is verified and written. Returns
+    /// whether it was newly done (not the second copy of an endgame piece).
+    pub fn complete(&mut self, slot: usize, piece: u32) -> bool {
+        if let Some(pieces) = self.in_flight.get_mut(slot) {
+            pieces.remove(&piece);
+        }
         let Some(state) = self.state.get_mut(piece as usize) else {
             return false;
         };
-        if let PieceState::InFlight(holder) = *state {
-            self.in_flight[holder] -= 1;
-        }
         if *state == PieceState::Done {
             return false;
         }
         *state = PieceState::Done;
         self.done += 1;
         true
+    }
+
+    /// Returns whether piece `piece` is verified and written.
+    pub fn is_done(&self, piece: u32) -> bool {
+        self.state.get(piece as usize) == Some(&PieceState::Done)
     }
 
     /// Retires `slot`: its share and its pieces in flight become orphans for the others.
@@ -288,20 +326,25 @@ impl Schedule {
         self.alive[slot] = false;
         let queue = std::mem::take(&mut self.queues[slot]);
         self.orphans.extend(queue);
-        for (i, state) in self.state.iter_mut().enumerate() {
-            if *state == PieceState::InFlight(slot) {
-                *state = PieceState::Waiting;
-                self.orphans.push_back(i as u32);
+        // Pieces asked of this owner alone go back; endgame copies still coming from
+        // another owner stay in flight there.
+        let pieces = std::mem::take(&mut self.in_flight[slot]);
+        for p in pieces {
+            let elsewhere = self.in_flight.iter().any(|other| other.contains(&p));
+            if self.state[p as usize] == PieceState::InFlight && !elsewhere {
+                self.state[p as usize] = PieceState::Waiting;
+                self.orphans.push_back(p);
             }
         }
-        self.in_flight[slot] = 0;
     }
 
     /// Returns whether another live slot still has pieces queued or in flight, which may
     /// yet come back as orphans.
     pub fn others_busy(&self, slot: usize) -> bool {
         (0..self.queues.len()).any(|s| {
-            s != slot && self.alive[s] && (self.in_flight[s] > 0 || !self.queues[s].is_empty())
+            s != slot
+                && self.alive[s]
+                && (!self.in_flight[s].is_empty() || !self.queues[s].is_empty())
         })
     }
 
@@ -343,7 +386,7 @@ mod tests {
     fn drain(s: &mut Schedule, slot: usize) -> Vec<u32> {
         let mut got = Vec::new();
         while let Some(p) = s.take(slot) {
-            assert!(s.complete(p));
+            assert!(s.complete(slot, p));
             got.push(p);
         }
         got
@@ -470,5 +513,46 @@ mod tests {
         let last = drain(&mut s, 0);
         assert_eq!(last.len(), 1);
         assert!((3..6).contains(&last[0]) && !rare.contains(&last[0]));
+    }
+
+    #[test]
+    fn in_the_endgame_a_piece_in_flight_is_asked_of_one_more_owner() {
+        let full = Bitfield::full(2);
+        let mut s = schedule(&Bitfield::empty(2), &[full.clone(), full.clone(), full]);
+        let first = s.take(0).unwrap();
+        let second = s.take(1).unwrap();
+        // Slot 2 has nothing left but copies of what the others are fetching.
+        let copy = s.take(2).unwrap();
+        let other_copy = s.take(2).unwrap();
+        assert_eq!(sorted(vec![copy, other_copy]), sorted(vec![first, second]));
+        assert_eq!(s.take(2), None, "at most two copies of a piece");
+        let holder = if copy == first { 0 } else { 1 };
+        assert!(s.complete(2, copy), "the first copy to verify counts");
+        assert!(!s.complete(holder, copy), "the second is dropped");
+        // Slot 2 gives up: its copy of the other piece is still coming from its holder.
+        s.retire(2);
+        assert!(!s.is_complete());
+        assert!(s.complete(1 - holder, other_copy));
+        assert!(s.is_complete());
+    }
+
+    #[test]
+    fn the_endgame_never_hands_out_a_piece_already_done() {
+        let full = Bitfield::full(2);
+        let mut s = schedule(
+            &Bitfield::empty(2),
+            &[full.clone(), full.clone(), full.clone(), full],
+        );
+        let first = s.take(0).unwrap();
+        let second = s.take(1).unwrap();
+        let copy = s.take(2).unwrap();
+        // The copy verifies first; its holder's request is still open.
+        assert!(s.complete(2, copy));
+        let other = if copy == first { second } else { first };
+        assert_eq!(s.take(3), Some(other));
+        assert_eq!(s.take(3), None);
+        assert!(s.complete(3, other));
+        assert!(s.is_complete());
+        assert_eq!(s.done_count(), 2);
     }
 }
