@@ -63,6 +63,11 @@ pub struct NodeConfig {
     pub announce_interval: Duration,
     /// Most peer connections served at once; more are refused.
     pub max_connections: usize,
+    /// Most peer connections served at once from one IP address; more are refused.
+    pub max_connections_per_ip: usize,
+    /// How long a peer has to complete its hello, and any later frame once it has begun:
+    /// a peer trickling bytes to hold a connection open (slow loris) is dropped.
+    pub handshake_timeout: Duration,
     /// Bytes per second this node sends to all peers together; `None` is unlimited.
     pub upload_limit: Option<u64>,
     /// Bytes per second this node receives from all peers together; `None` is unlimited.
@@ -85,6 +90,8 @@ impl NodeConfig {
             tracker_tries: 4,
             announce_interval: Duration::from_secs(30),
             max_connections: 64,
+            max_connections_per_ip: 16,
+            handshake_timeout: Duration::from_secs(10),
             upload_limit: None,
             download_limit: None,
         }

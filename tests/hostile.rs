@@ -291,3 +291,123 @@ fn the_tracker_refuses_announces_with_bad_names() {
     assert!(tracker.snapshot().files.is_empty());
     tracker.shutdown().unwrap();
 }
+
+/// Trickles `bytes` one at a time, every 100 ms, until the node closes the connection;
+/// returns how long that took, or `None` if every byte went out.
+fn trickle(s: &mut TcpStream, bytes: &[u8]) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for b in bytes {
+        if s.write_all(&[*b]).is_err() {
+            return Some(started.elapsed());
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed());
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[test]
+fn a_slow_loris_peer_is_dropped_while_a_real_download_proceeds() {
+    let (tracker, _te) = start_tracker();
+    let node = start_node_with("victim", tracker.local_addr(), |mut c| {
+        c.handshake_timeout = Duration::from_secs(1);
+        c
+    });
+    write_random(&node.path("f.bin"), 1, 200_000);
+    node.node.share("f.bin").unwrap();
+    let addr = node.node.local_addr();
+    // A hello trickled a byte every 100 ms: 80 bytes would take 8 s.
+    let mut trickled_hello = Vec::new();
+    write_frame(
+        &mut trickled_hello,
+        &Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node: "x".repeat(60),
+        },
+    )
+    .unwrap();
+    let mut loris = TcpStream::connect(addr).unwrap();
+    let dropped = std::thread::scope(|s| {
+        let leech = s.spawn(|| still_serves(&tracker, &node));
+        let dropped =
+            trickle(&mut loris, &trickled_hello).expect("the node kept a trickling hello open");
+        leech.join().unwrap();
+        dropped
+    });
+    assert!(
+        dropped < Duration::from_secs(4),
+        "dropped after {dropped:?}"
+    );
+    // The same once the hello is done: a request trickled after it.
+    let mut loris = connect(addr);
+    hello(&mut loris);
+    let mut request = Vec::new();
+    write_frame(
+        &mut request,
+        &Message::SizeRequest {
+            file: "f".repeat(80),
+            hashes: true,
+        },
+    )
+    .unwrap();
+    let dropped = trickle(&mut loris, &request).expect("the node kept a trickling request open");
+    assert!(
+        dropped < Duration::from_secs(4),
+        "dropped after {dropped:?}"
+    );
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn connections_past_the_per_ip_limit_are_refused() {
+    let (tracker, _te) = start_tracker();
+    let node = start_node_with("victim", tracker.local_addr(), |mut c| {
+        c.max_connections_per_ip = 2;
+        c
+    });
+    let addr = node.node.local_addr();
+    let mut first = connect(addr);
+    hello(&mut first);
+    let mut second = connect(addr);
+    hello(&mut second);
+    let mut third = connect(addr);
+    let _ = write_frame(
+        &mut third,
+        &Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node: "3".into(),
+        },
+    );
+    assert_closed(&mut third);
+    // When one leaves, there is room again.
+    drop(first);
+    wait_until("a slot to free up", PATIENCE, || {
+        let mut s = connect(addr);
+        write_frame(
+            &mut s,
+            &Message::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                node: "4".into(),
+            },
+        )
+        .unwrap();
+        match read_frame(&mut BufReader::new(s.try_clone().unwrap())) {
+            Ok(Some(Message::Hello { .. })) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}

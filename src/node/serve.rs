@@ -9,8 +9,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,7 +37,7 @@ const CHANGE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The `node-accept` thread: accepts until shutdown, then waits for every connection.
 pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> {
-    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    let mut handlers: Vec<(IpAddr, JoinHandle<()>)> = Vec::new();
     for stream in listener.incoming() {
         if ctx.stopping() {
             break;
@@ -48,12 +48,18 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
             continue;
         };
         let (finished, running): (Vec<_>, Vec<_>) =
-            handlers.into_iter().partition(|h| h.is_finished());
-        finished.into_iter().for_each(|h| {
+            handlers.into_iter().partition(|(_, h)| h.is_finished());
+        finished.into_iter().for_each(|(_, h)| {
             let _ = h.join();
         });
         handlers = running;
-        if handlers.len() >= ctx.config.max_connections {
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let from_ip = handlers.iter().filter(|(ip, _)| *ip == peer.ip()).count();
+        if handlers.len() >= ctx.config.max_connections
+            || from_ip >= ctx.config.max_connections_per_ip
+        {
             continue; // dropping the stream refuses the peer
         }
         let peer_ctx = Arc::clone(ctx);
@@ -61,11 +67,11 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
             .name("node-peer".into())
             .spawn(move || serve_peer(&peer_ctx, stream));
         if let Ok(handle) = spawned {
-            handlers.push(handle);
+            handlers.push((peer.ip(), handle));
         }
     }
     ctx.conns.close_all();
-    for handle in handlers {
+    for (_, handle) in handlers {
         handle
             .join()
             .map_err(|_| Error::ThreadPanicked("node-peer".into()))?;
@@ -90,7 +96,7 @@ fn serve_peer(ctx: &Ctx, stream: TcpStream) {
 struct Server<'a> {
     ctx: &'a Ctx,
     addr: SocketAddr,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<DeadlineStream>,
     writer: BufWriter<TcpStream>,
     /// Files opened for this peer, each with its own offset.
     open: HashMap<ContentId, (Arc<SharedFile>, File)>,
@@ -117,7 +123,10 @@ impl<'a> Server<'a> {
         Ok(Self {
             ctx,
             addr,
-            reader: BufReader::with_capacity(16 * 1024, stream.try_clone().map_err(io)?),
+            reader: BufReader::with_capacity(
+                16 * 1024,
+                DeadlineStream::new(stream.try_clone().map_err(io)?),
+            ),
             writer: BufWriter::with_capacity(64 * 1024, stream.try_clone().map_err(io)?),
             open: HashMap::new(),
             sent: HashSet::new(),
@@ -128,7 +137,12 @@ impl<'a> Server<'a> {
     }
 
     fn run(&mut self) -> Result<()> {
-        match self.read()? {
+        // The whole hello must arrive within the handshake timeout, however it trickles.
+        let handshake = Instant::now() + self.ctx.config.handshake_timeout;
+        self.reader.get_mut().deadline = Some(handshake);
+        let hello = self.read_frame_now();
+        self.reader.get_mut().deadline = None;
+        match hello? {
             Some(Message::Hello { magic, version, .. })
                 if magic == MAGIC && version == PROTOCOL_VERSION => {}
             Some(Message::Hello { version, .. }) => {
@@ -285,7 +299,28 @@ impl<'a> Server<'a> {
         })
     }
 
+    /// Waits (up to the idle timeout) for the next frame to begin, then gives the rest of it
+    /// the handshake timeout: a peer trickling a frame byte by byte is dropped.
     fn read(&mut self) -> Result<Option<Message>> {
+        let started = self.reader.fill_buf().map(|b| !b.is_empty());
+        match started {
+            Ok(false) => return Ok(None),
+            Ok(true) => {}
+            Err(source) => {
+                return Err(Error::PeerIo {
+                    addr: self.addr,
+                    op: "reading frame",
+                    source,
+                });
+            }
+        }
+        self.reader.get_mut().deadline = Some(Instant::now() + self.ctx.config.handshake_timeout);
+        let frame = self.read_frame_now();
+        self.reader.get_mut().deadline = None;
+        frame
+    }
+
+    fn read_frame_now(&mut self) -> Result<Option<Message>> {
         read_frame(&mut self.reader).map_err(|e| self.frame_err(e, "reading frame"))
     }
 
@@ -327,5 +362,48 @@ pub(super) fn kind(msg: &Message) -> &'static str {
         Message::Request { .. } => "request",
         Message::Data { .. } => "data",
         Message::Reject { .. } => "reject",
+    }
+}
+
+/// A socket whose reads give up at a deadline, when one is set, and otherwise after the
+/// idle timeout. Each read sets the socket's timeout to what is left, so a peer that sends
+/// one byte at a time cannot stretch a frame past its deadline.
+struct DeadlineStream {
+    stream: TcpStream,
+    deadline: Option<Instant>,
+    /// The read timeout last set on the socket, to skip redundant system calls.
+    timeout: Option<Duration>,
+}
+
+impl DeadlineStream {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            deadline: None,
+            timeout: None,
+        }
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = match self.deadline {
+            None => IDLE_TIMEOUT,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "frame deadline passed",
+                    ));
+                }
+                left.min(IDLE_TIMEOUT)
+            }
+        };
+        if self.timeout != Some(timeout) {
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.timeout = Some(timeout);
+        }
+        self.stream.read(buf)
     }
 }
