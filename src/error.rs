@@ -121,6 +121,13 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A peer closed the connection, at a frame boundary or inside one.
+    #[error("peer {addr} closed the connection")]
+    PeerClosed {
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+
     /// A peer broke the protocol or refused a request.
     #[error("peer {addr}: {reason}")]
     Peer {

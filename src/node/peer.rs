@@ -209,10 +209,7 @@ impl<'a> PeerConn<'a> {
     fn read(&mut self) -> Result<Message> {
         match read_frame(&mut self.reader) {
             Ok(Some(msg)) => Ok(msg),
-            Ok(None) => Err(Error::Peer {
-                addr: self.addr,
-                reason: "closed the connection".into(),
-            }),
+            Ok(None) => Err(Error::PeerClosed { addr: self.addr }),
             Err(e) => Err(self.frame_err(e, "reading frame")),
         }
     }
@@ -231,10 +228,7 @@ impl<'a> PeerConn<'a> {
                 op,
                 source,
             },
-            Error::Truncated => Error::Peer {
-                addr: self.addr,
-                reason: "closed the connection mid-frame".into(),
-            },
+            Error::Truncated => Error::PeerClosed { addr: self.addr },
             other => Error::Peer {
                 addr: self.addr,
                 reason: other.to_string(),
