@@ -9,19 +9,14 @@
 //! ```
 //!
 //! The nodes are threads of this process, on loopback, with files on tmpfs where there is
-//! one. Only the seeder is limited, so the leechers trade as fast as this machine lets them.
+//! one (`P2P_BENCH_DIR` to choose). Only the seeder is limited, so the leechers trade as fast as this machine lets them.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use p2ptorrent::{Node, NodeConfig, Tracker, TrackerConfig};
+use support::{bench_dir, env_or, generate};
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod support;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -36,11 +31,7 @@ fn main() {
         .collect();
     let (size, rate) = (mib << 20, rate_mib << 20);
     let ideal = size as f64 / rate as f64;
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm".into()
-    } else {
-        std::env::temp_dir()
-    };
+    let base = bench_dir();
     println!("swarm: {mib} MiB file, seeder capped at {rate_mib} MiB/s, S/R = {ideal:.2} s");
     println!(
         "{:>9} {:>10} {:>10} {:>14} {:>16}",
@@ -59,7 +50,7 @@ fn main() {
         let mut seeder_config = node("seeder");
         seeder_config.upload_limit = Some(rate);
         let (seeder, _se) = Node::start(seeder_config).unwrap();
-        generate(&seeder.dir().join("f.bin"), size);
+        generate(&seeder.dir().join("f.bin"), size, 11);
         seeder.share("f.bin").unwrap();
         let leechers: Vec<(Node, _)> = (0..n)
             .map(|i| Node::start(node(&format!("L{i}"))).unwrap())
@@ -85,19 +76,4 @@ fn main() {
         seeder.shutdown().unwrap();
         tracker.shutdown().unwrap();
     }
-}
-
-fn generate(path: &Path, size: u64) {
-    use std::io::Write;
-    let mut rng = fastrand::Rng::with_seed(11);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        rng.fill(&mut chunk[..n]);
-        out.write_all(&chunk[..n]).unwrap();
-        left -= n as u64;
-    }
-    out.flush().unwrap();
 }

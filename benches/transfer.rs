@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,11 @@ use p2ptorrent::messages::{
     TrackerRequest, encode_request,
 };
 use p2ptorrent::{Tracker, TrackerConfig};
+use support::{bench_dir, env_or, generate};
+
+mod support;
 
 const NODE: &str = env!("CARGO_BIN_EXE_node");
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not run us meaningfully.
@@ -49,17 +45,14 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let size = mib << 20;
-    let base = std::env::var("P2P_BENCH_DIR").unwrap_or_else(|_| {
-        if Path::new("/dev/shm").is_dir() {
-            "/dev/shm".into()
-        } else {
-            std::env::temp_dir().display().to_string()
-        }
-    });
+    let base = bench_dir();
     let work = tempfile::tempdir_in(&base).unwrap();
     let source = work.path().join("bench.bin");
-    generate(&source, size);
-    println!("transfer of {mib} MiB over loopback, files in {base}, median of {runs} runs");
+    generate(&source, size, 7);
+    println!(
+        "transfer of {mib} MiB over loopback, files in {}, median of {runs} runs",
+        base.display()
+    );
     println!(
         "{:<28} {:>9} {:>9} {:>14}",
         "setup", "MB/s", "ratio", "peak RSS"
@@ -346,18 +339,4 @@ fn blast(addr: SocketAddr, requests: Vec<NodeToTracker>, window: usize) -> usize
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn generate(path: &PathBuf, size: u64) {
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut out = std::io::BufWriter::new(File::create(path).unwrap());
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        rng.fill(&mut chunk[..n]);
-        out.write_all(&chunk[..n]).unwrap();
-        left -= n as u64;
-    }
-    out.flush().unwrap();
 }
