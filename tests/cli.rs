@@ -36,19 +36,7 @@ fn four_nodes_share_a_file_through_the_binaries() {
     std::fs::hard_link(&original, cwd.join("node_files/B/movie.bin")).unwrap();
 
     let seeder = |name: &str| {
-        let args = [
-            "-n",
-            name,
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--tracker",
-            &tracker_arg,
-            "--upload",
-            "movie.bin",
-            "--no-prompt",
-        ];
+        let args = node_args(name, &tracker_arg, &["--upload", "movie.bin"]);
         let mut p = Proc::start(NODE, &args, cwd, Stdio::null());
         p.line_with("sharing movie.bin");
         p
@@ -59,20 +47,11 @@ fn four_nodes_share_a_file_through_the_binaries() {
     assert_eq!(client.need("movie.bin", 10).unwrap().owners.len(), 2);
 
     // C: through the flags.
-    let c_args = [
-        "-n",
+    let c_args = node_args(
         "C",
-        "-p",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--tracker",
         &tracker_arg,
-        "--download",
-        "movie.bin",
-        "--exit-when-done",
-        "--no-prompt",
-    ];
+        &["--download", "movie.bin", "--exit-when-done"],
+    );
     let c = Proc::start(NODE, &c_args, cwd, Stdio::null());
     assert!(c.wait(PATIENCE).success(), "C failed");
     assert_same_file(&original, &cwd.join("node_files/C/movie.bin"));

@@ -19,22 +19,6 @@ fn reported_secs(line: &str) -> f64 {
         .unwrap()
 }
 
-fn node_args<'a>(name: &'a str, tracker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "-n",
-        name,
-        "-p",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--tracker",
-        tracker,
-        "--no-prompt",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 /// Two owners capped at 8 MiB/s share 32 MiB; once the downloader is receiving, one
 /// owner gets `signal`. The download must still finish, exact, a few seconds later.
 fn owner_fault_costs_only_seconds(signal: &str) {

@@ -430,3 +430,21 @@ pub fn tracker_process(cwd: &Path, interval: u64) -> (Proc, SocketAddr) {
     let addr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     (p, addr)
 }
+
+/// Arguments for the `node` binary: NAME on any port of 127.0.0.1, the given tracker, no
+/// prompt, then `extra`.
+pub fn node_args<'a>(name: &'a str, tracker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-n",
+        name,
+        "-p",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--tracker",
+        tracker,
+        "--no-prompt",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
