@@ -303,6 +303,8 @@ fn tracker_load() {
 /// Sends `requests` keeping up to `window` unanswered; returns how many replies came back
 /// (a lost datagram is given up after 200 ms).
 fn blast(addr: SocketAddr, requests: Vec<NodeToTracker>, window: usize) -> usize {
+    // One token serves every request from this host for a minute or more.
+    let token = p2ptorrent::TrackerClient::new(addr).token().unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.connect(addr).unwrap();
     socket
@@ -318,6 +320,7 @@ fn blast(addr: SocketAddr, requests: Vec<NodeToTracker>, window: usize) -> usize
             let datagram = encode_request(&TrackerRequest {
                 version: PROTOCOL_VERSION,
                 txid: sent as u64,
+                token,
                 body,
             })
             .unwrap();

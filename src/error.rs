@@ -177,6 +177,10 @@ pub enum Error {
     #[error("invalid parameter: {0}")]
     InvalidParameter(&'static str),
 
+    /// The operating system's random source failed.
+    #[error("reading the operating system's random source: {0}")]
+    Random(String),
+
     /// The operating system refused to start a thread.
     #[error("starting thread {name}")]
     Spawn {

@@ -118,7 +118,16 @@ pub enum NodeToTracker {
         /// The TCP port the node served on.
         port: u16,
     },
+    /// Asks for an address token: the one request that needs none.
+    Connect,
 }
+
+/// A short-lived proof that the sender receives datagrams at its source address, as
+/// BitTorrent's UDP trackers use a connection id. Every request but
+/// [`NodeToTracker::Connect`] carries one; a sender that forges its source address never
+/// sees the token, so it cannot change the table, and is answered only with a reply no
+/// larger than its request.
+pub type Token = [u8; 16];
 
 /// One owner of a file, as the tracker lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +193,14 @@ pub enum TrackerToNode {
         /// Why.
         reason: String,
     },
+    /// Answers `Connect`: the token for the sender's address.
+    Token {
+        /// The token, valid for one to two minutes.
+        token: Token,
+    },
+    /// The request's token is missing, expired or for another address: ask again with
+    /// `Connect`.
+    BadToken,
 }
 
 /// A datagram from a node to the tracker.
@@ -193,6 +210,8 @@ pub struct TrackerRequest {
     pub version: u16,
     /// A random id the reply echoes, so stale or stray replies are ignored.
     pub txid: u64,
+    /// The sender's address token; zeros for `Connect`.
+    pub token: Token,
     /// The request itself.
     pub body: NodeToTracker,
 }
@@ -694,6 +713,7 @@ mod tests {
         let req = TrackerRequest {
             version: PROTOCOL_VERSION,
             txid: 99,
+            token: [5; 16],
             body: NodeToTracker::Have(Announce {
                 node: "A".into(),
                 port: 4000,

@@ -753,7 +753,10 @@ fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()
         downloads = running;
     }
     // Shutting down: transfers are being broken by `close`; tell the tracker, then wait.
-    let quick = TrackerClient::new(ctx.config.tracker).with_retries(2, Duration::from_millis(200));
+    let quick = ctx
+        .tracker
+        .clone()
+        .with_retries(2, Duration::from_millis(200));
     let _ = quick.exit(ctx.local_addr.port());
     for handle in downloads {
         handle
@@ -847,7 +850,10 @@ fn share_report(f: &SharedFile) -> ShareReport {
 /// Re-announces every shared file, with short retries so a dead tracker cannot stall
 /// the node's commands for long.
 fn reannounce(ctx: &Ctx) {
-    let quick = TrackerClient::new(ctx.config.tracker).with_retries(2, Duration::from_millis(250));
+    let quick = ctx
+        .tracker
+        .clone()
+        .with_retries(2, Duration::from_millis(250));
     for file in ctx.store.list() {
         if let Err(e) = ctx.announce(&quick, &file) {
             ctx.emit(Event::TrackerError {

@@ -8,6 +8,7 @@
 
 mod client;
 mod registry;
+mod token;
 
 pub(crate) use client::is_timeout;
 pub use client::{Owners, TrackerClient};
@@ -32,6 +33,8 @@ use crate::messages::{
     encode_reply,
 };
 use registry::Registry;
+pub use token::TOKEN_EPOCH;
+use token::Tokens;
 
 /// The tracker's default UDP address, as in the original.
 pub const DEFAULT_TRACKER_ADDR: SocketAddr =
@@ -129,6 +132,10 @@ impl Tracker {
         // Wake at least once a second to drop expired owners.
         let sweep = config.interval.min(Duration::from_secs(1));
         socket.set_read_timeout(Some(sweep)).map_err(bind_err)?;
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| Error::Random(e.to_string()))?;
+        let tokens = Arc::new(Tokens::new(secret));
+        let started = Instant::now();
         let registry = Arc::new(Mutex::new(Registry::new(config.interval)));
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
@@ -150,6 +157,8 @@ impl Tracker {
                 interval_secs: u32::try_from(config.interval.as_secs()).unwrap_or(u32::MAX),
                 sweep,
                 sweeper: i == 0,
+                tokens: Arc::clone(&tokens),
+                started,
             };
             // On failure, dropping `tracker` stops the threads already started.
             let handle = thread::Builder::new()
@@ -242,6 +251,9 @@ struct Service {
     sweep: Duration,
     /// Whether this thread drops expired owners (one thread does).
     sweeper: bool,
+    tokens: Arc<Tokens>,
+    /// When the tracker started: token epochs count from here.
+    started: Instant,
 }
 
 impl Service {
@@ -291,6 +303,15 @@ impl Service {
         let (body, changed) = if req.version != PROTOCOL_VERSION {
             let reason = format!("protocol version {} is not supported", req.version);
             (TrackerToNode::Reject { reason }, false)
+        } else if let NodeToTracker::Connect = req.body {
+            let token = self.tokens.issue(from.ip(), self.started.elapsed());
+            (TrackerToNode::Token { token }, false)
+        } else if !self
+            .tokens
+            .check(from.ip(), &req.token, self.started.elapsed())
+        {
+            // Smaller than any request that could have earned it: no amplification.
+            (TrackerToNode::BadToken, false)
         } else {
             self.apply(req.body, from)
         };
@@ -354,6 +375,8 @@ impl Service {
                 let changed = self.registry.lock().exit(SocketAddr::new(from.ip(), port));
                 (ack, changed)
             }
+            // Answered before the token check, in `handle`.
+            NodeToTracker::Connect => (TrackerToNode::BadToken, false),
         }
     }
 

@@ -140,3 +140,103 @@ fn the_tracker_records_the_source_address_of_announces() {
     a.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// Sends one raw request from `socket` and returns the reply and both datagrams' sizes.
+fn raw(
+    socket: &std::net::UdpSocket,
+    tracker: std::net::SocketAddr,
+    token: p2ptorrent::messages::Token,
+    body: p2ptorrent::messages::NodeToTracker,
+) -> (p2ptorrent::messages::TrackerToNode, usize, usize) {
+    use p2ptorrent::messages::{PROTOCOL_VERSION, TrackerRequest, decode_reply, encode_request};
+    let request = encode_request(&TrackerRequest {
+        version: PROTOCOL_VERSION,
+        txid: 7,
+        token,
+        body,
+    })
+    .unwrap();
+    socket.send_to(&request, tracker).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    (decode_reply(&buf[..n]).unwrap().body, request.len(), n)
+}
+
+#[test]
+fn requests_without_a_valid_token_change_nothing_and_get_a_small_reply() {
+    use p2ptorrent::messages::{NodeToTracker, TrackerToNode};
+    let (tracker, _events) = start_tracker();
+    let a = start_node("A", tracker.local_addr());
+    write_random(&a.path("f.bin"), 1, 10);
+    a.node.share("f.bin").unwrap();
+    let before = tracker.snapshot();
+    let socket = std::net::UdpSocket::bind(localhost()).unwrap();
+    let port = a.node.local_addr().port();
+    let forged = [
+        NodeToTracker::Exit { port },
+        NodeToTracker::Need {
+            file: "f.bin".into(),
+            numwant: 50,
+        },
+        NodeToTracker::Search {
+            pattern: String::new(),
+        },
+    ];
+    for body in forged {
+        let (reply, sent, got) = raw(&socket, tracker.local_addr(), [0xAB; 16], body);
+        assert_eq!(reply, TrackerToNode::BadToken);
+        assert!(got <= sent, "a {sent}-byte request drew a {got}-byte reply");
+    }
+    assert_eq!(tracker.snapshot(), before);
+    a.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// A sender on another address can get a token for its own address only: its `exit` for
+/// A's port names a node at its own address, which does not exist, and A's token-less or
+/// borrowed-token `exit` from there is refused.
+#[test]
+fn a_forged_exit_from_another_address_removes_nobody() {
+    use p2ptorrent::messages::{NodeToTracker, TrackerToNode};
+    let (tracker, _events) = start_tracker();
+    let a = start_node("A", tracker.local_addr());
+    write_random(&a.path("f.bin"), 1, 10);
+    a.node.share("f.bin").unwrap();
+    let port = a.node.local_addr().port();
+    let elsewhere = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let (reply, ..) = raw(
+        &elsewhere,
+        tracker.local_addr(),
+        [0; 16],
+        NodeToTracker::Connect,
+    );
+    let TrackerToNode::Token { token } = reply else {
+        panic!("{reply:?}")
+    };
+    let (reply, ..) = raw(
+        &elsewhere,
+        tracker.local_addr(),
+        token,
+        NodeToTracker::Exit { port },
+    );
+    assert!(matches!(reply, TrackerToNode::Ack { .. }), "{reply:?}");
+    // That token is no good from A's address either.
+    let here = std::net::UdpSocket::bind(localhost()).unwrap();
+    let (reply, ..) = raw(
+        &here,
+        tracker.local_addr(),
+        token,
+        NodeToTracker::Exit { port },
+    );
+    assert_eq!(reply, TrackerToNode::BadToken);
+    assert_eq!(
+        tracker.snapshot().owners_of("f.bin").len(),
+        1,
+        "A is still listed"
+    );
+    a.shutdown();
+    tracker.shutdown().unwrap();
+}

@@ -41,7 +41,6 @@ use super::peer::PeerConn;
 use super::schedule::{Bitfield, Schedule};
 use super::store::SharedFile;
 use super::{Ctx, DownloadReport, Event};
-use crate::tracker::TrackerClient;
 
 /// An owner that failed this many times is given up on for the download.
 const MAX_FAILURES: u32 = 4;
@@ -562,8 +561,11 @@ impl<'a> Dl<'a> {
     ) -> Vec<(SocketAddr, Result<()>)> {
         *self.sched.lock() = Schedule::new(done, owners.len(), self.start_piece);
         let interval = self.ctx.announce_interval();
-        let quick =
-            TrackerClient::new(self.ctx.config.tracker).with_retries(2, Duration::from_millis(250));
+        let quick = self
+            .ctx
+            .tracker
+            .clone()
+            .with_retries(2, Duration::from_millis(250));
         thread::scope(|s| {
             let mut handles = Vec::new();
             for (slot, &addr) in owners.iter().enumerate() {

@@ -2,12 +2,16 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
+use super::token::TOKEN_EPOCH;
 use crate::error::{Error, Result};
 use crate::messages::{
     Announce, ContentId, MAX_DATAGRAM_LEN, NodeToTracker, OwnerInfo, PROTOCOL_VERSION, SearchHit,
-    TrackerReply, TrackerRequest, TrackerToNode, decode_reply, encode_request,
+    Token, TrackerReply, TrackerRequest, TrackerToNode, decode_reply, encode_request,
 };
 
 /// A client for one tracker.
@@ -21,6 +25,8 @@ pub struct TrackerClient {
     addr: SocketAddr,
     tries: u32,
     first_timeout: Duration,
+    /// The address token last issued, and when; shared by clones.
+    token: Arc<Mutex<Option<(Token, Instant)>>>,
 }
 
 /// The owners of a file, as the tracker answered a `Need`.
@@ -43,6 +49,7 @@ impl TrackerClient {
             addr,
             tries: 4,
             first_timeout: Duration::from_millis(250),
+            token: Arc::default(),
         }
     }
 
@@ -124,7 +131,31 @@ impl TrackerClient {
         }
     }
 
-    /// Sends one request and returns the tracker's answer.
+    /// Returns an address token for this host, asking the tracker for a new one when the
+    /// cached one may have expired.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub fn token(&self) -> Result<Token> {
+        if let Some((token, at)) = *self.token.lock()
+            && at.elapsed() < TOKEN_EPOCH
+        {
+            return Ok(token);
+        }
+        let issued = Instant::now();
+        match self.send(NodeToTracker::Connect, [0; 16])? {
+            TrackerToNode::Token { token } => {
+                *self.token.lock() = Some((token, issued));
+                Ok(token)
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends one request with this host's address token and returns the tracker's answer.
+    /// A token the tracker no longer accepts (it restarted, or time passed) is renewed
+    /// once.
     ///
     /// # Errors
     ///
@@ -132,6 +163,26 @@ impl TrackerClient {
     /// [`Error::TrackerRejected`] if the tracker refused, [`Error::TrackerIo`] if the
     /// socket failed.
     pub fn request(&self, body: NodeToTracker) -> Result<TrackerToNode> {
+        if let NodeToTracker::Connect = body {
+            return self.send(body, [0; 16]);
+        }
+        match self.send(body.clone(), self.token()?)? {
+            TrackerToNode::BadToken => {
+                *self.token.lock() = None;
+                match self.send(body, self.token()?)? {
+                    TrackerToNode::BadToken => Err(Error::TrackerRejected {
+                        addr: self.addr,
+                        reason: "the tracker refused a token it had just issued".into(),
+                    }),
+                    answer => Ok(answer),
+                }
+            }
+            answer => Ok(answer),
+        }
+    }
+
+    /// Sends one request datagram, retrying with backoff, and returns the answer.
+    fn send(&self, body: NodeToTracker, token: Token) -> Result<TrackerToNode> {
         let io_err = |source| Error::TrackerIo {
             addr: self.addr,
             source,
@@ -147,6 +198,7 @@ impl TrackerClient {
         let datagram = encode_request(&TrackerRequest {
             version: PROTOCOL_VERSION,
             txid,
+            token,
             body,
         })?;
         let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
