@@ -868,8 +868,11 @@ impl<'a> Dl<'a> {
         let total = geometry.piece_count();
         for (piece, buf) in full {
             // The second copy of an endgame piece: nothing to do but release the claim.
-            if self.sched.lock().is_done(piece) {
-                self.sched.lock().complete(slot, piece);
+            let duplicate = {
+                let mut sched = self.sched.lock();
+                sched.is_done(piece) && !sched.complete(slot, piece)
+            };
+            if duplicate {
                 self.wake.notify_all();
                 if empty.send(buf).is_err() {
                     break;

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+#[path = "../../benches/support/mod.rs"]
+mod bench_support;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -112,19 +115,9 @@ pub fn wait_event<T>(
     }
 }
 
-/// Writes `len` seeded pseudo-random bytes to `path`, in chunks.
+/// Writes `len` seeded pseudo-random bytes to `path`, with the benches' generator.
 pub fn write_random(path: &Path, seed: u64, len: u64) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut out = BufWriter::new(File::create(path).unwrap());
-    let mut left = len;
-    let mut chunk = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        rng.fill(&mut chunk[..n]);
-        out.write_all(&chunk[..n]).unwrap();
-        left -= n as u64;
-    }
-    out.flush().unwrap();
+    bench_support::generate(path, len, seed);
 }
 
 /// Returns the BLAKE3 hash of a whole file, read in chunks.
