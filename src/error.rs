@@ -59,14 +59,18 @@ pub enum Error {
     },
 
     /// Every owner failed before the file was complete.
-    #[error("{file}: every owner failed with {missing} of {total} pieces still missing")]
+    #[error(
+        "{file}: every owner failed with {missing} of {total} pieces still missing; the last: {last}"
+    )]
     OwnersExhausted {
         /// The file being downloaded.
         file: String,
-        /// Pieces not yet verified.
+        /// Pieces not yet verified (0 if no owner gave the piece list).
         missing: u32,
-        /// Pieces in the file.
+        /// Pieces in the file (0 if no owner gave the piece list).
         total: u32,
+        /// How the last owner to fail failed.
+        last: String,
     },
 
     /// A file name is not a plain name: it has a separator, `..`, a NUL or is empty.
@@ -173,6 +177,26 @@ pub enum Error {
     #[error("handshake: {0}")]
     Handshake(String),
 
+    /// A network key file is not usable.
+    #[error("network key {}: {reason}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The other side of a connection or exchange does not share this side's network key.
+    #[error("{role} {addr} {problem}")]
+    KeyMismatch {
+        /// `"tracker"`, `"peer"` or `"node"`.
+        role: &'static str,
+        /// The other side's address.
+        addr: SocketAddr,
+        /// How the keys differ.
+        problem: KeyProblem,
+    },
+
     /// Invalid parameters for an arithmetic helper, e.g. zero owners.
     #[error("invalid parameter: {0}")]
     InvalidParameter(&'static str),
@@ -197,6 +221,39 @@ pub enum Error {
     /// The node or tracker was shut down before the request finished.
     #[error("shut down")]
     Shutdown,
+}
+
+/// How the other side's network key differs from this side's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// The other side requires a network key, and this side has none.
+    TheyRequireKey,
+    /// The other side has no network key, and this side requires one.
+    TheyHaveNoKey,
+    /// Both sides have a network key, and they differ.
+    DifferentKey,
+}
+
+impl KeyProblem {
+    /// Names the problem as seen by the side that sent a request which was refused by a
+    /// side that `refuser_has_key` or not, when this side `has_key` or not.
+    pub(crate) fn seen_by_sender(has_key: bool, refuser_has_key: bool) -> Self {
+        match (has_key, refuser_has_key) {
+            (false, _) => Self::TheyRequireKey,
+            (true, false) => Self::TheyHaveNoKey,
+            (true, true) => Self::DifferentKey,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TheyRequireKey => "requires a network key, and this side has none",
+            Self::TheyHaveNoKey => "has no network key, and this side requires one",
+            Self::DifferentKey => "uses a different network key",
+        })
+    }
 }
 
 /// Formats an error with its chain of causes, "outer: inner: innermost", for people.

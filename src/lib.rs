@@ -15,6 +15,7 @@
 //! - [`manifest`]: a file's piece hashes and the content id that commits to them.
 //! - [`tracker`]: the tracker's owner table, its UDP service and the [`TrackerClient`].
 //! - [`node`]: the node: serving peers, scheduling and verifying downloads.
+//! - [`key`]: the network key of a private network, and sealed tracker datagrams.
 //! - [`error`]: the one [`Error`] type.
 //!
 //! # Example
@@ -51,13 +52,16 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod key;
 pub mod manifest;
 pub mod messages;
 pub mod node;
+mod session;
 pub mod split;
 pub mod tracker;
 
-pub use error::{Error, Result};
+pub use error::{Error, KeyProblem, Result};
+pub use key::NetworkKey;
 pub use node::{
     Download, DownloadReport, Event, Node, NodeConfig, ShareReport, Status, parse_rate,
 };

@@ -201,6 +201,13 @@ pub enum TrackerToNode {
     /// The request's token is missing, expired or for another address: ask again with
     /// `Connect`.
     BadToken,
+    /// The request was not sealed under the tracker's network key: it was plain and the
+    /// tracker has a key, or sealed and the tracker has none or another one. Always sent
+    /// plain, and smaller than any request.
+    KeyRefused {
+        /// Whether the tracker has a network key.
+        has_key: bool,
+    },
 }
 
 /// A datagram from a node to the tracker.
@@ -305,6 +312,13 @@ pub enum Message {
     Reject {
         /// Why.
         reason: String,
+    },
+    /// The connection was refused because the two nodes' network keys differ: one has a
+    /// key and the other none, or they hold different keys. Always sent plain; the sender
+    /// closes the connection after it.
+    KeyRefused {
+        /// Whether the sender has a network key.
+        has_key: bool,
     },
 }
 
@@ -416,6 +430,15 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Message>> {
             Err(e) => return Err(Error::FrameIo(e)),
         }
     }
+    read_frame_after(prefix, r).map(Some)
+}
+
+/// Reads the rest of a frame whose 4-byte length prefix was already read.
+///
+/// # Errors
+///
+/// As [`read_frame`], and [`Error::Truncated`] if the stream ends before the body.
+pub fn read_frame_after(prefix: [u8; 4], r: &mut impl Read) -> Result<Message> {
     let len = u32::from_be_bytes(prefix);
     if len > MAX_FRAME_LEN {
         return Err(Error::FrameTooLarge {
@@ -441,7 +464,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Message>> {
             max: u64::from(MAX_DATA_LEN),
         });
     }
-    Ok(Some(msg))
+    Ok(msg)
 }
 
 /// Reads the raw payload that follows a [`Message::Data`] header into `buf`, filling it.

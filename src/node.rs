@@ -29,6 +29,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::key::NetworkKey;
 use crate::messages::{Announce, ContentId, Counters, MAX_NODE_NAME_LEN, SearchHit};
 use crate::tracker::{DEFAULT_TRACKER_ADDR, TrackerClient, wake_addr};
 use limit::RateLimiter;
@@ -72,6 +73,10 @@ pub struct NodeConfig {
     pub upload_limit: Option<u64>,
     /// Bytes per second this node receives from all peers together; `None` is unlimited.
     pub download_limit: Option<u64>,
+    /// The network key: with one, tracker datagrams are sealed and every peer connection
+    /// runs a Noise handshake on it and is encrypted; peers and trackers without the same
+    /// key are refused. Without one, traffic is plain (content is verified either way).
+    pub key: Option<NetworkKey>,
 }
 
 impl NodeConfig {
@@ -94,7 +99,14 @@ impl NodeConfig {
             handshake_timeout: Duration::from_secs(10),
             upload_limit: None,
             download_limit: None,
+            key: None,
         }
+    }
+
+    /// Joins the private network of `key`.
+    pub fn key(mut self, key: NetworkKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// Sets the tracker's address.
@@ -380,8 +392,11 @@ impl Node {
         let (events_tx, events_rx) = bounded(4096);
         let (commands_tx, commands_rx) = bounded(64);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let tracker = TrackerClient::new(config.tracker)
+        let mut tracker = TrackerClient::new(config.tracker)
             .with_retries(config.tracker_tries, Duration::from_millis(250));
+        if let Some(key) = &config.key {
+            tracker = tracker.with_key(key);
+        }
         let (config_upload_limit, config_download_limit) =
             (config.upload_limit, config.download_limit);
         let ctx = Arc::new(Ctx {

@@ -27,7 +27,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyProblem, Result};
+use crate::key::{
+    DatagramSeal, Direction, NetworkKey, Replay, ReplayGuard, Unsealed, is_sealed, salt_id,
+    unix_millis,
+};
 use crate::messages::{
     MAX_DATAGRAM_LEN, NodeToTracker, PROTOCOL_VERSION, TrackerReply, TrackerToNode, decode_request,
     encode_reply,
@@ -52,6 +56,9 @@ pub struct TrackerConfig {
     /// How many threads serve the socket; the table is shared behind a lock held for one
     /// request at a time. Defaults to the number of cores, at most four.
     pub threads: usize,
+    /// The network key: with one, only datagrams sealed under it are answered, and every
+    /// reply is sealed. Without one, datagrams are plain.
+    pub key: Option<NetworkKey>,
 }
 
 impl TrackerConfig {
@@ -61,7 +68,14 @@ impl TrackerConfig {
             listen,
             interval: Duration::from_secs(30),
             threads: thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            key: None,
         }
+    }
+
+    /// Sets the network key: only nodes holding it are answered.
+    pub fn key(mut self, key: NetworkKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// Sets how many threads serve the socket (at least one).
@@ -135,6 +149,8 @@ impl Tracker {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| Error::Random(e.to_string()))?;
         let tokens = Arc::new(Tokens::new(secret));
+        let seal = config.key.as_ref().map(DatagramSeal::new);
+        let replay = Arc::new(ReplayGuard::new());
         let started = Instant::now();
         let registry = Arc::new(Mutex::new(Registry::new(config.interval)));
         let stop = Arc::new(AtomicBool::new(false));
@@ -159,6 +175,8 @@ impl Tracker {
                 sweeper: i == 0,
                 tokens: Arc::clone(&tokens),
                 started,
+                seal: seal.clone(),
+                replay: Arc::clone(&replay),
             };
             // On failure, dropping `tracker` stops the threads already started.
             let handle = thread::Builder::new()
@@ -254,6 +272,10 @@ struct Service {
     tokens: Arc<Tokens>,
     /// When the tracker started: token epochs count from here.
     started: Instant,
+    /// Seals and opens datagrams, with a network key.
+    seal: Option<DatagramSeal>,
+    /// The salts of sealed requests already answered, shared by all threads.
+    replay: Arc<ReplayGuard>,
 }
 
 impl Service {
@@ -266,7 +288,7 @@ impl Service {
                     if self.stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    self.handle(&buf[..n], from);
+                    self.receive(&mut buf[..n], from);
                 }
                 Err(e) if is_timeout(&e) => {}
                 // ICMP errors for earlier replies and signals are not the tracker's problem.
@@ -293,6 +315,76 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// Opens a datagram if the network has a key, refusing any not sealed under it, and
+    /// handles the request inside.
+    fn receive(&self, datagram: &mut [u8], from: SocketAddr) {
+        let Some(seal) = &self.seal else {
+            if is_sealed(datagram) {
+                // Sealed by a node with a key: tell it this tracker has none.
+                self.refuse_key(from, 0, KeyProblem::TheyRequireKey, false, datagram.len());
+            } else {
+                self.handle(datagram, from);
+            }
+            return;
+        };
+        let id = salt_id(datagram);
+        let len = datagram.len();
+        match seal.open(Direction::Request, datagram) {
+            Ok((sent, body)) => {
+                let admitted = id
+                    .ok_or(Replay::Seen)
+                    .and_then(|id| self.replay.admit(id, sent, unix_millis()));
+                match admitted {
+                    Ok(()) => self.handle(body, from),
+                    // No answer: a replay earns its sender nothing.
+                    Err(why) => self.emit(TrackerEvent::Rejected {
+                        from,
+                        reason: match why {
+                            Replay::Seen => "replayed request".into(),
+                            Replay::OutsideWindow => {
+                                "request sent outside the replay window (clocks differ?)".into()
+                            }
+                            Replay::Full => "too many sealed requests to remember".into(),
+                        },
+                    }),
+                }
+            }
+            Err(Unsealed::Plain) => match decode_request(datagram) {
+                Ok(req) => self.refuse_key(from, req.txid, KeyProblem::TheyHaveNoKey, true, len),
+                Err(_) => self.emit(TrackerEvent::Malformed { from }),
+            },
+            Err(Unsealed::Unopenable) => {
+                self.refuse_key(from, 0, KeyProblem::DifferentKey, true, len);
+            }
+        }
+    }
+
+    /// Answers a datagram not sealed under this tracker's key with a plain `KeyRefused`,
+    /// if that is smaller than the datagram (it always is for a real request).
+    fn refuse_key(
+        &self,
+        from: SocketAddr,
+        txid: u64,
+        problem: KeyProblem,
+        has_key: bool,
+        request_len: usize,
+    ) {
+        self.emit(TrackerEvent::Rejected {
+            from,
+            reason: format!("node {from} {problem}"),
+        });
+        let reply = TrackerReply {
+            version: PROTOCOL_VERSION,
+            txid,
+            body: TrackerToNode::KeyRefused { has_key },
+        };
+        if let Ok(bytes) = encode_reply(&reply)
+            && bytes.len() < request_len
+        {
+            let _ = self.socket.send_to(&bytes, from);
+        }
     }
 
     fn handle(&self, datagram: &[u8], from: SocketAddr) {
@@ -327,7 +419,11 @@ impl Service {
             body,
         };
         // A reply that cannot be encoded or sent is dropped; the node will ask again.
-        if let Ok(bytes) = encode_reply(&reply)
+        let bytes = encode_reply(&reply).and_then(|bytes| match &self.seal {
+            Some(seal) => seal.seal(Direction::Reply, &bytes),
+            None => Ok(bytes),
+        });
+        if let Ok(bytes) = bytes
             && self.socket.send_to(&bytes, from).is_ok()
         {
             self.answered.fetch_add(1, Ordering::Relaxed);

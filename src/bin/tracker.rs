@@ -1,13 +1,14 @@
 //! `tracker`: runs a p2ptorrent tracker and prints its table whenever it changes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use crossbeam_channel::{bounded, select};
 use p2ptorrent::error::report;
-use p2ptorrent::{Tracker, TrackerConfig, TrackerEvent};
+use p2ptorrent::{NetworkKey, Tracker, TrackerConfig, TrackerEvent};
 
 /// Keeps which nodes own which files, and answers nodes over UDP.
 #[derive(Parser, Debug)]
@@ -22,11 +23,49 @@ struct Args {
     /// Print only the start line and errors, not the table.
     #[arg(short, long)]
     quiet: bool,
+    /// Run a private network: answer only datagrams sealed under the key in FILE, and seal
+    /// every reply.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Write a new network key (32 random bytes, mode 0600) to FILE, which must not exist,
+    /// and exit.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    make_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = TrackerConfig::new(args.listen).interval(Duration::from_secs(args.interval));
+    if let Some(path) = &args.make_key {
+        return match NetworkKey::create(path) {
+            Ok(key) => {
+                println!(
+                    "wrote a new network key to {} (fingerprint {}); start the tracker and every node with --key {}",
+                    path.display(),
+                    key.fingerprint(),
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tracker: {}", report(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut config = TrackerConfig::new(args.listen).interval(Duration::from_secs(args.interval));
+    if let Some(path) = &args.key {
+        match NetworkKey::load(path) {
+            Ok(key) => config = config.key(key),
+            Err(e) => {
+                eprintln!("tracker: {}", report(&e));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let network = match &config.key {
+        Some(key) => format!("private network, key {}", key.fingerprint()),
+        None => "open network, no key".into(),
+    };
     let (tracker, events) = match Tracker::start(config) {
         Ok(started) => started,
         Err(e) => {
@@ -35,7 +74,7 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "tracker listening on {} (announce interval {} s)",
+        "tracker listening on {} (announce interval {} s, {network})",
         tracker.local_addr(),
         args.interval.max(1)
     );

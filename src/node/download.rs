@@ -199,6 +199,7 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
                     file: file.into(),
                     missing: manifest.piece_count() - done.count(),
                     total: manifest.piece_count(),
+                    last: owners.last_reason(),
                 });
             }
             asked_again = true;
@@ -356,6 +357,13 @@ impl Owners {
         }
         self.reasons.push((addr, e.to_string()));
     }
+
+    /// How the last owner to fail failed, for the error that ends a download.
+    fn last_reason(&self) -> String {
+        self.reasons
+            .last()
+            .map_or_else(|| "no owner was reachable".into(), |(_, r)| r.clone())
+    }
 }
 
 /// Asks owners in order for the piece list until one matches the tracker's content id.
@@ -398,6 +406,7 @@ fn fetch_manifest<'a>(
         file: file.into(),
         missing: 0,
         total: 0,
+        last: owners.last_reason(),
     })
 }
 

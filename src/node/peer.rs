@@ -4,14 +4,16 @@
 //! for size information once and pipelines piece requests. Every read has the node's peer
 //! timeout, so an owner that stops answering fails the worker instead of hanging it.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyProblem, Result};
 use crate::messages::{
     ContentId, MAGIC, Message, PROTOCOL_VERSION, SizeInformation, read_frame, read_payload,
     write_frame,
 };
+
+use crate::session::{self, LinkReader, LinkWriter};
 
 use super::schedule::Bitfield;
 use super::serve::kind;
@@ -20,18 +22,20 @@ use super::{ConnGuard, Ctx};
 /// A connection to an owner.
 pub(super) struct PeerConn<'a> {
     addr: SocketAddr,
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    reader: BufReader<LinkReader<TcpStream>>,
+    writer: LinkWriter<TcpStream>,
     _guard: ConnGuard<'a>,
 }
 
 impl<'a> PeerConn<'a> {
-    /// Connects to `addr` and exchanges `Hello`s.
+    /// Connects to `addr`, runs the key handshake if the node has a network key, and
+    /// exchanges `Hello`s.
     ///
     /// # Errors
     ///
-    /// [`Error::PeerIo`] if the connection fails, [`Error::Handshake`] if the peer speaks
-    /// another protocol, [`Error::Shutdown`] if the node is stopping.
+    /// [`Error::PeerIo`] if the connection fails, [`Error::KeyMismatch`] if the peer's
+    /// network key is not this node's, [`Error::Handshake`] if the peer speaks another
+    /// protocol, [`Error::Shutdown`] if the node is stopping.
     pub fn connect(ctx: &'a Ctx, addr: SocketAddr) -> Result<Self> {
         let timeout = ctx.config.peer_timeout;
         let io = |op| move |source| Error::PeerIo { addr, op, source };
@@ -45,20 +49,23 @@ impl<'a> PeerConn<'a> {
         stream
             .set_write_timeout(Some(timeout))
             .map_err(io("setting up connection"))?;
+        let guard = ctx.conns.register(&stream)?;
+        let session = match &ctx.config.key {
+            Some(key) => Some(session::initiate(&mut &stream, &mut &stream, key, addr)?),
+            None => None,
+        };
         // Small on purpose: a payload read larger than the buffer bypasses it and lands in
         // the piece buffer directly, so at most this much file data is copied twice.
         let reader_capacity = 8 * 1024;
+        let clone = || stream.try_clone().map_err(io("setting up connection"));
         let mut conn = Self {
             addr,
             reader: BufReader::with_capacity(
                 reader_capacity,
-                stream.try_clone().map_err(io("setting up connection"))?,
+                LinkReader::new(clone()?, session.clone(), None),
             ),
-            writer: BufWriter::with_capacity(
-                16 * 1024,
-                stream.try_clone().map_err(io("setting up connection"))?,
-            ),
-            _guard: ctx.conns.register(&stream)?,
+            writer: LinkWriter::new(clone()?, session, 16 * 1024),
+            _guard: guard,
         };
         conn.send(&Message::Hello {
             magic: MAGIC,
@@ -76,6 +83,11 @@ impl<'a> PeerConn<'a> {
                 "{addr} speaks protocol version {version}"
             ))),
             Message::Reject { reason } => Err(Error::Peer { addr, reason }),
+            Message::KeyRefused { has_key } => Err(Error::KeyMismatch {
+                role: "peer",
+                addr,
+                problem: KeyProblem::seen_by_sender(false, has_key),
+            }),
             other => Err(Error::Handshake(format!(
                 "{addr} answered with {}",
                 kind(&other)

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::messages::{
-    ContentId, MAGIC, Message, PROTOCOL_VERSION, check_file_name, read_frame, write_frame,
+    ContentId, MAGIC, Message, PROTOCOL_VERSION, check_file_name, read_frame, read_frame_after,
+    write_frame,
 };
+use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened};
 
 use super::store::SharedFile;
 use super::{Ctx, Event};
@@ -96,8 +98,10 @@ fn serve_peer(ctx: &Ctx, stream: TcpStream) {
 struct Server<'a> {
     ctx: &'a Ctx,
     addr: SocketAddr,
-    reader: BufReader<DeadlineStream>,
-    writer: BufWriter<TcpStream>,
+    reader: BufReader<LinkReader<DeadlineStream>>,
+    writer: LinkWriter<TcpStream>,
+    /// The first frame's length prefix, when the key negotiation read it.
+    prefix: Option<[u8; 4]>,
     /// Files opened for this peer, each with its own offset.
     open: HashMap<ContentId, (Arc<SharedFile>, File)>,
     /// Files this peer has had a piece of, so each counts once as "sent".
@@ -120,14 +124,25 @@ impl<'a> Server<'a> {
         stream.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
         let guard = ctx.conns.register(stream)?;
+        // The key handshake and the hello must arrive within the handshake timeout,
+        // however they trickle; `run` clears the deadline after the hello.
+        let mut raw = DeadlineStream::new(stream.try_clone().map_err(io)?);
+        raw.deadline = Some(Instant::now() + ctx.config.handshake_timeout);
+        let (prefix, session) =
+            match session::accept(&mut raw, &mut &*stream, ctx.config.key.as_ref(), addr)? {
+                Opened::Plain(prefix) => (Some(prefix), None),
+                Opened::Sealed(session) => (None, Some(session)),
+            };
+        let record_timeout = Some(ctx.config.handshake_timeout);
         Ok(Self {
             ctx,
             addr,
             reader: BufReader::with_capacity(
                 16 * 1024,
-                DeadlineStream::new(stream.try_clone().map_err(io)?),
+                LinkReader::new(raw, session.clone(), record_timeout),
             ),
-            writer: BufWriter::with_capacity(64 * 1024, stream.try_clone().map_err(io)?),
+            writer: LinkWriter::new(stream.try_clone().map_err(io)?, session, 64 * 1024),
+            prefix,
             open: HashMap::new(),
             sent: HashSet::new(),
             chunk: Vec::new(),
@@ -137,11 +152,14 @@ impl<'a> Server<'a> {
     }
 
     fn run(&mut self) -> Result<()> {
-        // The whole hello must arrive within the handshake timeout, however it trickles.
-        let handshake = Instant::now() + self.ctx.config.handshake_timeout;
-        self.reader.get_mut().deadline = Some(handshake);
-        let hello = self.read_frame_now();
-        self.reader.get_mut().deadline = None;
+        // Still under the handshake deadline set in `new`.
+        let hello = match self.prefix.take() {
+            Some(prefix) => read_frame_after(prefix, &mut self.reader)
+                .map(Some)
+                .map_err(|e| self.frame_err(e, "reading frame")),
+            None => self.read_frame_now(),
+        };
+        self.reader.get_mut().stream_mut().deadline = None;
         match hello? {
             Some(Message::Hello { magic, version, .. })
                 if magic == MAGIC && version == PROTOCOL_VERSION => {}
@@ -171,7 +189,7 @@ impl<'a> Server<'a> {
             }
             // Answer everything already received before flushing: pipelined requests then
             // go out back to back.
-            if self.reader.buffer().is_empty() {
+            if self.reader.buffer().is_empty() && !self.reader.get_ref().buffered() {
                 self.flush()?;
             }
         }
@@ -314,9 +332,10 @@ impl<'a> Server<'a> {
                 });
             }
         }
-        self.reader.get_mut().deadline = Some(Instant::now() + self.ctx.config.handshake_timeout);
+        self.reader.get_mut().stream_mut().deadline =
+            Some(Instant::now() + self.ctx.config.handshake_timeout);
         let frame = self.read_frame_now();
-        self.reader.get_mut().deadline = None;
+        self.reader.get_mut().stream_mut().deadline = None;
         frame
     }
 
@@ -362,6 +381,7 @@ pub(super) fn kind(msg: &Message) -> &'static str {
         Message::Request { .. } => "request",
         Message::Data { .. } => "data",
         Message::Reject { .. } => "reject",
+        Message::KeyRefused { .. } => "key refusal",
     }
 }
 
@@ -382,6 +402,16 @@ impl DeadlineStream {
             deadline: None,
             timeout: None,
         }
+    }
+}
+
+impl Deadline for DeadlineStream {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::token::TOKEN_EPOCH;
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyProblem, Result};
+use crate::key::{DatagramSeal, Direction, NetworkKey, is_sealed};
 use crate::messages::{
     Announce, ContentId, MAX_DATAGRAM_LEN, NodeToTracker, OwnerInfo, PROTOCOL_VERSION, SearchHit,
     Token, TrackerReply, TrackerRequest, TrackerToNode, decode_reply, encode_request,
@@ -20,13 +21,28 @@ use crate::messages::{
 /// threads may share a client and stray or late replies are never mistaken for an answer.
 /// An unanswered request is sent again after 250 ms, then 500 ms, 1 s and 2 s: four tries,
 /// under four seconds in all, by default.
-#[derive(Debug, Clone)]
+///
+/// With a network key ([`with_key`](Self::with_key)), every request is sealed afresh for
+/// each try and only replies sealed under the key are believed.
+#[derive(Clone)]
 pub struct TrackerClient {
     addr: SocketAddr,
     tries: u32,
     first_timeout: Duration,
     /// The address token last issued, and when; shared by clones.
     token: Arc<Mutex<Option<(Token, Instant)>>>,
+    seal: Option<DatagramSeal>,
+}
+
+impl std::fmt::Debug for TrackerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackerClient")
+            .field("addr", &self.addr)
+            .field("tries", &self.tries)
+            .field("first_timeout", &self.first_timeout)
+            .field("sealed", &self.seal.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The owners of a file, as the tracker answered a `Need`.
@@ -50,7 +66,15 @@ impl TrackerClient {
             tries: 4,
             first_timeout: Duration::from_millis(250),
             token: Arc::default(),
+            seal: None,
         }
+    }
+
+    /// Seals every request under the network key, and believes only replies sealed under
+    /// it.
+    pub fn with_key(mut self, key: &NetworkKey) -> Self {
+        self.seal = Some(DatagramSeal::new(key));
+        self
     }
 
     /// Sets how many times a request is sent and how long the first wait is; each later
@@ -195,7 +219,7 @@ impl TrackerClient {
         let socket = UdpSocket::bind(any).map_err(io_err)?;
         socket.connect(self.addr).map_err(io_err)?;
         let txid = fastrand::u64(..);
-        let datagram = encode_request(&TrackerRequest {
+        let plain = encode_request(&TrackerRequest {
             version: PROTOCOL_VERSION,
             txid,
             token,
@@ -203,14 +227,32 @@ impl TrackerClient {
         })?;
         let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
         let mut wait = self.first_timeout;
+        let mut refused = None;
         for _ in 0..self.tries {
+            // Sealed afresh each try: the tracker answers each sealed datagram only once.
+            let datagram = match &self.seal {
+                Some(seal) => seal.seal(Direction::Request, &plain)?,
+                None => plain.clone(),
+            };
             match socket.send(&datagram) {
                 Ok(_) => {}
                 // A refusal from an earlier try (ICMP port unreachable): try again.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => return Err(io_err(e)),
             }
-            if let Some(reply) = self.await_reply(&socket, txid, wait, &mut buf)? {
+            let reply = self.await_reply(&socket, txid, wait, &mut buf, &mut refused)?;
+            // A plain refusal is not authenticated: a node with a key believes it only if
+            // no sealed answer came in the whole try.
+            if let Some(tracker_has_key) = refused
+                && (reply.is_none() || self.seal.is_none())
+            {
+                return Err(Error::KeyMismatch {
+                    role: "tracker",
+                    addr: self.addr,
+                    problem: KeyProblem::seen_by_sender(self.seal.is_some(), tracker_has_key),
+                });
+            }
+            if let Some(reply) = reply {
                 return match reply.body {
                     TrackerToNode::Reject { reason } => Err(Error::TrackerRejected {
                         addr: self.addr,
@@ -228,12 +270,15 @@ impl TrackerClient {
     }
 
     /// Waits up to `wait` for the reply to `txid`, skipping anything else that arrives.
+    /// A plain `KeyRefused` sets `refused` to whether the tracker has a key; for a node
+    /// without a key, it ends the wait.
     fn await_reply(
         &self,
         socket: &UdpSocket,
         txid: u64,
         wait: Duration,
         buf: &mut [u8],
+        refused: &mut Option<bool>,
     ) -> Result<Option<TrackerReply>> {
         let deadline = Instant::now() + wait;
         loop {
@@ -248,10 +293,35 @@ impl TrackerClient {
                     source,
                 })?;
             match socket.recv(buf) {
-                Ok(n) => match decode_reply(&buf[..n]) {
-                    Ok(reply) if reply.txid == txid => return Ok(Some(reply)),
-                    _ => continue,
-                },
+                Ok(n) => {
+                    let datagram = &mut buf[..n];
+                    let reply = match &self.seal {
+                        Some(seal) if is_sealed(datagram) => seal
+                            .open(Direction::Reply, datagram)
+                            .ok()
+                            .and_then(|(_, body)| decode_reply(body).ok()),
+                        _ => decode_reply(datagram).ok(),
+                    };
+                    match reply {
+                        Some(TrackerReply {
+                            txid: t,
+                            body: TrackerToNode::KeyRefused { has_key },
+                            ..
+                        }) if t == txid || t == 0 => {
+                            *refused = Some(has_key);
+                            if self.seal.is_none() {
+                                return Ok(None);
+                            }
+                        }
+                        Some(reply)
+                            if reply.txid == txid
+                                && (self.seal.is_none() || is_sealed(&buf[..n])) =>
+                        {
+                            return Ok(Some(reply));
+                        }
+                        _ => {}
+                    }
+                }
                 Err(e) if is_timeout(&e) => return Ok(None),
                 // Nobody listens on the port (yet): wait out this try, then send again.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

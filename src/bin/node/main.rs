@@ -30,7 +30,7 @@ use std::time::Duration;
 use clap::Parser;
 use crossbeam_channel::{Receiver, bounded, never, select};
 use p2ptorrent::error::report;
-use p2ptorrent::{Download, Event, Node, NodeConfig};
+use p2ptorrent::{Download, Event, NetworkKey, Node, NodeConfig};
 use progress::Progress;
 use prompt::Command;
 
@@ -39,11 +39,16 @@ use prompt::Command;
 #[command(version, about)]
 struct Args {
     /// The node's name, shown in the tracker's table.
-    #[arg(short = 'n', long = "name")]
-    name: String,
+    #[arg(short = 'n', long = "name", required_unless_present = "make_key")]
+    name: Option<String>,
     /// TCP port to serve peers on (0 = any). The original's second port is accepted and
     /// not needed: one TCP port carries both directions.
-    #[arg(short = 'p', long = "port", num_args = 1..=2, required = true)]
+    #[arg(
+        short = 'p',
+        long = "port",
+        num_args = 1..=2,
+        required_unless_present = "make_key"
+    )]
     ports: Vec<u16>,
     /// IP address to serve peers on.
     #[arg(long, default_value = "0.0.0.0")]
@@ -79,30 +84,71 @@ struct Args {
     /// Log every piece sent and received, with its number.
     #[arg(short, long)]
     verbose: bool,
+    /// Join a private network: seal tracker datagrams and encrypt peer connections under
+    /// the key in FILE; peers and trackers without it are refused.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Write a new network key (32 random bytes, mode 0600) to FILE, which must not exist,
+    /// and exit.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    make_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.make_key {
+        return match NetworkKey::create(path) {
+            Ok(key) => {
+                say!(
+                    "wrote a new network key to {} (fingerprint {}); start the tracker and every node with --key {}",
+                    path.display(),
+                    key.fingerprint(),
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                esay!("node: {}", report(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (Some(name), Some(&port)) = (args.name.clone(), args.ports.first()) else {
+        esay!("node: -n NAME and -p PORT are required");
+        return ExitCode::FAILURE;
+    };
     let dir = args
         .dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("node_files").join(&args.name));
-    let mut config = NodeConfig::new(&args.name, dir)
-        .listen(SocketAddr::new(args.bind, args.ports[0]))
+        .unwrap_or_else(|| PathBuf::from("node_files").join(&name));
+    let mut config = NodeConfig::new(&name, dir)
+        .listen(SocketAddr::new(args.bind, port))
         .tracker(args.tracker)
         .max_owners(args.owners);
     config.upload_limit = args.upload_limit;
     config.download_limit = args.download_limit;
+    if let Some(path) = &args.key {
+        match NetworkKey::load(path) {
+            Ok(key) => config = config.key(key),
+            Err(e) => {
+                esay!("node {name}: {}", report(&e));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let network = match &config.key {
+        Some(key) => format!("private network, key {}", key.fingerprint()),
+        None => "open network, no key".into(),
+    };
     let (node, events) = match Node::start(config) {
         Ok(started) => started,
         Err(e) => {
-            esay!("node {}: {}", args.name, report(&e));
+            esay!("node {name}: {}", report(&e));
             return ExitCode::FAILURE;
         }
     };
     say!(
-        "node {} serving on {} from {}, tracker {}",
-        args.name,
+        "node {name} serving on {} from {}, tracker {} ({network})",
         node.local_addr(),
         node.dir().display(),
         args.tracker
@@ -162,7 +208,6 @@ fn main() -> ExitCode {
     session.progress.clear();
     let unfinished = session.pending.len();
     let failures = session.failures;
-    let name = args.name;
     match session.node.shutdown() {
         Ok(()) => say!("node {name} left the network"),
         Err(e) => {

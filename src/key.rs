@@ -1,0 +1,483 @@
+//! The network key: a private network's shared secret, and the sealing of tracker datagrams
+//! under it.
+//!
+//! A [`NetworkKey`] is 32 random bytes, kept in a file only its owner can read
+//! ([`NetworkKey::create`] writes one with mode 0600). A tracker and nodes started with the
+//! same key form a private network:
+//!
+//! - every tracker datagram is sealed with AES-256-GCM ([`DatagramSeal`]) under a key used
+//!   for that one datagram, derived from the network key and a random 24-byte salt, so
+//!   random salts never repeat a (key, nonce) pair however many datagrams are sent;
+//! - every sealed request carries the time it was sent, and the tracker refuses one it has
+//!   seen before or that is more than [`REPLAY_WINDOW`] old ([`ReplayGuard`]);
+//! - every peer connection runs a Noise handshake on a key derived from the network key
+//!   (see `session`).
+//!
+//! Keys for each use are derived with BLAKE3's key derivation under distinct contexts, so
+//! no two uses share key material.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+
+use crate::error::{Error, Result};
+use crate::messages::MAX_DATAGRAM_LEN;
+
+/// The length of a network key, in bytes.
+pub const KEY_LEN: usize = 32;
+/// The first bytes of every sealed tracker datagram. A plain datagram starts with the
+/// protocol version instead, so the two are never confused.
+pub const SEALED_MAGIC: [u8; 4] = *b"P2PS";
+/// How far a sealed request's send time may be from the tracker's clock, either way.
+/// Hosts of one network must keep their clocks within this of each other.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(30);
+
+const SALT_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+const TIME_LEN: usize = 8;
+/// Bytes a sealed datagram adds to its body.
+pub const SEAL_OVERHEAD: usize = SEALED_MAGIC.len() + SALT_LEN + TIME_LEN + TAG_LEN;
+
+/// A private network's shared secret.
+///
+/// Its `Debug` form shows only a fingerprint, never the key.
+#[derive(Clone)]
+pub struct NetworkKey {
+    bytes: [u8; KEY_LEN],
+}
+
+impl NetworkKey {
+    /// Makes a new key from the operating system's random source.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Random`] if the random source fails.
+    pub fn generate() -> Result<Self> {
+        let mut bytes = [0u8; KEY_LEN];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+        Ok(Self { bytes })
+    }
+
+    /// Uses `bytes` as the key. They must be secret and uniformly random.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self { bytes }
+    }
+
+    /// Makes a new key and writes it to `path`, which must not exist, readable and
+    /// writable by its owner only (mode 0600).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::File`] if the file exists or cannot be written, [`Error::Random`] if the
+    /// random source fails.
+    pub fn create(path: &Path) -> Result<Self> {
+        let key = Self::generate()?;
+        let file_err = |op| {
+            move |source| Error::File {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(file_err("creating key file"))?;
+        file.write_all(&key.bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(file_err("writing key file"))?;
+        Ok(key)
+    }
+
+    /// Reads a key from `path`: exactly [`KEY_LEN`] bytes, in a file no one but its owner
+    /// can read or write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::File`] if the file cannot be read, [`Error::Key`] if it has the wrong
+    /// length or is open to other users.
+    pub fn load(path: &Path) -> Result<Self> {
+        let file_err = |source| Error::File {
+            op: "reading key file",
+            path: path.to_path_buf(),
+            source,
+        };
+        let key_err = |reason: String| Error::Key {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(file_err)?;
+        let mode = file.metadata().map_err(file_err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(key_err(format!(
+                "other users can access it (mode {:o}); run chmod 600 on it",
+                mode & 0o777
+            )));
+        }
+        let mut bytes = Vec::with_capacity(KEY_LEN + 1);
+        file.take(KEY_LEN as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(file_err)?;
+        let bytes: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
+            key_err(format!(
+                "a key is exactly {KEY_LEN} bytes, this file has {}{}",
+                bytes.len().min(KEY_LEN),
+                if bytes.len() > KEY_LEN {
+                    " or more"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        Ok(Self { bytes })
+    }
+
+    /// A short public name for the key (16 hex digits), to tell keys apart in logs
+    /// without revealing them.
+    pub fn fingerprint(&self) -> String {
+        let id = self.derive("p2ptorrent 2026-11-25 key fingerprint");
+        id[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Derives the key for one use, named by `context`.
+    pub(crate) fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.bytes)
+    }
+
+    /// The pre-shared key of the Noise handshake on peer connections.
+    pub(crate) fn noise_psk(&self) -> [u8; 32] {
+        self.derive("p2ptorrent 2026-11-25 noise psk")
+    }
+}
+
+impl fmt::Debug for NetworkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NetworkKey({})", self.fingerprint())
+    }
+}
+
+/// Which way a datagram goes; each way has its own key, so a reply can never be replayed
+/// to the tracker as a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// From a node to the tracker.
+    Request,
+    /// From the tracker to a node.
+    Reply,
+}
+
+/// Seals and opens tracker datagrams under a network key.
+///
+/// A sealed datagram is [`SEALED_MAGIC`], a random 24-byte salt, then AES-256-GCM over the
+/// send time (milliseconds since the Unix epoch, 8 bytes big-endian) and the plain
+/// datagram, with a 16-byte tag. The AES key is a keyed BLAKE3 hash of the salt under the
+/// direction's key, used for this one datagram, with a zero nonce; the magic and salt are
+/// authenticated as associated data.
+#[derive(Clone)]
+pub(crate) struct DatagramSeal {
+    request: [u8; 32],
+    reply: [u8; 32],
+}
+
+/// Why a sealed datagram was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsealed {
+    /// It does not start with [`SEALED_MAGIC`]: a plain datagram.
+    Plain,
+    /// It is sealed, but not under this key (or was altered).
+    Unopenable,
+}
+
+impl DatagramSeal {
+    pub fn new(key: &NetworkKey) -> Self {
+        Self {
+            request: key.derive("p2ptorrent 2026-11-25 tracker request"),
+            reply: key.derive("p2ptorrent 2026-11-25 tracker reply"),
+        }
+    }
+
+    /// Seals `body`, stamped with the current time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Random`] if the random source fails.
+    pub fn seal(&self, direction: Direction, body: &[u8]) -> Result<Vec<u8>> {
+        let mut salt = [0u8; SALT_LEN];
+        getrandom::fill(&mut salt).map_err(|e| Error::Random(e.to_string()))?;
+        let mut out = Vec::with_capacity(body.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&SEALED_MAGIC);
+        out.extend_from_slice(&salt);
+        let head = out.len();
+        out.extend_from_slice(&unix_millis().to_be_bytes());
+        out.extend_from_slice(body);
+        let (aad, in_out) = out.split_at_mut(head);
+        let tag = self
+            .cipher(direction, &salt)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(aad),
+                in_out,
+            )
+            .map_err(|_| Error::FrameTooLarge {
+                len: body.len() as u64,
+                max: MAX_DATAGRAM_LEN as u64,
+            })?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Opens a sealed datagram in place, returning its send time (milliseconds since the
+    /// Unix epoch) and the plain datagram inside.
+    pub fn open<'a>(
+        &self,
+        direction: Direction,
+        datagram: &'a mut [u8],
+    ) -> std::result::Result<(u64, &'a [u8]), Unsealed> {
+        if !is_sealed(datagram) {
+            return Err(Unsealed::Plain);
+        }
+        if datagram.len() < SEAL_OVERHEAD {
+            return Err(Unsealed::Unopenable);
+        }
+        let (aad, in_out) = datagram.split_at_mut(SEALED_MAGIC.len() + SALT_LEN);
+        let salt: [u8; SALT_LEN] = aad[SEALED_MAGIC.len()..]
+            .try_into()
+            .map_err(|_| Unsealed::Unopenable)?;
+        let plain = self
+            .cipher(direction, &salt)
+            .open_in_place(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(&*aad),
+                in_out,
+            )
+            .map_err(|_| Unsealed::Unopenable)?;
+        let (time, body) = plain.split_at(TIME_LEN);
+        let mut sent = [0u8; TIME_LEN];
+        sent.copy_from_slice(time);
+        Ok((u64::from_be_bytes(sent), body))
+    }
+
+    fn cipher(&self, direction: Direction, salt: &[u8; SALT_LEN]) -> LessSafeKey {
+        let key = match direction {
+            Direction::Request => &self.request,
+            Direction::Reply => &self.reply,
+        };
+        let one_time = blake3::keyed_hash(key, salt);
+        // AES-256 takes any 32 bytes; this cannot fail.
+        let unbound = UnboundKey::new(&AES_256_GCM, one_time.as_bytes())
+            .unwrap_or_else(|_| unreachable!("AES-256 keys are 32 bytes"));
+        LessSafeKey::new(unbound)
+    }
+}
+
+/// Returns the first 16 bytes of a sealed datagram's salt: what the replay guard
+/// remembers it by.
+pub(crate) fn salt_id(datagram: &[u8]) -> Option<[u8; 16]> {
+    let start = SEALED_MAGIC.len();
+    datagram.get(start..start + 16)?.try_into().ok()
+}
+
+/// Returns whether a datagram is sealed (starts with [`SEALED_MAGIC`]).
+pub(crate) fn is_sealed(datagram: &[u8]) -> bool {
+    datagram.starts_with(&SEALED_MAGIC)
+}
+
+/// Why the replay guard refused a sealed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replay {
+    /// Its send time is further than [`REPLAY_WINDOW`] from the tracker's clock.
+    OutsideWindow,
+    /// It was seen before.
+    Seen,
+    /// Too many requests arrived within one window to remember them all.
+    Full,
+}
+
+/// Remembers the salt of every sealed request within the replay window, so each is
+/// accepted once.
+///
+/// Only datagrams that opened under the network key are remembered, so only key holders
+/// can fill it; it is capped at [`ReplayGuard::CAPACITY`] salts in all, and refuses, rather
+/// than forgets, when full.
+pub(crate) struct ReplayGuard {
+    shards: Vec<Mutex<Shard>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// The first 16 bytes of each salt seen, and its send time in milliseconds.
+    seen: HashMap<[u8; 16], u64>,
+    /// When entries outside the window were last dropped.
+    pruned_at: u64,
+}
+
+impl ReplayGuard {
+    const SHARDS: usize = 16;
+    /// The most salts remembered: room for about 70,000 sealed requests a second.
+    pub const CAPACITY: usize = 1 << 22;
+
+    pub fn new() -> Self {
+        Self {
+            shards: (0..Self::SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Accepts a request sealed with the salt that starts with `id` at `sent` (ms since
+    /// the epoch) if it is within the window of `now` and was not seen before.
+    pub fn admit(&self, id: [u8; 16], sent: u64, now: u64) -> std::result::Result<(), Replay> {
+        let window = REPLAY_WINDOW.as_millis() as u64;
+        if sent.abs_diff(now) > window {
+            return Err(Replay::OutsideWindow);
+        }
+        let mut shard = self.shards[usize::from(id[0]) % Self::SHARDS].lock();
+        let cap = Self::CAPACITY / Self::SHARDS;
+        if shard.seen.len() >= cap || now.saturating_sub(shard.pruned_at) >= 1000 {
+            // Anything sent before the window is refused by the time check above.
+            let oldest = now.saturating_sub(window);
+            shard.seen.retain(|_, t| *t >= oldest);
+            shard.pruned_at = now;
+            if shard.seen.len() >= cap {
+                return Err(Replay::Full);
+            }
+        }
+        match shard.seen.insert(id, sent) {
+            None => Ok(()),
+            Some(_) => Err(Replay::Seen),
+        }
+    }
+}
+
+/// The current time in milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> NetworkKey {
+        NetworkKey::from_bytes([byte; KEY_LEN])
+    }
+
+    #[test]
+    fn sealed_datagrams_open_only_under_their_key_and_direction() {
+        let seal = DatagramSeal::new(&key(1));
+        let mut sealed = seal.seal(Direction::Request, b"have file").unwrap();
+        assert_eq!(sealed.len(), 9 + SEAL_OVERHEAD);
+        assert!(!sealed.windows(9).any(|w| w == b"have file"));
+
+        let other = DatagramSeal::new(&key(2));
+        assert_eq!(
+            other.open(Direction::Request, &mut sealed.clone()),
+            Err(Unsealed::Unopenable)
+        );
+        assert_eq!(
+            seal.open(Direction::Reply, &mut sealed.clone()),
+            Err(Unsealed::Unopenable)
+        );
+        let (sent, body) = seal.open(Direction::Request, &mut sealed).unwrap();
+        assert_eq!(body, b"have file");
+        assert!(sent.abs_diff(unix_millis()) < 60_000);
+    }
+
+    #[test]
+    fn every_altered_byte_is_detected() {
+        let seal = DatagramSeal::new(&key(1));
+        let sealed = seal.seal(Direction::Reply, b"owners").unwrap();
+        for i in SEALED_MAGIC.len()..sealed.len() {
+            let mut altered = sealed.clone();
+            altered[i] ^= 0x01;
+            assert_eq!(
+                seal.open(Direction::Reply, &mut altered),
+                Err(Unsealed::Unopenable),
+                "byte {i}"
+            );
+        }
+        let mut short = sealed[..SEAL_OVERHEAD - 1].to_vec();
+        assert_eq!(
+            seal.open(Direction::Reply, &mut short),
+            Err(Unsealed::Unopenable)
+        );
+        assert_eq!(
+            seal.open(Direction::Reply, &mut b"plain".to_vec()),
+            Err(Unsealed::Plain)
+        );
+    }
+
+    #[test]
+    fn salts_differ_between_seals_of_the_same_body() {
+        let seal = DatagramSeal::new(&key(1));
+        let a = seal.seal(Direction::Request, b"x").unwrap();
+        let b = seal.seal(Direction::Request, b"x").unwrap();
+        assert_ne!(a[4..28], b[4..28]);
+    }
+
+    #[test]
+    fn replay_guard_admits_each_salt_once_within_the_window() {
+        let guard = ReplayGuard::new();
+        let seal = DatagramSeal::new(&key(1));
+        let a = seal.seal(Direction::Request, b"a").unwrap();
+        let b = seal.seal(Direction::Request, b"b").unwrap();
+        let now = 1_000_000_000;
+        assert_eq!(guard.admit(salt_id(&a).unwrap(), now, now), Ok(()));
+        assert_eq!(
+            guard.admit(salt_id(&a).unwrap(), now, now + 5),
+            Err(Replay::Seen)
+        );
+        assert_eq!(guard.admit(salt_id(&b).unwrap(), now - 1000, now), Ok(()));
+        let window = REPLAY_WINDOW.as_millis() as u64;
+        let c = seal.seal(Direction::Request, b"c").unwrap();
+        assert_eq!(
+            guard.admit(salt_id(&c).unwrap(), now - window - 1, now),
+            Err(Replay::OutsideWindow)
+        );
+        assert_eq!(
+            guard.admit(salt_id(&c).unwrap(), now + window + 1, now),
+            Err(Replay::OutsideWindow)
+        );
+        // Pruning forgets only what the window refuses anyway.
+        assert_eq!(
+            guard.admit(salt_id(&a).unwrap(), now, now + 2000),
+            Err(Replay::Seen)
+        );
+    }
+
+    #[test]
+    fn key_files_are_private_and_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net.key");
+        let made = NetworkKey::create(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), KEY_LEN as u64);
+        let loaded = NetworkKey::load(&path).unwrap();
+        assert_eq!(made.bytes, loaded.bytes);
+        assert_eq!(made.fingerprint(), loaded.fingerprint());
+        assert!(!format!("{made:?}").contains(&format!("{:02x}", made.bytes[0]).repeat(2)));
+
+        // Never overwrites.
+        assert!(matches!(NetworkKey::create(&path), Err(Error::File { .. })));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = NetworkKey::load(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, [0u8; 31]).unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = NetworkKey::load(&short).unwrap_err();
+        assert!(err.to_string().contains("has 31"), "{err}");
+    }
+}
