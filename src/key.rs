@@ -454,6 +454,28 @@ mod tests {
         );
     }
 
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any bytes, sealed-looking or not: never opened, never a panic.
+            #[test]
+            fn any_datagram_bytes_fail_to_open(
+                bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                magic in any::<bool>(),
+            ) {
+                let mut datagram = if magic { SEALED_MAGIC.to_vec() } else { Vec::new() };
+                datagram.extend_from_slice(&bytes);
+                let seal = DatagramSeal::new(&key(1));
+                prop_assert!(seal.open(Direction::Request, &mut datagram.clone()).is_err());
+                prop_assert!(seal.open(Direction::Reply, &mut datagram).is_err());
+            }
+        }
+    }
+
     #[test]
     fn key_files_are_private_and_exact() {
         let dir = tempfile::tempdir().unwrap();

@@ -583,6 +583,7 @@ mod tests {
             Message::Reject {
                 reason: "piece out of range".into(),
             },
+            Message::KeyRefused { has_key: true },
         ]
     }
 
@@ -828,7 +829,7 @@ mod tests {
             /// decoded from them encodes again to a frame that decodes to the same value.
             #[test]
             fn mutated_frames_decode_or_error(
-                variant in 0usize..8,
+                variant in 0usize..9,
                 flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
             ) {
                 let mut bytes = framed(&every_variant()[variant]);

@@ -137,3 +137,96 @@ fn exit_when_done_fails_when_nobody_has_the_file() {
     tracker.signal("-TERM");
     assert!(tracker.wait(PATIENCE).success());
 }
+
+#[test]
+fn a_private_network_through_the_binaries() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let made = std::process::Command::new(NODE)
+        .args(["--make-key", "net.key"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let said = String::from_utf8_lossy(&made.stdout);
+    let fingerprint = said.split("fingerprint ").nth(1).unwrap()[..16].to_string();
+    let meta = std::fs::metadata(cwd.join("net.key")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+
+    let mut tracker = Proc::start(
+        TRACKER,
+        &["--listen", "127.0.0.1:0", "--key", "net.key"],
+        cwd,
+        Stdio::null(),
+    );
+    let line = tracker.line_with("listening on");
+    assert!(
+        line.contains(&format!("private network, key {fingerprint}")),
+        "{line}"
+    );
+    let addr: SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let tracker_arg = addr.to_string();
+
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    let original = cwd.join("node_files/A/f.bin");
+    write_random(&original, 65, 5_000_000);
+    let args = node_args(
+        "A",
+        &tracker_arg,
+        &["--key", "net.key", "--upload", "f.bin"],
+    );
+    let mut a = Proc::start(NODE, &args, cwd, Stdio::null());
+    a.line_with("sharing f.bin");
+
+    let args = node_args(
+        "B",
+        &tracker_arg,
+        &[
+            "--key",
+            "net.key",
+            "--download",
+            "f.bin",
+            "--exit-when-done",
+        ],
+    );
+    assert!(
+        Proc::start(NODE, &args, cwd, Stdio::null())
+            .wait(PATIENCE)
+            .success()
+    );
+    assert_same_file(&original, &cwd.join("node_files/B/f.bin"));
+
+    // Without the key: refused, with a clear message.
+    let args = node_args(
+        "C",
+        &tracker_arg,
+        &["--download", "f.bin", "--exit-when-done"],
+    );
+    let c = std::process::Command::new(NODE)
+        .args(&args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(!c.status.success());
+    let err = String::from_utf8_lossy(&c.stderr);
+    assert!(
+        err.contains(&format!(
+            "tracker {addr} requires a network key, and this side has none"
+        )),
+        "{err}"
+    );
+    assert!(!cwd.join("node_files/C/f.bin").exists());
+
+    // A key file others can read is refused.
+    std::fs::set_permissions(cwd.join("net.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = std::process::Command::new(TRACKER)
+        .args(["--listen", "127.0.0.1:0", "--key", "net.key"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(!loose.status.success());
+    assert!(String::from_utf8_lossy(&loose.stderr).contains("chmod 600"));
+}

@@ -10,6 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::*;
 use crossbeam_channel::Receiver;
@@ -431,5 +432,50 @@ fn a_replayed_tracker_datagram_is_refused() {
     }
     assert!(tracker.snapshot().files.is_empty());
     assert!(tracker.snapshot().nodes.is_empty());
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn a_slow_loris_handshake_is_dropped_while_a_real_download_proceeds() {
+    let k = key(3);
+    let (tracker, _te) = keyed_tracker(&k);
+    let owner = start_node_with("victim", tracker.local_addr(), |mut c| {
+        c.handshake_timeout = Duration::from_secs(1);
+        c.key(k.clone())
+    });
+    write_random(&owner.path("f.bin"), 1, 2_000_000);
+    owner.node.share("f.bin").unwrap();
+    // The opening of a key handshake and 48 bytes of it, a byte every 100 ms: 5.4 s.
+    let mut opening = b"P2PN".to_vec();
+    opening.extend_from_slice(&48u16.to_be_bytes());
+    opening.extend_from_slice(&[7u8; 48]);
+    let mut loris = TcpStream::connect(owner.node.local_addr()).unwrap();
+    loris
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let leech = keyed_node("leech", tracker.local_addr(), &k);
+    let started = Instant::now();
+    let dropped = thread::scope(|s| {
+        let download = s.spawn(|| leech.node.download("f.bin").unwrap().wait().unwrap());
+        let mut dropped = None;
+        for b in &opening {
+            let closed = loris.write_all(&[*b]).is_err()
+                || matches!(loris.read(&mut [0u8; 64]), Ok(0))
+                || loris.peer_addr().is_err();
+            if closed {
+                dropped = Some(started.elapsed());
+                break;
+            }
+        }
+        download.join().unwrap();
+        dropped.expect("the node kept a trickling handshake open")
+    });
+    assert!(
+        dropped < Duration::from_secs(4),
+        "dropped after {dropped:?}"
+    );
+    assert_same_file(&owner.path("f.bin"), &leech.path("f.bin"));
+    leech.shutdown();
+    owner.shutdown();
     tracker.shutdown().unwrap();
 }
