@@ -1,11 +1,13 @@
 //! End-to-end transfer: a file from 1, 2 and 4 owners to one downloader over loopback,
 //! every owner and the downloader a separate `node` process, beside a plain single-stream
-//! TCP copy of the same file measured in the same run. Then the tracker's answered
-//! requests per second under a load generator.
+//! TCP copy of the same file measured in the same run; each owner count once open and once
+//! with a network key (every peer connection encrypted), and the ratio of the two. Then
+//! the tracker's answered requests per second under a load generator.
 //!
 //! ```text
 //! cargo bench --bench transfer
 //! P2P_BENCH_MIB=4096 P2P_BENCH_RUNS=5 P2P_BENCH_OWNERS=4 cargo bench --bench transfer
+//! P2P_BENCH_KEY=0 cargo bench --bench transfer     # skip the rows with a key
 //! ```
 //!
 //! Files live in `P2P_BENCH_DIR`, by default `/dev/shm` where it exists: on tmpfs the
@@ -25,7 +27,7 @@ use p2ptorrent::messages::{
     Announce, ContentId, Counters, MAX_DATAGRAM_LEN, NodeToTracker, PROTOCOL_VERSION,
     TrackerRequest, encode_request,
 };
-use p2ptorrent::{Tracker, TrackerConfig};
+use p2ptorrent::{NetworkKey, Tracker, TrackerConfig};
 use support::{bench_dir, env_or, generate};
 
 mod support;
@@ -69,15 +71,32 @@ fn main() {
         "plain TCP copy (baseline)", plain_mbps, 1.0, "-"
     );
 
+    let key_path = work.path().join("bench.key");
+    let keyed = env_or("P2P_BENCH_KEY", 1) == 1;
+    if keyed {
+        NetworkKey::create(&key_path).unwrap();
+    }
     for n in owners {
-        let (secs, rss) = p2p_download(work.path(), &source, n, runs);
-        println!(
-            "{:<28} {:>9.0} {:>9.2} {:>10.1} MiB",
-            format!("p2ptorrent, {n} owner{}", if n == 1 { "" } else { "s" }),
-            size as f64 / secs / 1e6,
-            plain / secs,
-            rss as f64 / 1024.0
-        );
+        let row = |key: Option<&Path>| {
+            let (secs, rss) = p2p_download(work.path(), &source, n, runs, key);
+            println!(
+                "{:<28} {:>9.0} {:>9.2} {:>10.1} MiB",
+                format!(
+                    "p2ptorrent, {n} owner{}{}",
+                    if n == 1 { "" } else { "s" },
+                    if key.is_some() { ", key" } else { "" }
+                ),
+                size as f64 / secs / 1e6,
+                plain / secs,
+                rss as f64 / 1024.0
+            );
+            secs
+        };
+        let open = row(None);
+        if keyed {
+            let sealed = row(Some(&key_path));
+            println!("{:<28} {:>19.2}", "  encrypted / open", open / sealed);
+        }
     }
     tracker_load();
 }
@@ -118,19 +137,32 @@ fn plain_copy(source: &Path, dest: &Path) -> f64 {
     secs
 }
 
-/// Runs `runs` downloads of `source` from `owners` node processes; returns the median
-/// seconds (as the downloader reports them) and the largest peak RSS in KiB.
-fn p2p_download(work: &Path, source: &Path, owners: usize, runs: usize) -> (f64, u64) {
-    let (tracker, _events) =
-        Tracker::start(TrackerConfig::new("127.0.0.1:0".parse().unwrap())).unwrap();
+/// Runs `runs` downloads of `source` from `owners` node processes, all with the network
+/// key in `key` if given; returns the median seconds (as the downloader reports them) and
+/// the largest peak RSS in KiB.
+fn p2p_download(
+    work: &Path,
+    source: &Path,
+    owners: usize,
+    runs: usize,
+    key: Option<&Path>,
+) -> (f64, u64) {
+    let mut config = TrackerConfig::new("127.0.0.1:0".parse().unwrap());
+    let mut key_args = Vec::new();
+    if let Some(path) = key {
+        config = config.key(NetworkKey::load(path).unwrap());
+        key_args = vec!["--key", path.to_str().unwrap()];
+    }
+    let (tracker, _events) = Tracker::start(config).unwrap();
     let taddr = tracker.local_addr().to_string();
     let mut seeders: Vec<Child> = (0..owners)
         .map(|i| {
             let dir = work.join(format!("S{owners}-{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::hard_link(source, dir.join("bench.bin")).unwrap();
-            let mut child = node(&[
-                &format!("S{i}"),
+            let _ = std::fs::hard_link(source, dir.join("bench.bin"));
+            let name = format!("S{i}");
+            let mut args = vec![
+                name.as_str(),
                 "--dir",
                 dir.to_str().unwrap(),
                 "--tracker",
@@ -138,7 +170,9 @@ fn p2p_download(work: &Path, source: &Path, owners: usize, runs: usize) -> (f64,
                 "--upload",
                 "bench.bin",
                 "--no-prompt",
-            ]);
+            ];
+            args.extend_from_slice(&key_args);
+            let mut child = node(&args);
             wait_for_line(&mut child, "sharing");
             child
         })
@@ -148,7 +182,8 @@ fn p2p_download(work: &Path, source: &Path, owners: usize, runs: usize) -> (f64,
     let mut peak = 0;
     for _ in 0..runs {
         let _ = std::fs::remove_file(dl_dir.join("bench.bin"));
-        let mut child = node(&[
+        let owners_arg = owners.to_string();
+        let mut args = vec![
             "L",
             "--dir",
             dl_dir.to_str().unwrap(),
@@ -159,8 +194,10 @@ fn p2p_download(work: &Path, source: &Path, owners: usize, runs: usize) -> (f64,
             "--exit-when-done",
             "--no-prompt",
             "--owners",
-            &owners.to_string(),
-        ]);
+            &owners_arg,
+        ];
+        args.extend_from_slice(&key_args);
+        let mut child = node(&args);
         let pid = child.id();
         let out = BufReader::new(child.stdout.take().unwrap());
         let reader = std::thread::spawn(move || {
