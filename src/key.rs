@@ -5,16 +5,30 @@
 //! ([`NetworkKey::create`] writes one with mode 0600). A tracker and nodes started with the
 //! same key form a private network:
 //!
-//! - every tracker datagram is sealed with AES-256-GCM ([`DatagramSeal`]) under a key used
+//! - every tracker datagram is sealed with AES-256-GCM (`DatagramSeal`) under a key used
 //!   for that one datagram, derived from the network key and a random 24-byte salt, so
 //!   random salts never repeat a (key, nonce) pair however many datagrams are sent;
 //! - every sealed request carries the time it was sent, and the tracker refuses one it has
-//!   seen before or that is more than [`REPLAY_WINDOW`] old ([`ReplayGuard`]);
+//!   seen before or that is more than [`REPLAY_WINDOW`] old (`ReplayGuard`);
 //! - every peer connection runs a Noise handshake on a key derived from the network key
 //!   (see `session`).
 //!
 //! Keys for each use are derived with BLAKE3's key derivation under distinct contexts, so
 //! no two uses share key material.
+//!
+//! ```
+//! use p2ptorrent::{NetworkKey, NodeConfig, TrackerConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let made = NetworkKey::create(&dir.path().join("net.key"))?; // once, by the operator
+//! let key = NetworkKey::load(&dir.path().join("net.key"))?;   // by every member
+//! assert_eq!(made.fingerprint(), key.fingerprint());
+//! let tracker = TrackerConfig::new("127.0.0.1:0".parse()?).key(key.clone());
+//! let node = NodeConfig::new("A", "files/A").key(key);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;

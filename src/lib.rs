@@ -6,7 +6,8 @@
 //! the size and the BLAKE3 hash of every piece, divides the pieces among the owners, fetches
 //! them in parallel, verifies each piece before writing it, and renames the finished file
 //! into place. Both are handles over threads they own, driven by channels; dropping a
-//! handle shuts it down.
+//! handle shuts it down. A tracker and nodes given the same [`NetworkKey`] form a private
+//! network: tracker datagrams are sealed, peer connections encrypted, outsiders refused.
 //!
 //! # Layout
 //!

@@ -3,7 +3,7 @@
 //!
 //! A [`Manifest`] is built by hashing a file on disk (several threads, one piece buffer
 //! each, so memory does not grow with the file) or from a peer's
-//! [`SizeInformation`](crate::messages::SizeInformation), in which case its content id is
+//! [`SizeInformation`], in which case its content id is
 //! recomputed and must match the one the tracker gave.
 
 use std::fs::File;

@@ -3,12 +3,13 @@
 //! [`Node::start`] binds the TCP listener, then spawns `node-accept` (serves peers, one
 //! `node-peer` thread per connection) and `node-control` (runs commands, re-announces
 //! shared files every interval, owns the download threads). Callers drive it through the
-//! handle's methods, each a [`Command`] on a bounded channel, and hear from it through the
+//! handle's methods, each a `Command` on a bounded channel, and hear from it through the
 //! [`Event`] receiver `start` returns.
 //!
 //! Layout: `store` (which files are served), `serve` (answering peers), `peer` (asking
 //! peers), `schedule` (which owner fetches which piece), `download` (one download, end to
-//! end).
+//! end). With a [`NetworkKey`], `serve` and `peer` run every connection
+//! through the crate's session layer (a Noise handshake, then encrypted records).
 
 mod download;
 mod limit;

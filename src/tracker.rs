@@ -1,10 +1,13 @@
 //! The tracker: a table of which nodes own which files, served over UDP.
 //!
 //! [`Tracker::start`] binds the socket, spawns the threads that serve it (`tracker-udp`,
-//! one per core by default, all reading the one socket) and returns a handle. Every datagram is one request; the reply echoes its transaction id. Malformed
-//! datagrams are dropped without a reply; well-formed requests the tracker will not honour
-//! are answered with a `Reject`. The table itself lives in `registry` and is readable at
-//! any time with [`Tracker::snapshot`].
+//! one per core by default, all reading the one socket) and returns a handle. Every
+//! datagram is one request; the reply echoes its transaction id. Malformed datagrams are
+//! dropped without a reply; well-formed requests the tracker will not honour are answered
+//! with a `Reject`. The table itself lives in `registry` and is readable at
+//! any time with [`Tracker::snapshot`]. With a network key ([`TrackerConfig::key`]), only
+//! datagrams sealed under it are answered, each once ([`crate::key`]); others get a plain
+//! `KeyRefused`, smaller than what they sent, and change nothing.
 
 mod client;
 mod registry;
