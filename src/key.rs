@@ -225,13 +225,22 @@ impl DatagramSeal {
     ///
     /// [`Error::Random`] if the random source fails.
     pub fn seal(&self, direction: Direction, body: &[u8]) -> Result<Vec<u8>> {
+        self.seal_at(direction, body, unix_millis())
+    }
+
+    /// Seals `body`, stamped with `sent` (milliseconds since the Unix epoch).
+    ///
+    /// # Errors
+    ///
+    /// As [`seal`](Self::seal).
+    pub fn seal_at(&self, direction: Direction, body: &[u8], sent: u64) -> Result<Vec<u8>> {
         let mut salt = [0u8; SALT_LEN];
         getrandom::fill(&mut salt).map_err(|e| Error::Random(e.to_string()))?;
         let mut out = Vec::with_capacity(body.len() + SEAL_OVERHEAD);
         out.extend_from_slice(&SEALED_MAGIC);
         out.extend_from_slice(&salt);
         let head = out.len();
-        out.extend_from_slice(&unix_millis().to_be_bytes());
+        out.extend_from_slice(&sent.to_be_bytes());
         out.extend_from_slice(body);
         let (aad, in_out) = out.split_at_mut(head);
         let tag = self

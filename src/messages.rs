@@ -201,6 +201,13 @@ pub enum TrackerToNode {
     /// The request's token is missing, expired or for another address: ask again with
     /// `Connect`.
     BadToken,
+    /// A sealed request's send time is further than the replay window from the tracker's
+    /// clock: the node's clock is off (or the request is an old one, replayed). Sealed.
+    ClockSkew {
+        /// How far the request's time is ahead of the tracker's clock, in milliseconds
+        /// (negative: behind).
+        ahead_ms: i64,
+    },
     /// The request was not sealed under the tracker's network key: it was plain and the
     /// tracker has a key, or sealed and the tracker has none or another one. Always sent
     /// plain, and smaller than any request.

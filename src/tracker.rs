@@ -336,9 +336,13 @@ impl Service {
         let len = datagram.len();
         match seal.open(Direction::Request, datagram) {
             Ok((sent, body)) => {
+                let now = unix_millis();
                 let admitted = id
                     .ok_or(Replay::Seen)
-                    .and_then(|id| self.replay.admit(id, sent, unix_millis()));
+                    .and_then(|id| self.replay.admit(id, sent, now));
+                if admitted == Err(Replay::OutsideWindow) {
+                    self.clock_skew(seal, body, sent, now, len, from);
+                }
                 match admitted {
                     Ok(()) => self.handle(body, from),
                     // No answer: a replay earns its sender nothing.
@@ -361,6 +365,35 @@ impl Service {
             Err(Unsealed::Unopenable) => {
                 self.refuse_key(from, 0, KeyProblem::DifferentKey, true, len);
             }
+        }
+    }
+
+    /// Tells a node whose sealed request was sent too far from this tracker's clock by how
+    /// much, so it can report its clock rather than an unreachable tracker. Only if the
+    /// sealed answer is smaller than the request: a replayed old request sent from a
+    /// forged address must not be amplified.
+    fn clock_skew(
+        &self,
+        seal: &DatagramSeal,
+        body: &[u8],
+        sent: u64,
+        now: u64,
+        request_len: usize,
+        from: SocketAddr,
+    ) {
+        let Ok(req) = decode_request(body) else {
+            return;
+        };
+        let ahead_ms = i64::try_from(i128::from(sent) - i128::from(now)).unwrap_or(i64::MAX);
+        let reply = TrackerReply {
+            version: PROTOCOL_VERSION,
+            txid: req.txid,
+            body: TrackerToNode::ClockSkew { ahead_ms },
+        };
+        if let Ok(bytes) = encode_reply(&reply).and_then(|b| seal.seal(Direction::Reply, &b))
+            && bytes.len() < request_len
+        {
+            let _ = self.socket.send_to(&bytes, from);
         }
     }
 
@@ -488,5 +521,61 @@ impl Service {
         self.socket
             .local_addr()
             .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{TrackerRequest, decode_reply, encode_request};
+
+    #[test]
+    fn a_request_sealed_outside_the_replay_window_is_told_the_clock_skew() {
+        let key = NetworkKey::from_bytes([4; 32]);
+        let config = TrackerConfig::new("127.0.0.1:0".parse().unwrap()).key(key.clone());
+        let (tracker, events) = Tracker::start(config).unwrap();
+        let seal = DatagramSeal::new(&key);
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = encode_request(&TrackerRequest {
+            version: PROTOCOL_VERSION,
+            txid: 77,
+            token: [0; 16],
+            body: NodeToTracker::Connect,
+        })
+        .unwrap();
+        let ask = |sent: u64| {
+            let datagram = seal.seal_at(Direction::Request, &request, sent).unwrap();
+            socket.send_to(&datagram, tracker.local_addr()).unwrap();
+            let mut buf = [0u8; 2048];
+            let n = socket.recv(&mut buf).unwrap();
+            assert!(n <= datagram.len(), "never larger than the request");
+            let (_, body) = seal.open(Direction::Reply, &mut buf[..n]).unwrap();
+            decode_reply(body).unwrap()
+        };
+        let now = unix_millis();
+        for (offset, expected) in [(-90_000i64, -90_000i64), (60_000, 60_000)] {
+            let reply = ask(now.saturating_add_signed(offset));
+            assert_eq!(reply.txid, 77);
+            match reply.body {
+                TrackerToNode::ClockSkew { ahead_ms } => {
+                    assert!(ahead_ms.abs_diff(expected) < 5_000, "{ahead_ms}");
+                }
+                other => panic!("expected the clock skew, got {other:?}"),
+            }
+            match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+                TrackerEvent::Rejected { reason, .. } => {
+                    assert!(reason.contains("outside the replay window"), "{reason}");
+                }
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            ask(unix_millis()).body,
+            TrackerToNode::Token { .. }
+        ));
+        tracker.shutdown().unwrap();
     }
 }

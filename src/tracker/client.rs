@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::token::TOKEN_EPOCH;
 use crate::error::{Error, KeyProblem, Result};
-use crate::key::{DatagramSeal, Direction, NetworkKey, is_sealed};
+use crate::key::{DatagramSeal, Direction, NetworkKey, REPLAY_WINDOW, is_sealed};
 use crate::messages::{
     Announce, ContentId, MAX_DATAGRAM_LEN, NodeToTracker, OwnerInfo, PROTOCOL_VERSION, SearchHit,
     Token, TrackerReply, TrackerRequest, TrackerToNode, decode_reply, encode_request,
@@ -257,6 +257,16 @@ impl TrackerClient {
                     TrackerToNode::Reject { reason } => Err(Error::TrackerRejected {
                         addr: self.addr,
                         reason,
+                    }),
+                    TrackerToNode::ClockSkew { ahead_ms } => Err(Error::TrackerRejected {
+                        addr: self.addr,
+                        reason: format!(
+                            "this host's clock is {:.1} s {} the tracker's; with a network key \
+                             they must agree within {} s",
+                            ahead_ms.unsigned_abs() as f64 / 1000.0,
+                            if ahead_ms > 0 { "ahead of" } else { "behind" },
+                            REPLAY_WINDOW.as_secs()
+                        ),
                     }),
                     body => Ok(body),
                 };
