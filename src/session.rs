@@ -79,7 +79,7 @@ pub(crate) fn initiate(
     let mut noise = builder(&psk)
         .and_then(|b| b.build_initiator())
         .map_err(noise_err(addr))?;
-    let mut msg = [0u8; MAX_RECORD];
+    let mut msg = vec![0u8; MAX_RECORD];
     let len = noise
         .write_message(&[], &mut msg)
         .map_err(noise_err(addr))?;
@@ -96,7 +96,7 @@ pub(crate) fn initiate(
     }
     let len = read_len(reader, addr)?;
     reader.read_exact(&mut msg[..len]).map_err(read_err(addr))?;
-    let mut payload = [0u8; MAX_RECORD];
+    let mut payload = vec![0u8; MAX_RECORD];
     noise
         .read_message(&msg[..len], &mut payload)
         .map_err(|_| mismatch(addr, true, true))?;
@@ -152,9 +152,9 @@ pub(crate) fn accept(
         .and_then(|b| b.build_responder())
         .map_err(noise_err(addr))?;
     let len = read_len(reader, addr)?;
-    let mut msg = [0u8; MAX_RECORD];
+    let mut msg = vec![0u8; MAX_RECORD];
     reader.read_exact(&mut msg[..len]).map_err(read_err(addr))?;
-    let mut payload = [0u8; MAX_RECORD];
+    let mut payload = vec![0u8; MAX_RECORD];
     if noise.read_message(&msg[..len], &mut payload).is_err() {
         return Err(refuse(writer, KeyProblem::DifferentKey));
     }
