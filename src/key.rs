@@ -182,7 +182,7 @@ impl fmt::Debug for NetworkKey {
 /// Which way a datagram goes; each way has its own key, so a reply can never be replayed
 /// to the tracker as a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
+pub enum Direction {
     /// From a node to the tracker.
     Request,
     /// From the tracker to a node.
@@ -196,15 +196,24 @@ pub(crate) enum Direction {
 /// datagram, with a 16-byte tag. The AES key is a keyed BLAKE3 hash of the salt under the
 /// direction's key, used for this one datagram, with a zero nonce; the magic and salt are
 /// authenticated as associated data.
+///
+/// [`TrackerClient`](crate::TrackerClient) and the tracker use it; it is public for tools
+/// that speak to a tracker directly, such as load generators.
 #[derive(Clone)]
-pub(crate) struct DatagramSeal {
+pub struct DatagramSeal {
     request: [u8; 32],
     reply: [u8; 32],
 }
 
+impl fmt::Debug for DatagramSeal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatagramSeal { .. }")
+    }
+}
+
 /// Why a sealed datagram was not opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unsealed {
+pub enum Unsealed {
     /// It does not start with [`SEALED_MAGIC`]: a plain datagram.
     Plain,
     /// It is sealed, but not under this key (or was altered).
@@ -212,6 +221,7 @@ pub(crate) enum Unsealed {
 }
 
 impl DatagramSeal {
+    /// Derives both directions' keys from the network key.
     pub fn new(key: &NetworkKey) -> Self {
         Self {
             request: key.derive("p2ptorrent 2026-11-25 tracker request"),
@@ -260,6 +270,11 @@ impl DatagramSeal {
 
     /// Opens a sealed datagram in place, returning its send time (milliseconds since the
     /// Unix epoch) and the plain datagram inside.
+    ///
+    /// # Errors
+    ///
+    /// [`Unsealed::Plain`] if it is not sealed at all, [`Unsealed::Unopenable`] if it is
+    /// not sealed under this key and direction, or was altered.
     pub fn open<'a>(
         &self,
         direction: Direction,
