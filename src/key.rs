@@ -14,7 +14,8 @@
 //!   (see `session`).
 //!
 //! Keys for each use are derived with BLAKE3's key derivation under distinct contexts, so
-//! no two uses share key material.
+//! no two uses share key material. The sealed envelope wraps the datagrams `messages`
+//! encodes, so its salt and time bytes are laid out here, not there.
 //!
 //! ```
 //! use p2ptorrent::{NetworkKey, NodeConfig, TrackerConfig};

@@ -17,6 +17,9 @@
 //! its own counter, so the reading and writing halves are independent. A record that fails
 //! authentication ends the connection.
 //!
+//! Records are framing below `messages`, wrapping its frames, so this module handles byte
+//! order for their lengths: the one exception to "only `messages` touches bytes".
+//!
 //! AES-256-GCM, through ring, because it is the fastest AEAD here: the CPU has AES-NI, VAES
 //! and carry-less multiply, and it seals and opens 3.7 GB/s against 1.2 GB/s for
 //! ChaCha20-Poly1305 (`cargo bench --bench seal`).
