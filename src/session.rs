@@ -21,7 +21,7 @@
 //! order for their lengths: the one exception to "only `messages` touches bytes".
 //!
 //! AES-256-GCM, through ring, because it is the fastest AEAD here: the CPU has AES-NI, VAES
-//! and carry-less multiply, and it seals and opens 3.7 GB/s against 1.2 GB/s for
+//! and carry-less multiply, and it seals and opens 3.7 GiB/s against 1.2 GiB/s for
 //! ChaCha20-Poly1305 (`cargo bench --bench seal`).
 
 use std::io::{self, BufWriter, Read, Write};
