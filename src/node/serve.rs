@@ -437,3 +437,70 @@ impl Read for DeadlineStream {
         self.stream.read(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::key::NetworkKey;
+    use crate::node::{Node, NodeConfig};
+    use crate::session;
+
+    /// Inside an encrypted session, after the hellos, a record trickled a byte at a time
+    /// is dropped at the handshake timeout, as a trickled plain frame is.
+    #[test]
+    fn a_trickled_record_is_dropped_at_the_deadline() {
+        let key = NetworkKey::from_bytes([5; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new("victim", dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .key(key.clone());
+        config.handshake_timeout = Duration::from_secs(1);
+        let (node, _events) = Node::start(config).unwrap();
+        let addr = node.local_addr();
+
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let session = session::initiate(&mut &stream, &mut &stream, &key, addr).unwrap();
+        let mut writer = LinkWriter::new(stream.try_clone().unwrap(), Some(session.clone()), 0);
+        let mut reader = LinkReader::new(stream.try_clone().unwrap(), Some(session), None);
+        let hello = Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node: "loris".into(),
+        };
+        write_frame(&mut writer, &hello).unwrap();
+        writer.flush().unwrap();
+        assert!(matches!(
+            read_frame(&mut reader),
+            Ok(Some(Message::Hello { .. }))
+        ));
+
+        // A record header promising 1,000 bytes, then a byte every 100 ms: 100 s.
+        let started = Instant::now();
+        let mut w = &stream;
+        w.write_all(&1000u16.to_be_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let dropped = (0..1000).find_map(|_| {
+            if w.write_all(&[0]).is_err() {
+                return Some(started.elapsed());
+            }
+            match (&stream).read(&mut [0u8; 64]) {
+                Ok(0) => Some(started.elapsed()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(started.elapsed()),
+                _ => None,
+            }
+        });
+        let dropped = dropped.expect("the node kept a trickling record open");
+        assert!(
+            dropped < Duration::from_secs(4),
+            "dropped after {dropped:?}"
+        );
+        node.shutdown().unwrap();
+    }
+}
