@@ -1,5 +1,8 @@
 //! `tracker`: runs a p2ptorrent tracker and prints its table whenever it changes.
 
+#[path = "common/keyflags.rs"]
+mod keyflags;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use crossbeam_channel::{bounded, select};
 use p2ptorrent::error::report;
-use p2ptorrent::{NetworkKey, Tracker, TrackerConfig, TrackerEvent};
+use p2ptorrent::{Tracker, TrackerConfig, TrackerEvent};
 
 /// Keeps which nodes own which files, and answers nodes over UDP.
 #[derive(Parser, Debug)]
@@ -36,36 +39,17 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.make_key {
-        return match NetworkKey::create(path) {
-            Ok(key) => {
-                println!(
-                    "wrote a new network key to {} (fingerprint {}); start the tracker and every node with --key {}",
-                    path.display(),
-                    key.fingerprint(),
-                    path.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("tracker: {}", report(&e));
-                ExitCode::FAILURE
-            }
-        };
+        return keyflags::make_key("tracker", path);
     }
     let mut config = TrackerConfig::new(args.listen).interval(Duration::from_secs(args.interval));
-    if let Some(path) = &args.key {
-        match NetworkKey::load(path) {
-            Ok(key) => config = config.key(key),
-            Err(e) => {
-                eprintln!("tracker: {}", report(&e));
-                return ExitCode::FAILURE;
-            }
+    match keyflags::load_key(args.key.as_deref()) {
+        Ok(key) => config.key = key,
+        Err(e) => {
+            eprintln!("tracker: {e}");
+            return ExitCode::FAILURE;
         }
     }
-    let network = match &config.key {
-        Some(key) => format!("private network, key {}", key.fingerprint()),
-        None => "open network, no key".into(),
-    };
+    let network = keyflags::describe(config.key.as_ref());
     let (tracker, events) = match Tracker::start(config) {
         Ok(started) => started,
         Err(e) => {

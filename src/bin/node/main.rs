@@ -1,6 +1,8 @@
 //! `node`: runs a p2ptorrent node that shares and downloads files, driven by flags and by
 //! commands typed on stdin.
 
+#[path = "../common/keyflags.rs"]
+mod keyflags;
 mod progress;
 mod prompt;
 
@@ -30,7 +32,7 @@ use std::time::Duration;
 use clap::Parser;
 use crossbeam_channel::{Receiver, bounded, never, select};
 use p2ptorrent::error::report;
-use p2ptorrent::{Download, Event, NetworkKey, Node, NodeConfig};
+use p2ptorrent::{Download, Event, Node, NodeConfig};
 use progress::Progress;
 use prompt::Command;
 
@@ -97,21 +99,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.make_key {
-        return match NetworkKey::create(path) {
-            Ok(key) => {
-                say!(
-                    "wrote a new network key to {} (fingerprint {}); start the tracker and every node with --key {}",
-                    path.display(),
-                    key.fingerprint(),
-                    path.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                esay!("node: {}", report(&e));
-                ExitCode::FAILURE
-            }
-        };
+        return keyflags::make_key("node", path);
     }
     let (Some(name), Some(&port)) = (args.name.clone(), args.ports.first()) else {
         esay!("node: -n NAME and -p PORT are required");
@@ -127,19 +115,14 @@ fn main() -> ExitCode {
         .max_owners(args.owners);
     config.upload_limit = args.upload_limit;
     config.download_limit = args.download_limit;
-    if let Some(path) = &args.key {
-        match NetworkKey::load(path) {
-            Ok(key) => config = config.key(key),
-            Err(e) => {
-                esay!("node {name}: {}", report(&e));
-                return ExitCode::FAILURE;
-            }
+    match keyflags::load_key(args.key.as_deref()) {
+        Ok(key) => config.key = key,
+        Err(e) => {
+            esay!("node {name}: {e}");
+            return ExitCode::FAILURE;
         }
     }
-    let network = match &config.key {
-        Some(key) => format!("private network, key {}", key.fingerprint()),
-        None => "open network, no key".into(),
-    };
+    let network = keyflags::describe(config.key.as_ref());
     let (node, events) = match Node::start(config) {
         Ok(started) => started,
         Err(e) => {
