@@ -550,6 +550,7 @@ fn invalid(what: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::read_frame;
     use std::os::unix::net::UnixStream;
     use std::thread;
 
@@ -570,30 +571,33 @@ mod tests {
         NetworkKey::from_bytes([byte; 32])
     }
 
-    /// Runs both sides of a handshake over a socket pair.
+    /// Runs both sides of a handshake over a socket pair. A keyless initiator sends a
+    /// plain hello and, if refused, reads the refusal as `PeerConn::connect` does; it never
+    /// has a session.
     fn handshake(
         ours: Option<NetworkKey>,
         theirs: Option<NetworkKey>,
     ) -> (Result<Session>, Result<Opened>) {
         let (a, b) = UnixStream::pair().unwrap();
         let responder = thread::spawn(move || accept(&mut &b, &mut &b, theirs.as_ref(), addr()));
-        let initiated = match &ours {
-            Some(k) => initiate(&mut &a, &mut &a, k, addr()),
-            None => {
-                // A keyless node opens with a plain frame.
-                write_frame(
-                    &mut &a,
-                    &Message::Hello {
-                        magic: crate::messages::MAGIC,
-                        version: crate::messages::PROTOCOL_VERSION,
-                        node: "plain".into(),
-                    },
-                )
-                .unwrap();
-                Err(Error::Shutdown)
-            }
+        if let Some(k) = &ours {
+            let initiated = initiate(&mut &a, &mut &a, k, addr());
+            return (initiated, responder.join().unwrap());
+        }
+        let hello = Message::Hello {
+            magic: crate::messages::MAGIC,
+            version: crate::messages::PROTOCOL_VERSION,
+            node: "plain".into(),
         };
-        (initiated, responder.join().unwrap())
+        write_frame(&mut &a, &hello).unwrap();
+        let opened = responder.join().unwrap();
+        let initiated = match (&opened, read_frame(&mut &a)) {
+            (Err(_), Ok(Some(Message::KeyRefused { has_key }))) => {
+                Err(mismatch(addr(), false, has_key))
+            }
+            (_, answer) => Err(Error::Handshake(format!("no session: {answer:?}"))),
+        };
+        (initiated, opened)
     }
 
     fn sessions() -> (Session, Session) {
@@ -706,7 +710,14 @@ mod tests {
         ));
         assert_eq!(problem(&b), Some(KeyProblem::TheyRequireKey));
 
-        let (_, b) = handshake(None, Some(key(1)));
+        let (a, b) = handshake(None, Some(key(1)));
+        assert!(matches!(
+            a,
+            Err(Error::KeyMismatch {
+                problem: KeyProblem::TheyRequireKey,
+                ..
+            })
+        ));
         assert_eq!(problem(&b), Some(KeyProblem::TheyHaveNoKey));
 
         let (_, b) = handshake(None, None);

@@ -326,7 +326,7 @@ impl Service {
         let Some(seal) = &self.seal else {
             if is_sealed(datagram) {
                 // Sealed by a node with a key: tell it this tracker has none.
-                self.refuse_key(from, 0, KeyProblem::TheyRequireKey, false, datagram.len());
+                self.refuse_key(from, 0, KeyProblem::TheyRequireKey, datagram.len());
             } else {
                 self.handle(datagram, from);
             }
@@ -340,30 +340,27 @@ impl Service {
                 let admitted = id
                     .ok_or(Replay::Seen)
                     .and_then(|id| self.replay.admit(id, sent, now));
-                if admitted == Err(Replay::OutsideWindow) {
-                    self.clock_skew(seal, body, sent, now, len, from);
-                }
-                match admitted {
-                    Ok(()) => self.handle(body, from),
+                let reason = match admitted {
+                    Ok(()) => return self.handle(body, from),
                     // No answer: a replay earns its sender nothing.
-                    Err(why) => self.emit(TrackerEvent::Rejected {
-                        from,
-                        reason: match why {
-                            Replay::Seen => "replayed request".into(),
-                            Replay::OutsideWindow => {
-                                "request sent outside the replay window (clocks differ?)".into()
-                            }
-                            Replay::Full => "too many sealed requests to remember".into(),
-                        },
-                    }),
-                }
+                    Err(Replay::Seen) => "replayed request",
+                    Err(Replay::Full) => "too many sealed requests to remember",
+                    Err(Replay::OutsideWindow) => {
+                        self.clock_skew(seal, body, sent, now, len, from);
+                        "request sent outside the replay window (clocks differ?)"
+                    }
+                };
+                self.emit(TrackerEvent::Rejected {
+                    from,
+                    reason: reason.into(),
+                });
             }
             Err(Unsealed::Plain) => match decode_request(datagram) {
-                Ok(req) => self.refuse_key(from, req.txid, KeyProblem::TheyHaveNoKey, true, len),
+                Ok(req) => self.refuse_key(from, req.txid, KeyProblem::TheyHaveNoKey, len),
                 Err(_) => self.emit(TrackerEvent::Malformed { from }),
             },
             Err(Unsealed::Unopenable) => {
-                self.refuse_key(from, 0, KeyProblem::DifferentKey, true, len);
+                self.refuse_key(from, 0, KeyProblem::DifferentKey, len);
             }
         }
     }
@@ -399,14 +396,8 @@ impl Service {
 
     /// Answers a datagram not sealed under this tracker's key with a plain `KeyRefused`,
     /// if that is smaller than the datagram (it always is for a real request).
-    fn refuse_key(
-        &self,
-        from: SocketAddr,
-        txid: u64,
-        problem: KeyProblem,
-        has_key: bool,
-        request_len: usize,
-    ) {
+    fn refuse_key(&self, from: SocketAddr, txid: u64, problem: KeyProblem, request_len: usize) {
+        let has_key = self.seal.is_some();
         self.emit(TrackerEvent::Rejected {
             from,
             reason: format!("node {from} {problem}"),

@@ -112,6 +112,8 @@ impl RecordingProxy {
 }
 
 fn pipe(mut from: TcpStream, mut to: TcpStream, recorded: &Mutex<Vec<u8>>) {
+    // A test that fails leaves no pipe waiting forever.
+    let _ = from.set_read_timeout(Some(PATIENCE));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
@@ -379,11 +381,12 @@ impl UdpRelay {
         let socket = UdpSocket::bind(localhost()).unwrap();
         let addr = socket.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
         let (sock, reqs) = (socket.try_clone().unwrap(), Arc::clone(&requests));
         thread::spawn(move || {
             let mut buf = vec![0u8; 65_536];
             let mut node = None;
-            // Ends with the process; the tests finish long before.
+            // Ends after a minute with nothing to relay, or with the process.
             while let Ok((n, from)) = sock.recv_from(&mut buf) {
                 if from == tracker {
                     if let Some(node) = node {

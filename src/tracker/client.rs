@@ -305,8 +305,9 @@ impl TrackerClient {
             match socket.recv(buf) {
                 Ok(n) => {
                     let datagram = &mut buf[..n];
+                    let sealed = is_sealed(datagram);
                     let reply = match &self.seal {
-                        Some(seal) if is_sealed(datagram) => seal
+                        Some(seal) if sealed => seal
                             .open(Direction::Reply, datagram)
                             .ok()
                             .and_then(|(_, body)| decode_reply(body).ok()),
@@ -323,10 +324,7 @@ impl TrackerClient {
                                 return Ok(None);
                             }
                         }
-                        Some(reply)
-                            if reply.txid == txid
-                                && (self.seal.is_none() || is_sealed(&buf[..n])) =>
-                        {
+                        Some(reply) if reply.txid == txid && (self.seal.is_none() || sealed) => {
                             return Ok(Some(reply));
                         }
                         _ => {}
