@@ -96,6 +96,19 @@ pub enum Error {
         file: String,
     },
 
+    /// A download found a `.part` or resume record in its way that it cannot prove a
+    /// download of this crate made; the file is left untouched.
+    #[error(
+        "{} is in the way and was not made by a download of this node ({reason}); it is left alone: move it away or download into another folder",
+        path.display()
+    )]
+    NotOurs {
+        /// The file in the way.
+        path: PathBuf,
+        /// Why it is not taken for ours.
+        reason: &'static str,
+    },
+
     /// A file to share is not a regular file in the node's folder.
     #[error("{} is not a regular file", path.display())]
     NotAFile {

@@ -117,6 +117,25 @@ impl Manifest {
             .is_some_and(|h| blake3::hash(data).as_bytes() == h)
     }
 
+    /// Returns the pieces that are all zero bytes, found by comparing hashes (two hashes
+    /// computed, nothing read): a new `.part` of the right length already holds them.
+    pub(crate) fn zero_pieces(&self) -> Vec<u32> {
+        let g = self.geometry;
+        let count = g.piece_count();
+        let full = blake3::hash(&vec![0u8; g.piece_len(0).unwrap_or(0) as usize]);
+        let last_len = count
+            .checked_sub(1)
+            .and_then(|l| g.piece_len(l))
+            .unwrap_or(0);
+        let last = blake3::hash(&vec![0u8; last_len as usize]);
+        (0..count)
+            .filter(|&i| {
+                let zero = if i + 1 == count { &last } else { &full };
+                self.hashes.get(i as usize) == Some(zero.as_bytes())
+            })
+            .collect()
+    }
+
     /// Returns, for each piece in `which`, whether `file` (laid out as this manifest says)
     /// holds it.
     ///

@@ -40,8 +40,10 @@ pub const MAX_FRAME_LEN: u32 = 8 * 1024 * 1024;
 pub const MAX_DATA_LEN: u32 = MAX_PIECE_SIZE;
 /// Largest tracker datagram, in either direction.
 pub const MAX_DATAGRAM_LEN: usize = 65_507;
-/// Longest file name, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
+/// Longest file name, in bytes: 255 (the usual file system limit) less the longest suffix a
+/// download's temporary files add (`.part.state.tmp`), so every name that can be shared can
+/// be downloaded and resumed.
+pub const MAX_NAME_LEN: usize = 240;
 /// Longest node name, in bytes.
 pub const MAX_NODE_NAME_LEN: usize = 64;
 
@@ -341,8 +343,14 @@ pub struct ResumeRecord {
     pub content: ContentId,
     /// How many pieces the file has.
     pub pieces: u32,
-    /// Which are verified and synced to disk, as in [`Message::Bitfield`].
+    /// Which are verified and synced to disk, as in [`Message::Bitfield`]. A hint: on
+    /// resume every piece is verified again.
     pub bits: Vec<u8>,
+    /// The device of the `.part` this record belongs to.
+    pub dev: u64,
+    /// The inode of that `.part`: a download adopts an existing `.part` only if its record
+    /// names that very file.
+    pub ino: u64,
 }
 
 /// First bytes of a [`ResumeRecord`].
@@ -372,8 +380,9 @@ pub fn decode_record(bytes: &[u8]) -> Option<ResumeRecord> {
 
 /// Checks that `name` is a plain file name, safe to join to a node's folder.
 ///
-/// A plain name is 1 to [`MAX_NAME_LEN`] bytes with no `/`, `\`, NUL or control
-/// character, and is not `.` or `..`. Absolute paths and traversal fail the separator
+/// A plain name is 1 to [`MAX_NAME_LEN`] bytes with no `/`, `\`, NUL, control character
+/// or bidirectional formatting character (which can make `evil\u{202e}txt.exe` read as
+/// `evilexe.txt`), and is not `.` or `..`. Absolute paths and traversal fail the separator
 /// rule.
 ///
 /// # Errors
@@ -386,11 +395,17 @@ pub fn check_file_name(name: &str) -> Result<()> {
         || name == ".."
         || name
             .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control());
+            .any(|c| c == '/' || c == '\\' || c.is_control() || is_bidi_control(c));
     if bad {
         return Err(Error::InvalidName { name: name.into() });
     }
     Ok(())
+}
+
+/// Returns whether `c` changes the direction text is shown in (U+200E, U+200F, U+202A to
+/// U+202E, U+2066 to U+2069).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Writes one frame: a 4-byte big-endian length, then the postcard body.
@@ -784,6 +799,8 @@ mod tests {
             content: content(),
             pieces: 10,
             bits: vec![0xFF, 0xC0],
+            dev: 7,
+            ino: 1 << 40,
         };
         let bytes = encode_record(&record).unwrap();
         assert_eq!(decode_record(&bytes), Some(record));

@@ -13,6 +13,7 @@
 
 mod download;
 mod limit;
+mod part;
 mod peer;
 mod schedule;
 mod serve;

@@ -58,7 +58,7 @@ fn tracker_with_interval(
 }
 
 /// Writes `name.part` into `node`'s folder holding the pieces of `original` in `pieces`
-/// and zeros elsewhere, as an interrupted download leaves it.
+/// and zeros elsewhere, with its resume record, as an interrupted download leaves them.
 fn plant_part(
     node: &TestNode,
     original: &std::path::Path,
@@ -72,7 +72,9 @@ fn plant_part(
             chunk.fill(0);
         }
     }
-    std::fs::write(node.path(&format!("{name}.part")), bytes).unwrap();
+    let part = node.path(&format!("{name}.part"));
+    std::fs::write(&part, bytes).unwrap();
+    plant_record(&part, original);
 }
 
 /// Two nodes that each hold half the pieces (their downloads stalled by a download limit
@@ -185,7 +187,7 @@ fn a_downloader_stopped_midway_resumes_and_fetches_only_what_is_missing() {
     first.shutdown().unwrap();
     assert!(matches!(download.wait(), Err(p2ptorrent::Error::Shutdown)));
     assert!(folder.path().join("f.bin.part").exists());
-    // The record lists what was synced; the resumed download trusts it, verifies the rest.
+    // The record lists what was synced; the resumed download verifies every piece again.
     let record = std::fs::read(folder.path().join("f.bin.part.state")).unwrap();
     let record = p2ptorrent::messages::decode_record(&record).expect("a whole record");
     let recorded: u32 = record.bits.iter().map(|b| b.count_ones()).sum();
@@ -284,10 +286,10 @@ fn leechers_trade_pieces_so_the_seeder_sends_little_more_than_one_copy() {
     tracker.shutdown().unwrap();
 }
 
-/// A torn resume record (cut short, as a crash while writing it would leave it) is not
-/// trusted: the `.part` is verified again and the download is exact.
+/// A torn resume record (cut short, or altered) cannot prove that the `.part` beside it is
+/// this node's: the download refuses, and both files are left byte for byte.
 #[test]
-fn a_torn_resume_record_is_survived() {
+fn a_torn_resume_record_is_refused_and_nothing_is_touched() {
     let (tracker, _te) = start_tracker();
     let seeder = start_node("seeder", tracker.local_addr());
     let size = 16 * u64::from(PIECE);
@@ -295,24 +297,21 @@ fn a_torn_resume_record_is_survived() {
     seeder.node.share("f.bin").unwrap();
     let leech = start_node("leech", tracker.local_addr());
     plant_part(&leech, &seeder.path("f.bin"), "f.bin", 0..4);
-    // A record claiming every piece but torn: its checksum cannot match.
-    let manifest =
-        p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
-    let whole = p2ptorrent::messages::encode_record(&p2ptorrent::messages::ResumeRecord {
-        magic: p2ptorrent::messages::RECORD_MAGIC,
-        content: manifest.content(),
-        pieces: 16,
-        bits: vec![0xFF, 0xFF],
-    })
-    .unwrap();
-    std::fs::write(leech.path("f.bin.part.state"), &whole[..whole.len() - 5]).unwrap();
-    let report = leech.node.download("f.bin").unwrap().wait().unwrap();
-    assert_eq!(report.resumed, 4);
-    assert_eq!(
-        report.from.iter().map(|(_, n)| n).sum::<u64>(),
-        12 * u64::from(PIECE)
+    let record = leech.path("f.bin.part.state");
+    let whole = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &whole[..whole.len() - 5]).unwrap();
+    let part_before = std::fs::read(leech.path("f.bin.part")).unwrap();
+    let err = leech.node.download("f.bin").unwrap().wait().unwrap_err();
+    assert!(
+        matches!(err, p2ptorrent::Error::NotOurs { ref path, .. } if *path == record),
+        "{err}"
     );
-    assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
+    assert_eq!(std::fs::read(&record).unwrap(), whole[..whole.len() - 5]);
+    assert_eq!(
+        std::fs::read(leech.path("f.bin.part")).unwrap(),
+        part_before
+    );
+    assert!(!leech.path("f.bin").exists());
     leech.shutdown();
     seeder.shutdown();
     tracker.shutdown().unwrap();

@@ -19,10 +19,8 @@
 //! size.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -33,10 +31,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::messages::{
-    ContentId, OwnerInfo, RECORD_MAGIC, ResumeRecord, decode_record, encode_record,
-};
+use crate::messages::{ContentId, OwnerInfo};
 
+use super::part::{Opened, Part, Publish};
 use super::peer::PeerConn;
 use super::schedule::{Bitfield, Schedule};
 use super::store::SharedFile;
@@ -136,10 +133,22 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
         return Err(Error::NoOwners { file: file.into() });
     }
     let (manifest, first) = fetch_manifest(ctx, file, listed.content, &mut owners)?;
-    let part_path = ctx.store.dir().join(format!("{file}.part"));
-    let record_path = ctx.store.dir().join(format!("{file}.part.state"));
-    let (part, mut done) = open_part(&part_path, &record_path, &manifest)?;
+    let Opened {
+        part,
+        mut done,
+        record_lied,
+    } = Part::open(ctx.store.dir(), file, &manifest)?;
+    if record_lied > 0 {
+        ctx.emit(Event::RecordFailed {
+            file: file.into(),
+            error: format!(
+                "{record_lied} pieces {} listed as verified did not verify; fetching them again",
+                part.record_path().display()
+            ),
+        });
+    }
     let resumed = done.count();
+    let part_path = part.path().to_owned();
     // Serve what we hold while we download; withdrawn if the download fails, replaced by
     // the finished file if it succeeds.
     let partial = ctx
@@ -161,8 +170,6 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
         file,
         manifest: &manifest,
         part: &part,
-        part_path: &part_path,
-        record_path: &record_path,
         recorded: Mutex::new(0),
         sched: Mutex::new(Schedule::new(&done, 1, 0)),
         wake: Condvar::new(),
@@ -229,22 +236,11 @@ pub(super) fn run(ctx: &Ctx, file: &str) -> Result<DownloadReport> {
             asked_again = false;
         }
     }
-    part.sync_all().map_err(|source| Error::File {
-        op: "syncing",
-        path: part_path.clone(),
-        source,
-    })?;
     let received = dl.received.into_inner();
-    drop(part);
-    publish(&part_path, &final_path).map_err(|e| match e {
-        PublishError::Exists => exists(),
-        PublishError::Io(op, source) => Error::File {
-            op,
-            path: final_path.clone(),
-            source,
-        },
+    part.publish(&final_path).map_err(|e| match e {
+        Publish::Exists => exists(),
+        Publish::Failed(e) => e,
     })?;
-    let _ = std::fs::remove_file(&record_path);
     let shared = ctx
         .store
         .insert(file, final_path.clone(), manifest.clone())?;
@@ -410,114 +406,12 @@ fn fetch_manifest<'a>(
     })
 }
 
-/// Opens `NAME.part`, keeping the pieces of an earlier run.
-///
-/// Pieces its resume record (`NAME.part.state`) lists are trusted: the record is written
-/// only after the `.part` is synced. Every other piece of a `.part` of the right length
-/// is verified again, since it may have been written after the last record. A record that
-/// is missing, torn or for other content is ignored, and then every piece is verified.
-fn open_part(path: &Path, record: &Path, manifest: &Manifest) -> Result<(File, Bitfield)> {
-    let err = |op| {
-        move |source| Error::File {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(err("creating"))?;
-    let len = file.metadata().map_err(err("reading metadata of"))?.len();
-    let pieces = manifest.piece_count();
-    if len != manifest.size() || len == 0 {
-        file.set_len(0).map_err(err("truncating"))?;
-        file.set_len(manifest.size()).map_err(err("allocating"))?;
-        return Ok((file, Bitfield::empty(pieces)));
-    }
-    let mut done = std::fs::read(record)
-        .ok()
-        .and_then(|bytes| decode_record(&bytes))
-        .filter(|r| r.content == manifest.content() && r.pieces == pieces)
-        .and_then(|r| Bitfield::from_bytes(r.bits, pieces))
-        .unwrap_or_else(|| Bitfield::empty(pieces));
-    let unknown: Vec<u32> = (0..pieces).filter(|&i| !done.get(i)).collect();
-    let verified = manifest
-        .verified_pieces(&file, &unknown)
-        .map_err(err("verifying"))?;
-    for (&i, ok) in unknown.iter().zip(verified) {
-        if ok {
-            done.set(i);
-        }
-    }
-    Ok((file, done))
-}
-
-/// Records durably which pieces are verified: syncs the `.part` first, so the record never
-/// claims a piece that is not on disk, then replaces the record atomically.
-fn save_record(
-    part: &File,
-    record: &Path,
-    content: ContentId,
-    done: &Bitfield,
-) -> std::io::Result<()> {
-    part.sync_data()?;
-    let bytes = encode_record(&ResumeRecord {
-        magic: RECORD_MAGIC,
-        content,
-        pieces: done.len(),
-        bits: done.as_bytes().to_vec(),
-    })
-    .map_err(std::io::Error::other)?;
-    let tmp = record.with_extension("state.tmp");
-    let mut f = File::create(&tmp)?;
-    std::io::Write::write_all(&mut f, &bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, record)
-}
-
-enum PublishError {
-    Exists,
-    Io(&'static str, std::io::Error),
-}
-
-/// Moves the finished `.part` to its final name without ever replacing a file there.
-fn publish(part: &Path, target: &Path) -> Result<(), PublishError> {
-    match std::fs::hard_link(part, target) {
-        Ok(()) => {
-            std::fs::remove_file(part).map_err(|e| PublishError::Io("removing .part of", e))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(PublishError::Exists);
-        }
-        // No hard links on this file system: check, then rename.
-        Err(_) => {
-            if target.symlink_metadata().is_ok() {
-                return Err(PublishError::Exists);
-            }
-            std::fs::rename(part, target).map_err(|e| PublishError::Io("renaming .part to", e))?;
-        }
-    }
-    if let Some(dir) = target.parent()
-        && let Ok(d) = File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// The state the workers of one download share.
 struct Dl<'a> {
     ctx: &'a Ctx,
     file: &'a str,
     manifest: &'a Manifest,
-    part: &'a File,
-    part_path: &'a PathBuf,
-    /// The resume record beside the `.part`.
-    record_path: &'a PathBuf,
+    part: &'a Part,
     /// How many pieces the resume record last listed.
     recorded: Mutex<u32>,
     sched: Mutex<Schedule>,
@@ -675,11 +569,11 @@ impl<'a> Dl<'a> {
         if done.count() == *recorded || done.count() == done.len() {
             return;
         }
-        match save_record(self.part, self.record_path, self.manifest.content(), &done) {
+        match self.part.save_record(&done) {
             Ok(()) => *recorded = done.count(),
             Err(e) => self.ctx.emit(Event::RecordFailed {
                 file: self.file.into(),
-                error: format!("saving {}: {e}", self.record_path.display()),
+                error: format!("saving {}: {e}", self.part.record_path().display()),
             }),
         }
     }
@@ -903,8 +797,8 @@ impl<'a> Dl<'a> {
                 });
             }
             let offset = geometry.piece_range(piece).map_or(0, |r| r.start);
-            if let Err(source) = self.part.write_all_at(data, offset) {
-                let path = self.part_path.clone();
+            if let Err(source) = self.part.file().write_all_at(data, offset) {
+                let path = self.part.path().to_owned();
                 *self.fatal.lock() = Some(Error::File {
                     op: "writing",
                     path,

@@ -152,6 +152,26 @@ pub fn assert_same_file(a: &Path, b: &Path) {
 }
 
 /// Lists the `.part` files left in a folder.
+/// Writes the resume record an interrupted download leaves beside `part`, naming that very
+/// file, so that a download adopts the planted `.part` of `original` as its own (a `.part`
+/// without one is left alone). The record lists no piece: every piece is verified anyway.
+pub fn plant_record(part: &Path, original: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let manifest = Manifest::from_file(original, Some(PIECE)).unwrap();
+    let meta = std::fs::metadata(part).unwrap();
+    let pieces = manifest.piece_count();
+    let record = p2ptorrent::messages::encode_record(&p2ptorrent::messages::ResumeRecord {
+        magic: p2ptorrent::messages::RECORD_MAGIC,
+        content: manifest.content(),
+        pieces,
+        bits: vec![0; pieces.div_ceil(8) as usize],
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+    .unwrap();
+    std::fs::write(format!("{}.state", part.display()), record).unwrap();
+}
+
 pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
