@@ -109,6 +109,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// An owner sent so much more slowly than the others that it was dropped.
+    #[error("peer {addr} is too slow: {why}")]
+    Slow {
+        /// The owner.
+        addr: SocketAddr,
+        /// How slow, against the others.
+        why: String,
+    },
+
     /// A file to share is not a regular file in the node's folder.
     #[error("{} is not a regular file", path.display())]
     NotAFile {

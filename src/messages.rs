@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::split::MAX_PIECE_SIZE;
 
 /// Version of the tracker and peer protocols; both sides must agree.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every peer handshake.
 pub const MAGIC: [u8; 4] = *b"P2PT";
 /// Largest control frame (everything but raw piece data): room for the piece list of the
@@ -328,6 +328,15 @@ pub enum Message {
     KeyRefused {
         /// Whether the sender has a network key.
         has_key: bool,
+    },
+    /// The sender now holds these pieces too. An owner sends it unasked (pieces it verified
+    /// since, or, for a file it holds complete, pieces it now offers); a downloader sends it
+    /// to its owners as it verifies pieces.
+    Have {
+        /// The file's content id.
+        content: ContentId,
+        /// The pieces.
+        pieces: Vec<u32>,
     },
 }
 

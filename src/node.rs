@@ -16,6 +16,8 @@ mod limit;
 mod part;
 mod peer;
 mod schedule;
+mod seeding;
+mod send;
 mod serve;
 mod store;
 
@@ -71,6 +73,9 @@ pub struct NodeConfig {
     /// How long a peer has to complete its hello, and any later frame once it has begun:
     /// a peer trickling bytes to hold a connection open (slow loris) is dropped.
     pub handshake_timeout: Duration,
+    /// How many connections may be sent pieces of complete files at once, node-wide; the
+    /// others wait their turn, in order (see the `seeding` module).
+    pub upload_slots: usize,
     /// Bytes per second this node sends to all peers together; `None` is unlimited.
     pub upload_limit: Option<u64>,
     /// Bytes per second this node receives from all peers together; `None` is unlimited.
@@ -99,6 +104,7 @@ impl NodeConfig {
             max_connections: 64,
             max_connections_per_ip: 16,
             handshake_timeout: Duration::from_secs(10),
+            upload_slots: 4,
             upload_limit: None,
             download_limit: None,
             key: None,
@@ -399,8 +405,11 @@ impl Node {
         if let Some(key) = &config.key {
             tracker = tracker.with_key(key);
         }
-        let (config_upload_limit, config_download_limit) =
-            (config.upload_limit, config.download_limit);
+        let (config_upload_limit, config_download_limit, config_upload_slots) = (
+            config.upload_limit,
+            config.download_limit,
+            config.upload_slots,
+        );
         let ctx = Arc::new(Ctx {
             store: Store::new(config.dir.clone()),
             config,
@@ -415,6 +424,8 @@ impl Node {
             downloading: Mutex::new(std::collections::BTreeSet::new()),
             upload_limit: config_upload_limit.map(RateLimiter::new),
             download_limit: config_download_limit.map(RateLimiter::new),
+            turns: seeding::Turns::new(config_upload_slots),
+            stop: stop_rx.clone(),
         });
         let mut threads = Vec::new();
         let accept_ctx = Arc::clone(&ctx);
@@ -574,6 +585,10 @@ pub(crate) struct Ctx {
     upload_limit: Option<RateLimiter>,
     /// Shared by every download worker.
     download_limit: Option<RateLimiter>,
+    /// The line of connections waiting for an upload turn of a complete file.
+    turns: seeding::Turns,
+    /// Disconnected when the node shuts down: every thread's loop selects on it.
+    stop: Receiver<()>,
 }
 
 impl Ctx {
@@ -703,6 +718,13 @@ struct ConnGuard<'a> {
     id: u64,
 }
 
+impl ConnGuard<'_> {
+    /// Returns the connection's id, unique within the node.
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 impl Drop for ConnGuard<'_> {
     fn drop(&mut self) {
         self.conns.inner.lock().open.remove(&self.id);
@@ -798,16 +820,17 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let spawned = thread::Builder::new()
                 .name("node-download".into())
                 .spawn(move || {
-                    let result = download::run(&dl_ctx, &name);
-                    dl_ctx.downloading.lock().remove(&name);
-                    match &result {
-                        Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
-                        Err(e) => dl_ctx.emit(Event::DownloadFailed {
-                            file: name,
-                            error: e.to_string(),
-                        }),
-                    }
-                    let _ = reply.send(result);
+                    download::run(&dl_ctx, &name, |result| {
+                        dl_ctx.downloading.lock().remove(&name);
+                        match &result {
+                            Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
+                            Err(e) => dl_ctx.emit(Event::DownloadFailed {
+                                file: name.clone(),
+                                error: e.to_string(),
+                            }),
+                        }
+                        let _ = reply.send(result);
+                    });
                 });
             match spawned {
                 Ok(handle) => downloads.push(handle),

@@ -206,14 +206,6 @@ impl<R: Read + Deadline> LinkReader<R> {
             Self::Sealed(s) => &mut s.inner,
         }
     }
-
-    /// Whether bytes already received wait here to be read.
-    pub fn buffered(&self) -> bool {
-        match self {
-            Self::Plain(_) => false,
-            Self::Sealed(s) => s.pos < s.plain.len() || s.start < s.end,
-        }
-    }
 }
 
 impl<R: Read + Deadline> Read for LinkReader<R> {

@@ -49,11 +49,14 @@ fn assert_closed(s: &mut TcpStream) {
     }
 }
 
+/// The size of the victim's file: more pieces than a node offers at once.
+const VICTIM_SIZE: u32 = 1_000_000;
+
 /// A node sharing one file, for the probes to attack.
 fn victim() -> (p2ptorrent::Tracker, TestNode) {
     let (tracker, _te) = start_tracker();
     let node = start_node("victim", tracker.local_addr());
-    write_random(&node.path("f.bin"), 1, 200_000);
+    write_random(&node.path("f.bin"), 1, u64::from(VICTIM_SIZE));
     node.node.share("f.bin").unwrap();
     (tracker, node)
 }
@@ -183,8 +186,8 @@ fn garbage_and_oversized_frames_drop_only_that_connection() {
 fn out_of_range_requests_are_rejected() {
     let (tracker, node) = victim();
     let content = node.node.status().unwrap().shared[0].content;
-    let pieces = 200_000u32.div_ceil(PIECE);
-    let last_len = 200_000 - (pieces - 1) * PIECE;
+    let pieces = VICTIM_SIZE.div_ceil(PIECE);
+    let last_len = VICTIM_SIZE - (pieces - 1) * PIECE;
     let bad = [
         (pieces, 0, 10),               // no such piece
         (0, 0, PIECE + 1),             // longer than a piece
@@ -194,8 +197,8 @@ fn out_of_range_requests_are_rejected() {
         (u32::MAX, u32::MAX, u32::MAX),
     ];
     for (piece, offset, len) in bad {
-        let mut s = connect(node.node.local_addr());
-        hello(&mut s);
+        let (mut s, mut r) = asked_about(node.node.local_addr(), "f.bin");
+        read_offers(&mut r, content);
         write_frame(
             &mut s,
             &Message::Request {
@@ -206,27 +209,34 @@ fn out_of_range_requests_are_rejected() {
             },
         )
         .unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
         match read_frame(&mut r) {
-            Ok(Some(Message::Reject { .. })) => {}
+            Ok(Some(Message::Reject { reason })) => {
+                assert!(reason.contains("out of range"), "{reason}")
+            }
             other => panic!("piece {piece} {offset}+{len}: {other:?}"),
         }
         assert_closed(&mut s);
     }
-    // A valid partial request still works.
-    let mut s = connect(node.node.local_addr());
-    hello(&mut s);
-    write_frame(
-        &mut s,
-        &Message::Request {
-            content,
-            piece: 1,
-            offset: 100,
-            len: 50,
-        },
-    )
-    .unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
+    // A piece held but not offered (the node offers a complete file a few pieces at a
+    // time) is refused too.
+    let (mut s, mut r) = asked_about(node.node.local_addr(), "f.bin");
+    let offered = read_offers(&mut r, content);
+    let not_offered = (0..pieces).find(|p| !offered.contains(p)).unwrap();
+    let ask = |piece, offset, len| Message::Request {
+        content,
+        piece,
+        offset,
+        len,
+    };
+    write_frame(&mut s, &ask(not_offered, 0, 10)).unwrap();
+    match read_frame(&mut r) {
+        Ok(Some(Message::Reject { reason })) => assert!(reason.contains("not offered")),
+        other => panic!("{other:?}"),
+    }
+    // A valid partial request of an offered piece still works.
+    let (mut s, mut r) = asked_about(node.node.local_addr(), "f.bin");
+    let piece = read_offers(&mut r, content)[0];
+    write_frame(&mut s, &ask(piece, 100, 50)).unwrap();
     assert!(matches!(
         read_frame(&mut r).unwrap(),
         Some(Message::Data { len: 50, .. })
@@ -234,10 +244,51 @@ fn out_of_range_requests_are_rejected() {
     let mut got = [0u8; 50];
     r.read_exact(&mut got).unwrap();
     let all = std::fs::read(node.path("f.bin")).unwrap();
-    let start = PIECE as usize + 100;
+    let start = (piece * PIECE) as usize + 100;
     assert_eq!(&got[..], &all[start..start + 50]);
     node.shutdown();
     tracker.shutdown().unwrap();
+}
+
+/// Opens a connection, asks about `file` and says it holds none of it, as a downloader
+/// does; returns the stream and a reader past the size information.
+fn asked_about(addr: std::net::SocketAddr, file: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let mut s = connect(addr);
+    hello(&mut s);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    write_frame(
+        &mut s,
+        &Message::SizeRequest {
+            file: file.into(),
+            hashes: false,
+        },
+    )
+    .unwrap();
+    let Ok(Some(Message::SizeInfo(info))) = read_frame(&mut r) else {
+        panic!("no size information");
+    };
+    let Ok(Some(Message::Bitfield { bits, .. })) = read_frame(&mut r) else {
+        panic!("no bitfield");
+    };
+    let pieces = u32::try_from(info.size.div_ceil(u64::from(info.piece_size))).unwrap();
+    assert_eq!(bits.len(), pieces.div_ceil(8) as usize);
+    write_frame(
+        &mut s,
+        &Message::Bitfield {
+            content: info.content,
+            bits: vec![0; bits.len()],
+        },
+    )
+    .unwrap();
+    (s, r)
+}
+
+/// Reads the pieces the node offers in its next `Have`.
+fn read_offers(r: &mut BufReader<TcpStream>, content: ContentId) -> Vec<u32> {
+    match read_frame(r) {
+        Ok(Some(Message::Have { content: c, pieces })) if c == content => pieces,
+        other => panic!("expected offers, got {other:?}"),
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Several hosts: the tracker and each node in a network namespace of its own, with its own
-//! address on a private switch (10.231.0.0/24) and its sending capped at 200 Mbit/s by a
+//! address on a private switch (10.231.0.0/16, built by `benches/support/lab.rs`) and its sending capped at 200 Mbit/s by a
 //! token bucket (`tc tbf`), instead of loopback; the binaries as a person runs them, in a
 //! private network under a key.
 //!
@@ -9,109 +9,28 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use p2ptorrent::NetworkKey;
 
-/// Namespaces joined by a bridge in a namespace of its own.
-struct Lab {
-    prefix: String,
-    hosts: Vec<String>,
-}
+#[path = "../benches/support/lab.rs"]
+mod lab;
+use lab::Lab;
 
-impl Lab {
-    /// Makes a namespace per host, the `i`-th at 10.231.0.`i + 1`; `None` without root.
-    fn new(hosts: &[&str]) -> Option<Self> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if !root || Command::new("ip").arg("-V").output().is_err() {
-            return None;
-        }
-        let lab = Self {
-            prefix: format!("p2pt{}", std::process::id()),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-        };
-        let sw = lab.ns("sw");
-        ip(&["netns", "add", &sw]);
-        lab.exec_ok(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
-        lab.exec_ok(&sw, &["ip", "link", "set", "br0", "up"]);
-        for (i, host) in hosts.iter().enumerate() {
-            let ns = lab.ns(host);
-            let port = format!("p{i}");
-            ip(&["netns", "add", &ns]);
-            ip(&[
-                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
-                "netns", &sw,
-            ]);
-            lab.exec_ok(&sw, &["ip", "link", "set", &port, "master", "br0", "up"]);
-            let addr = format!("{}/24", Self::addr(i));
-            lab.exec_ok(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-            lab.exec_ok(&ns, &["ip", "addr", "add", &addr, "dev", "eth0"]);
-            lab.exec_ok(&ns, &["ip", "link", "set", "eth0", "up"]);
-            lab.exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
-            lab.exec_ok(
-                &ns,
-                &[
-                    "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "200mbit", "burst",
-                    "256kb", "latency", "50ms",
-                ],
-            );
-        }
-        Some(lab)
-    }
-
-    fn addr(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 231, 0, u8::try_from(i + 1).unwrap())
-    }
-
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
-    }
-
-    fn exec_ok(&self, ns: &str, cmd: &[&str]) {
-        let mut args = vec!["netns", "exec", ns];
-        args.extend_from_slice(cmd);
-        ip(&args);
-    }
-
-    /// Starts `bin` with `args` on host `host`.
-    fn start(&self, host: &str, bin: &str, args: &[&str], cwd: &Path) -> Proc {
-        let ns = self.ns(host);
-        let mut full = vec!["netns", "exec", ns.as_str(), bin];
-        full.extend_from_slice(args);
-        Proc::start("ip", &full, cwd, Stdio::null())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes its end of each veth pair, and so the pair.
-        for host in self.hosts.iter().map(String::as_str).chain(["sw"]) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(host)])
-                .status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Starts `bin` with `args` on `host` of `lab`.
+fn start(lab: &Lab, host: &str, bin: &str, args: &[&str], cwd: &Path) -> Proc {
+    let ns = lab.ns(host);
+    let mut full = vec!["netns", "exec", ns.as_str(), bin];
+    full.extend_from_slice(args);
+    Proc::start("ip", &full, cwd, Stdio::null())
 }
 
 #[test]
 fn nodes_on_other_hosts_share_a_file_in_a_private_network() {
-    let Some(lab) = Lab::new(&["tracker", "a", "b", "c"]) else {
+    let hosts = ["tracker", "a", "b", "c"].map(String::from);
+    let Some(lab) = Lab::new("p2pt", &hosts, "200mbit") else {
         eprintln!("skipped: creating network namespaces needs root and iproute2");
         return;
     };
@@ -119,7 +38,8 @@ fn nodes_on_other_hosts_share_a_file_in_a_private_network() {
     let cwd = work.path();
     NetworkKey::create(&cwd.join("net.key")).unwrap();
     let tracker_addr = format!("{}:12340", Lab::addr(0));
-    let mut tracker = lab.start(
+    let mut tracker = start(
+        &lab,
         "tracker",
         TRACKER_BIN,
         &[
@@ -155,7 +75,7 @@ fn nodes_on_other_hosts_share_a_file_in_a_private_network() {
             "--no-prompt",
         ];
         args.extend_from_slice(extra);
-        lab.start(&name.to_lowercase(), NODE_BIN, &args, cwd)
+        start(&lab, &name.to_lowercase(), NODE_BIN, &args, cwd)
     };
     let mut a = node("A", 1, &["--upload", "f.bin"]);
     a.line_with("sharing f.bin");

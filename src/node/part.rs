@@ -256,7 +256,7 @@ impl Part {
     ///
     /// [`Error::AlreadyExists`]-style refusals come back as [`Publish::Exists`]; a `.part`
     /// replaced behind the download's back as [`Error::NotOurs`]; I/O as [`Error::File`].
-    pub fn publish(self, target: &Path) -> Result<(), Publish> {
+    pub fn publish(&self, target: &Path) -> Result<(), Publish> {
         let io = |op, path: &Path| {
             let path = path.to_owned();
             move |source| Publish::Failed(Error::File { op, path, source })

@@ -1,11 +1,13 @@
 //! Asking a peer: one outbound connection, used by one download worker.
 //!
 //! [`PeerConn::connect`] opens the connection and exchanges `Hello`s; then the worker asks
-//! for size information once and pipelines piece requests. Every read has the node's peer
-//! timeout, so an owner that stops answering fails the worker instead of hanging it.
+//! for size information once and [`split`](PeerConn::split)s the connection: a
+//! [`PeerWriter`] sends piece requests and this node's `Have`s, a [`PeerReader`] reads what
+//! the owner sends, each on its own thread. Every read has the node's peer timeout, so an
+//! owner that stops answering fails the worker instead of hanging it.
 
-use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 
 use crate::error::{Error, KeyProblem, Result};
 use crate::messages::{
@@ -95,15 +97,18 @@ impl<'a> PeerConn<'a> {
         }
     }
 
-    /// Returns the peer's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Returns a handle on the socket, with which another thread can break this
-    /// connection's blocking reads.
-    pub fn breaker(&self) -> Option<TcpStream> {
-        self.writer.get_ref().try_clone().ok()
+    /// Splits the connection into its reading and writing halves, for two threads.
+    pub fn split(self) -> (PeerReader<'a>, PeerWriter) {
+        let reader = PeerReader {
+            addr: self.addr,
+            reader: self.reader,
+            _guard: self._guard,
+        };
+        let writer = PeerWriter {
+            addr: self.addr,
+            writer: self.writer,
+        };
+        (reader, writer)
     }
 
     /// Asks for a file's size information and which pieces the peer holds, and waits for
@@ -162,45 +167,6 @@ impl<'a> PeerConn<'a> {
         }
     }
 
-    /// Queues a request for a whole piece; [`flush`](Self::flush) sends it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::PeerIo`] if writing fails.
-    pub fn request(&mut self, content: ContentId, piece: u32, len: u32) -> Result<()> {
-        self.send(&Message::Request {
-            content,
-            piece,
-            offset: 0,
-            len,
-        })
-    }
-
-    /// Reads the answer to the oldest outstanding request, which must be all of piece
-    /// `piece`, into `buf` (exactly the piece's length).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Peer`] if the peer rejects the request or sends anything else,
-    /// [`Error::PeerIo`] on a timeout or a broken connection.
-    pub fn read_piece(&mut self, content: ContentId, piece: u32, buf: &mut [u8]) -> Result<()> {
-        match self.read()? {
-            Message::Data {
-                content: c,
-                piece: p,
-                offset: 0,
-                len,
-            } if c == content && p == piece && len as usize == buf.len() => {
-                read_payload(&mut self.reader, buf).map_err(|e| self.frame_err(e, "reading data"))
-            }
-            Message::Reject { reason } => Err(Error::Peer {
-                addr: self.addr,
-                reason,
-            }),
-            other => Err(self.unexpected(&other)),
-        }
-    }
-
     /// Sends everything queued.
     ///
     /// # Errors
@@ -227,24 +193,178 @@ impl<'a> PeerConn<'a> {
     }
 
     fn unexpected(&self, msg: &Message) -> Error {
-        Error::Peer {
-            addr: self.addr,
-            reason: format!("unexpected {}", kind(msg)),
-        }
+        unexpected(self.addr, msg)
     }
 
     fn frame_err(&self, e: Error, op: &'static str) -> Error {
-        match e {
-            Error::FrameIo(source) => Error::PeerIo {
-                addr: self.addr,
-                op,
-                source,
-            },
-            Error::Truncated => Error::PeerClosed { addr: self.addr },
-            other => Error::Peer {
-                addr: self.addr,
-                reason: other.to_string(),
-            },
+        frame_err(self.addr, e, op)
+    }
+}
+
+/// What an owner sends a downloader, as [`PeerReader::next`] reads it.
+#[derive(Debug)]
+pub(super) enum Incoming {
+    /// Nothing arrived within the peer timeout.
+    Quiet,
+    /// A whole piece follows: read it with [`PeerReader::payload`].
+    Data { piece: u32, len: u32 },
+    /// The owner now holds (or offers) these pieces too.
+    Have(Vec<u32>),
+}
+
+/// The reading half of a connection to an owner.
+pub(super) struct PeerReader<'a> {
+    addr: SocketAddr,
+    reader: BufReader<LinkReader<TcpStream>>,
+    _guard: ConnGuard<'a>,
+}
+
+impl PeerReader<'_> {
+    /// Returns the owner's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Reads the owner's next message about file `content`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Peer`] if the owner rejects a request or sends anything else (including a
+    /// message about other content), [`Error::PeerIo`] if the connection breaks or a frame,
+    /// once begun, does not arrive within the peer timeout, [`Error::PeerClosed`] at its end.
+    pub fn next(&mut self, content: ContentId) -> Result<Incoming> {
+        // Silence before a frame begins is no error here: the worker knows whether it
+        // is owed an answer. Silence inside a frame is.
+        match self.reader.fill_buf() {
+            Ok([]) => return Err(Error::PeerClosed { addr: self.addr }),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return Ok(Incoming::Quiet),
+            Err(source) => {
+                return Err(Error::PeerIo {
+                    addr: self.addr,
+                    op: "reading frame",
+                    source,
+                });
+            }
         }
+        let msg = match read_frame(&mut self.reader) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Err(Error::PeerClosed { addr: self.addr }),
+            Err(e) => return Err(frame_err(self.addr, e, "reading frame")),
+        };
+        match msg {
+            Message::Data {
+                content: c,
+                piece,
+                offset: 0,
+                len,
+            } if c == content => Ok(Incoming::Data { piece, len }),
+            Message::Have { content: c, pieces } if c == content => Ok(Incoming::Have(pieces)),
+            Message::Reject { reason } => Err(Error::Peer {
+                addr: self.addr,
+                reason,
+            }),
+            other => Err(unexpected(self.addr, &other)),
+        }
+    }
+
+    /// Reads the payload of the `Data` frame just read into `buf` (its exact length).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] on a timeout or a broken connection, [`Error::PeerClosed`] if it
+    /// ends first.
+    pub fn payload(&mut self, buf: &mut [u8]) -> Result<()> {
+        read_payload(&mut self.reader, buf).map_err(|e| frame_err(self.addr, e, "reading data"))
+    }
+}
+
+/// The writing half of a connection to an owner.
+pub(super) struct PeerWriter {
+    addr: SocketAddr,
+    writer: LinkWriter<TcpStream>,
+}
+
+impl PeerWriter {
+    /// Queues a request for a whole piece; [`flush`](Self::flush) sends it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if writing fails.
+    pub fn request(&mut self, content: ContentId, piece: u32, len: u32) -> Result<()> {
+        self.send(&Message::Request {
+            content,
+            piece,
+            offset: 0,
+            len,
+        })
+    }
+
+    /// Queues this node's holdings of `content`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if writing fails.
+    pub fn holdings(&mut self, content: ContentId, has: &Bitfield) -> Result<()> {
+        self.send(&Message::Bitfield {
+            content,
+            bits: has.as_bytes().to_vec(),
+        })
+    }
+
+    /// Queues pieces this node now holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if writing fails.
+    pub fn have(&mut self, content: ContentId, pieces: Vec<u32>) -> Result<()> {
+        self.send(&Message::Have { content, pieces })
+    }
+
+    /// Sends everything queued.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerIo`] if writing fails.
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|source| Error::PeerIo {
+            addr: self.addr,
+            op: "writing",
+            source,
+        })
+    }
+
+    /// Breaks the connection, so the reading half stops too.
+    pub fn close(&self) {
+        let _ = self.writer.get_ref().shutdown(Shutdown::Both);
+    }
+
+    fn send(&mut self, msg: &Message) -> Result<()> {
+        write_frame(&mut self.writer, msg).map_err(|e| frame_err(self.addr, e, "writing frame"))
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+fn unexpected(addr: SocketAddr, msg: &Message) -> Error {
+    Error::Peer {
+        addr,
+        reason: format!("unexpected {}", kind(msg)),
+    }
+}
+
+fn frame_err(addr: SocketAddr, e: Error, op: &'static str) -> Error {
+    match e {
+        Error::FrameIo(source) => Error::PeerIo { addr, op, source },
+        Error::Truncated => Error::PeerClosed { addr },
+        other => Error::Peer {
+            addr,
+            reason: other.to_string(),
+        },
     }
 }

@@ -1,41 +1,37 @@
-//! Answering peers: the accept loop and one thread per connection.
+//! Answering peers: the accept loop, and the reading half of each connection.
 //!
 //! A connection opens with a `Hello` each way. Then the peer may ask for a file's size
-//! information (by plain name, only for files this node shares) and for byte ranges of its
-//! pieces. Anything else, or anything out of range, is answered with a `Reject` and the
-//! connection is closed; other connections are not affected. File data is read with
-//! positioned reads in chunks of up to 1 MiB and written whole, with no seek and no
-//! per-piece allocation.
+//! information (by plain name, only for files this node shares), say which pieces it holds
+//! (`Bitfield`, `Have`), and ask for byte ranges of pieces it was told this node holds.
+//! This thread only reads and checks frames; the connection's `node-send` thread
+//! ([`send`](super::send)) answers them in order and owns what the connection knows.
+//! Anything else, or anything out of range, is answered with a `Reject` and the connection
+//! is closed; other connections are not affected.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::FileExt;
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Sender, bounded};
+
 use crate::error::{Error, Result};
 use crate::messages::{
-    ContentId, MAGIC, Message, PROTOCOL_VERSION, check_file_name, read_frame, read_frame_after,
-    write_frame,
+    MAGIC, Message, PROTOCOL_VERSION, read_frame, read_frame_after, write_frame,
 };
 use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened};
 
-use super::store::SharedFile;
+use super::send::{Job, Outbox};
 use super::{Ctx, Event};
 
 /// How long a peer connection may sit idle before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a write to a peer may block before the peer is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest read from a file when sending: a piece goes out in chunks of this size, so a
-/// connection holds at most this much file data whatever the piece size.
-const CHUNK: usize = 1024 * 1024;
-/// How often a connection checks that the files it serves have not changed on disk.
-const CHANGE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Frames read ahead of the sending thread, at most: a peer that asks faster than it is
+/// answered waits.
+const JOBS_QUEUED: usize = 64;
 
 /// The `node-accept` thread: accepts until shutdown, then waits for every connection.
 pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> {
@@ -83,7 +79,7 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
 
 fn serve_peer(ctx: &Ctx, stream: TcpStream) {
     let Ok(addr) = stream.peer_addr() else { return };
-    let result = Server::new(ctx, addr, &stream).and_then(|mut s| s.run());
+    let result = Server::new(ctx, addr, &stream).and_then(|s| s.run(&stream));
     match result {
         Ok(()) | Err(Error::Shutdown) => {}
         Err(_) if ctx.stopping() => {}
@@ -94,23 +90,16 @@ fn serve_peer(ctx: &Ctx, stream: TcpStream) {
     }
 }
 
-/// One connection from a peer.
+/// One connection from a peer: this thread reads, a `node-send` thread writes.
 struct Server<'a> {
     ctx: &'a Ctx,
     addr: SocketAddr,
     reader: BufReader<LinkReader<DeadlineStream>>,
-    writer: LinkWriter<TcpStream>,
+    /// Moved to the `node-send` thread after the hellos.
+    writer: Option<LinkWriter<TcpStream>>,
     /// The first frame's length prefix, when the key negotiation read it.
     prefix: Option<[u8; 4]>,
-    /// Files opened for this peer, each with its own offset.
-    open: HashMap<ContentId, (Arc<SharedFile>, File)>,
-    /// Files this peer has had a piece of, so each counts once as "sent".
-    sent: HashSet<ContentId>,
-    /// The buffer file data passes through, grown to at most [`CHUNK`].
-    chunk: Vec<u8>,
-    /// When the files served were last checked for changes on disk; `None` before the first.
-    last_check: Option<Instant>,
-    _guard: super::ConnGuard<'a>,
+    guard: super::ConnGuard<'a>,
 }
 
 impl<'a> Server<'a> {
@@ -141,17 +130,22 @@ impl<'a> Server<'a> {
                 16 * 1024,
                 LinkReader::new(raw, session.clone(), record_timeout),
             ),
-            writer: LinkWriter::new(stream.try_clone().map_err(io)?, session, 64 * 1024),
+            writer: Some(LinkWriter::new(
+                stream.try_clone().map_err(io)?,
+                session,
+                64 * 1024,
+            )),
             prefix,
-            open: HashMap::new(),
-            sent: HashSet::new(),
-            chunk: Vec::new(),
-            last_check: None,
-            _guard: guard,
+            guard,
         })
     }
 
-    fn run(&mut self) -> Result<()> {
+    /// Exchanges hellos, then reads the peer's frames and hands them to the `node-send`
+    /// thread until either side stops. The sending side's error, if any, explains the end.
+    fn run(mut self, stream: &TcpStream) -> Result<()> {
+        let Some(mut writer) = self.writer.take() else {
+            return Ok(());
+        };
         // Still under the handshake deadline set in `new`.
         let hello = match self.prefix.take() {
             Some(prefix) => read_frame_after(prefix, &mut self.reader)
@@ -160,161 +154,89 @@ impl<'a> Server<'a> {
             None => self.read_frame_now(),
         };
         self.reader.get_mut().stream_mut().deadline = None;
-        match hello? {
+        let refusal = match hello? {
             Some(Message::Hello { magic, version, .. })
-                if magic == MAGIC && version == PROTOCOL_VERSION => {}
-            Some(Message::Hello { version, .. }) => {
-                return self.refuse(format!("protocol version {version} is not supported"));
+                if magic == MAGIC && version == PROTOCOL_VERSION =>
+            {
+                None
             }
-            _ => return self.refuse("expected hello".into()),
-        }
-        self.send(&Message::Hello {
+            Some(Message::Hello { magic, .. }) if magic != MAGIC => {
+                Some("not a p2ptorrent hello".to_string())
+            }
+            Some(Message::Hello { version, .. }) => {
+                Some(format!("protocol version {version} is not supported"))
+            }
+            _ => Some("expected hello".into()),
+        };
+        let ours = Message::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             node: self.ctx.config.name.clone(),
-        })?;
-        self.flush()?;
+        };
+        if refusal.is_none() {
+            write_frame(&mut writer, &ours).map_err(|e| self.frame_err(e, "writing"))?;
+            std::io::Write::flush(&mut writer).map_err(|source| Error::PeerIo {
+                addr: self.addr,
+                op: "writing",
+                source,
+            })?;
+        }
+        let outbox = Outbox::new(self.ctx, self.addr, self.guard.id(), writer);
+        let (jobs_tx, jobs_rx) = bounded::<Job>(JOBS_QUEUED);
+        if let Some(reason) = refusal {
+            let _ = jobs_tx.send(Job::Refuse(reason));
+        }
+        thread::scope(|s| {
+            let sender = thread::Builder::new()
+                .name("node-send".into())
+                .spawn_scoped(s, move || outbox.run(&jobs_rx))
+                .map_err(|source| Error::Spawn {
+                    name: "node-send",
+                    source,
+                })?;
+            let read = if jobs_tx.is_empty() {
+                self.forward(&jobs_tx)
+            } else {
+                Ok(())
+            };
+            drop(jobs_tx);
+            if read.is_err() {
+                // Nothing more will be asked: do not let a blocked write hold the thread.
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            let sent = sender
+                .join()
+                .unwrap_or_else(|_| Err(Error::ThreadPanicked("node-send".into())));
+            sent.and(read)
+        })
+    }
+
+    /// Reads frames and hands each to the sending thread, in order.
+    fn forward(&mut self, jobs: &Sender<Job>) -> Result<()> {
         while let Some(msg) = self.read()? {
-            match msg {
-                Message::SizeRequest { file, hashes } => self.size_info(file, hashes)?,
+            let job = match msg {
+                Message::SizeRequest { file, hashes } => Job::Size { file, hashes },
                 Message::Request {
                     content,
                     piece,
                     offset,
                     len,
-                } => {
-                    self.data(content, piece, offset, len)?;
-                }
-                other => return self.refuse(format!("unexpected {}", kind(&other))),
-            }
-            // Answer everything already received before flushing: pipelined requests then
-            // go out back to back.
-            if self.reader.buffer().is_empty() && !self.reader.get_ref().buffered() {
-                self.flush()?;
+                } => Job::Data {
+                    content,
+                    piece,
+                    offset,
+                    len,
+                },
+                Message::Bitfield { content, bits } => Job::PeerHolds { content, bits },
+                Message::Have { content, pieces } => Job::PeerHas { content, pieces },
+                other => Job::Refuse(format!("unexpected {}", kind(&other))),
+            };
+            let last = matches!(job, Job::Refuse(_));
+            if jobs.send(job).is_err() || last {
+                break;
             }
         }
         Ok(())
-    }
-
-    fn size_info(&mut self, file: String, hashes: bool) -> Result<()> {
-        let shared = check_file_name(&file)
-            .ok()
-            .and_then(|()| self.ctx.store.get(&file));
-        let Some(shared) = shared else {
-            return self.send(&Message::Refused {
-                file,
-                reason: "not shared by this node".into(),
-            });
-        };
-        let m = &shared.manifest;
-        self.send(&Message::SizeInfo(m.size_info(&file, hashes)))?;
-        let bits = shared.holdings();
-        self.send(&Message::Bitfield {
-            content: m.content(),
-            bits: bits.as_bytes().to_vec(),
-        })
-    }
-
-    fn data(&mut self, content: ContentId, piece: u32, offset: u32, len: u32) -> Result<()> {
-        // Taken out of the map while in use; an early return closes the connection anyway.
-        let (shared, file) = match self.open.remove(&content) {
-            Some(entry) => entry,
-            None => {
-                let Some(shared) = self.ctx.store.by_content(content) else {
-                    return self.refuse(format!("content {content} is not shared by this node"));
-                };
-                let file = File::open(&shared.path).map_err(|source| Error::File {
-                    op: "opening",
-                    path: shared.path.clone(),
-                    source,
-                })?;
-                (shared, file)
-            }
-        };
-        let geometry = shared.manifest.geometry();
-        let in_range = geometry
-            .piece_len(piece)
-            .is_some_and(|pl| len > 0 && u64::from(offset) + u64::from(len) <= u64::from(pl));
-        if !in_range {
-            return self.refuse(format!("piece {piece} bytes {offset}+{len} out of range"));
-        }
-        if !shared.holds(piece) {
-            return self.refuse(format!("piece {piece} is not held by this node yet"));
-        }
-        // Checking costs a syscall; once per interval is enough, since downloaders verify
-        // every piece anyway. This catches a copy changed in a way its owner can see.
-        if self
-            .last_check
-            .is_none_or(|t| t.elapsed() >= CHANGE_CHECK_INTERVAL)
-        {
-            self.last_check = Some(Instant::now());
-            if !shared.is_unchanged(&file) {
-                self.ctx.store.withdraw(&shared);
-                self.ctx.emit(Event::FileChanged {
-                    file: shared.name.clone(),
-                });
-                return self.refuse(format!("{} changed on disk", shared.name));
-            }
-        }
-        let start = geometry.piece_range(piece).map_or(0, |r| r.start) + u64::from(offset);
-        self.send(&Message::Data {
-            content,
-            piece,
-            offset,
-            len,
-        })?;
-        // Positioned reads of up to CHUNK bytes, each written whole: two syscalls per
-        // chunk. (The standard library's `io::copy` never uses sendfile from a file to a
-        // socket and copies in 8 KiB steps.)
-        let chunk = (len as usize).min(CHUNK);
-        if self.chunk.len() < chunk {
-            self.chunk.resize(chunk, 0);
-        }
-        let mut at = start;
-        let end = start + u64::from(len);
-        while at < end {
-            let n = ((end - at) as usize).min(CHUNK);
-            self.ctx.throttle(self.ctx.upload_limit.as_ref(), n as u64);
-            file.read_exact_at(&mut self.chunk[..n], at)
-                .map_err(|source| Error::File {
-                    op: "reading",
-                    path: shared.path.clone(),
-                    source,
-                })?;
-            self.writer
-                .write_all(&self.chunk[..n])
-                .map_err(|source| Error::PeerIo {
-                    addr: self.addr,
-                    op: "sending data",
-                    source,
-                })?;
-            at += n as u64;
-        }
-        let copied = u64::from(len);
-        let counters = &self.ctx.counters;
-        counters.bytes_sent.fetch_add(copied, Ordering::Relaxed);
-        if self.sent.insert(content) {
-            counters.files_sent.fetch_add(1, Ordering::Relaxed);
-        }
-        self.ctx.emit(Event::PieceSent {
-            file: shared.name.clone(),
-            piece,
-            to: self.addr,
-        });
-        self.open.insert(content, (shared, file));
-        Ok(())
-    }
-
-    /// Tells the peer why, then ends the connection with that reason as the error.
-    fn refuse(&mut self, reason: String) -> Result<()> {
-        let _ = self.send(&Message::Reject {
-            reason: reason.clone(),
-        });
-        let _ = self.flush();
-        Err(Error::Peer {
-            addr: self.addr,
-            reason,
-        })
     }
 
     /// Waits (up to the idle timeout) for the next frame to begin, then gives the rest of it
@@ -341,18 +263,6 @@ impl<'a> Server<'a> {
 
     fn read_frame_now(&mut self) -> Result<Option<Message>> {
         read_frame(&mut self.reader).map_err(|e| self.frame_err(e, "reading frame"))
-    }
-
-    fn send(&mut self, msg: &Message) -> Result<()> {
-        write_frame(&mut self.writer, msg).map_err(|e| self.frame_err(e, "writing frame"))
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.writer.flush().map_err(|source| Error::PeerIo {
-            addr: self.addr,
-            op: "writing",
-            source,
-        })
     }
 
     fn frame_err(&self, e: Error, op: &'static str) -> Error {
@@ -382,6 +292,7 @@ pub(super) fn kind(msg: &Message) -> &'static str {
         Message::Data { .. } => "data",
         Message::Reject { .. } => "reject",
         Message::KeyRefused { .. } => "key refusal",
+        Message::Have { .. } => "have",
     }
 }
 
@@ -440,6 +351,7 @@ impl Read for DeadlineStream {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::time::{Duration, Instant};
 
     use super::*;

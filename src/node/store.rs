@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::RwLock;
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::messages::{ContentId, check_file_name};
+use crate::messages::check_file_name;
 
 use super::schedule::Bitfield;
 
@@ -31,6 +32,10 @@ pub(crate) struct SharedFile {
     modified: Option<SystemTime>,
     /// The pieces held, for a file still being downloaded; `None` for a complete file.
     partial: Option<RwLock<Bitfield>>,
+    /// How often each piece has been offered to a peer, across connections (complete files).
+    pub offers: Mutex<Vec<u32>>,
+    /// Connections to signal when a partial file gains pieces.
+    watchers: Mutex<Vec<Sender<()>>>,
 }
 
 impl SharedFile {
@@ -76,10 +81,47 @@ impl SharedFile {
         self.partial.is_some()
     }
 
-    /// Records that piece `piece` of a partial file is verified and written.
+    /// Records that piece `piece` of a partial file is verified and written, and signals
+    /// every connection watching it.
     pub fn mark(&self, piece: u32) {
         if let Some(have) = &self.partial {
             have.write().set(piece);
+            // A full channel already holds a signal; a closed one is a connection gone.
+            self.watchers
+                .lock()
+                .retain(|w| !matches!(w.try_send(()), Err(TrySendError::Disconnected(_))));
+        }
+    }
+
+    /// Signals `wake` whenever this partial file gains a piece, until its receiver is gone.
+    pub fn watch(&self, wake: &Sender<()>) {
+        let mut watchers = self.watchers.lock();
+        if !watchers.iter().any(|w| w.same_channel(wake)) {
+            watchers.push(wake.clone());
+        }
+    }
+
+    fn new(
+        name: &str,
+        path: PathBuf,
+        manifest: Manifest,
+        stat: (u64, Option<SystemTime>),
+        partial: Option<Bitfield>,
+    ) -> Self {
+        let pieces = manifest.piece_count() as usize;
+        Self {
+            name: name.into(),
+            path,
+            len: stat.0,
+            modified: stat.1,
+            offers: Mutex::new(if partial.is_none() {
+                vec![0; pieces]
+            } else {
+                Vec::new()
+            }),
+            partial: partial.map(RwLock::new),
+            watchers: Mutex::new(Vec::new()),
+            manifest,
         }
     }
 }
@@ -147,14 +189,8 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let shared = Arc::new(SharedFile {
-            name: name.into(),
-            path,
-            manifest,
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            partial: None,
-        });
+        let stat = (meta.len(), meta.modified().ok());
+        let shared = Arc::new(SharedFile::new(name, path, manifest, stat, None));
         self.files.write().insert(name.into(), Arc::clone(&shared));
         Ok(shared)
     }
@@ -173,14 +209,7 @@ impl Store {
         if files.get(name).is_some_and(|f| f.partial.is_none()) {
             return None;
         }
-        let shared = Arc::new(SharedFile {
-            name: name.into(),
-            path: part,
-            manifest,
-            len: 0,
-            modified: None,
-            partial: Some(RwLock::new(have)),
-        });
+        let shared = Arc::new(SharedFile::new(name, part, manifest, (0, None), Some(have)));
         files.insert(name.into(), Arc::clone(&shared));
         Some(shared)
     }
@@ -188,15 +217,6 @@ impl Store {
     /// Returns the shared file called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<SharedFile>> {
         self.files.read().get(name).cloned()
-    }
-
-    /// Returns the shared file whose content id is `content`.
-    pub fn by_content(&self, content: ContentId) -> Option<Arc<SharedFile>> {
-        self.files
-            .read()
-            .values()
-            .find(|f| f.manifest.content() == content)
-            .cloned()
     }
 
     /// Stops serving `file`, unless the name has been shared again since.

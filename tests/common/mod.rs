@@ -343,6 +343,8 @@ fn fake_serve(
                         && w.write_all(&bytes).is_ok()
                 }
             }
+            // What the downloader holds: this owner offers everything anyway.
+            Message::Bitfield { .. } | Message::Have { .. } => true,
             _ => false,
         };
         if !ok || w.flush().is_err() {

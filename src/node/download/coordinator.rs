@@ -1,0 +1,593 @@
+//! The coordinator: one per download, the only owner of its state.
+//!
+//! It holds the schedule (which piece goes to which owner), the owner book, the workers,
+//! the resume record and the announces, and waits on one `select!` over its workers'
+//! reports, a tick and the node's shutdown. Workers do connection I/O only; the tracker is
+//! asked by a `node-lookup` thread, so no call here blocks on the network.
+//!
+//! How it spreads a swarm:
+//!
+//! - it keeps up to `max_owners` owners busy, each with a pipeline as deep as its rate
+//!   needs, and hears of more owners than it uses (the tracker lists `numwant` at random);
+//! - it asks the tracker again soon after starting (0.5 s, then doubling up to the announce
+//!   interval), and at once when it runs out of owners to try;
+//! - every [`ROTATE_EVERY`] it replaces the owner that delivered least, if another is
+//!   waiting to be tried, and drops owners that hold nothing it lacks;
+//! - a piece in flight at one owner far longer than pieces take elsewhere is a sign of an
+//!   owner trickling bytes under the silence timeout: that owner is dropped (its pieces go
+//!   to the others) when another live owner holds the piece;
+//! - it tells every owner each piece it verifies (`Have`), so seeds know what it lacks and
+//!   partial owners can be served in turn;
+//! - once every piece is verified it returns at once; workers still connecting are told to
+//!   stop and do not hold up publishing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::Scope;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, select, tick};
+
+use crate::error::{Error, Result};
+use crate::tracker::Owners as Listed;
+
+use super::super::peer::PeerConn;
+use super::super::schedule::{Bitfield, Schedule};
+use super::super::store::SharedFile;
+use super::super::{Ctx, Event};
+use super::owners::OwnerBook;
+use super::worker::{Ask, Job, Report, Worker};
+
+/// How often the coordinator looks at its timers.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a running download saves its resume record.
+const RECORD_INTERVAL: Duration = Duration::from_secs(2);
+/// When a download first asks the tracker again for owners.
+const FIRST_POLL: Duration = Duration::from_millis(500);
+/// How often the owner that delivered least is replaced, when others wait to be tried.
+const ROTATE_EVERY: Duration = Duration::from_secs(5);
+/// How long a replaced owner rests before it may be tried again.
+const REST: Duration = Duration::from_secs(10);
+/// A piece in flight this many times longer than the median piece takes (and at least the
+/// peer timeout) marks its owner as too slow to keep.
+const SLOW_FACTOR: u32 = 8;
+/// How much of an owner's sending a worker keeps requested ahead.
+const PIPELINE_TIME: f64 = 0.1;
+
+/// What the `node-lookup` thread does for the coordinator.
+#[derive(Debug)]
+pub(super) enum Lookup {
+    /// Ask the tracker for owners.
+    Need,
+    /// Announce this node as a partial owner.
+    Announce(Arc<SharedFile>),
+}
+
+/// One worker as the coordinator tracks it.
+struct Live<'s> {
+    worker: Worker<'s>,
+    /// Whether its owner has said what it holds.
+    connected: bool,
+    /// Requests sent and not answered, with when each was sent.
+    asked: HashMap<u32, Instant>,
+    pace: Pace,
+    /// Bytes delivered since the last rotation.
+    bytes: u64,
+    started: Instant,
+    /// Told to stop; its report of stopping is not a failure.
+    leaving: bool,
+}
+
+/// The coordinator of one download.
+pub(super) struct Coordinator<'s, 'd> {
+    job: &'s Job<'d>,
+    scope: &'s Scope<'s, 'd>,
+    reports: Receiver<Report>,
+    lookups: Sender<Lookup>,
+    sched: Schedule,
+    pub book: OwnerBook,
+    workers: HashMap<usize, Live<'s>>,
+    next_slot: usize,
+    partial: Option<Arc<SharedFile>>,
+    /// Bytes received from each owner.
+    pub received: HashMap<SocketAddr, u64>,
+    recorded: u32,
+    last_record: Instant,
+    next_poll: Instant,
+    poll_gap: Duration,
+    announced: u32,
+    last_rotation: Instant,
+    /// Median seconds per piece over recent pieces, for spotting slow owners.
+    piece_secs: Vec<f64>,
+}
+
+impl<'s, 'd> Coordinator<'s, 'd> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        job: &'s Job<'d>,
+        scope: &'s Scope<'s, 'd>,
+        reports: Receiver<Report>,
+        lookups: Sender<Lookup>,
+        done: &Bitfield,
+        book: OwnerBook,
+        partial: Option<Arc<SharedFile>>,
+        first_slots: usize,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            job,
+            scope,
+            reports,
+            lookups,
+            sched: Schedule::new(done, first_slots, fastrand::u32(..)),
+            book,
+            workers: HashMap::new(),
+            next_slot: 0,
+            partial,
+            received: HashMap::new(),
+            recorded: 0,
+            last_record: now,
+            next_poll: now + FIRST_POLL,
+            poll_gap: FIRST_POLL,
+            announced: 0,
+            last_rotation: now,
+            piece_secs: Vec::new(),
+        }
+    }
+
+    fn ctx(&self) -> &'d Ctx {
+        self.job.ctx
+    }
+
+    /// Runs until every piece is verified, starting with the connection the piece list
+    /// came on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OwnersExhausted`] when no owner is left to try, [`Error::File`] if the
+    /// `.part` cannot be written, [`Error::Shutdown`] if the node stops.
+    pub fn run(&mut self, first: Option<(SocketAddr, PeerConn<'d>, Bitfield)>) -> Result<()> {
+        let result = self.drive(first);
+        self.stop_all();
+        if result.is_err() {
+            // Stopped early (shutdown, no owner left, a disk error): what is verified
+            // survives for the next attempt.
+            self.record();
+        }
+        result
+    }
+
+    fn drive(&mut self, first: Option<(SocketAddr, PeerConn<'d>, Bitfield)>) -> Result<()> {
+        if let Some((addr, conn, has)) = first {
+            self.start(addr, Some((conn, has)))?;
+        }
+        self.top_up()?;
+        // Shares laid out for owners that did not start go to the others.
+        for slot in self.next_slot..self.sched.slots() {
+            self.sched.retire(slot);
+        }
+        self.next_slot = self.sched.slots();
+        self.fill_all();
+        let ticks = tick(TICK);
+        let stop = self.ctx().stop.clone();
+        while !self.sched.is_complete() {
+            select! {
+                recv(self.reports) -> report => {
+                    // The job holds a sender, so the channel never disconnects here.
+                    if let Ok(report) = report {
+                        self.on_report(report)?;
+                    }
+                }
+                recv(ticks) -> _ => self.on_tick()?,
+                recv(stop) -> _ => return Err(Error::Shutdown),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_report(&mut self, report: Report) -> Result<()> {
+        match report {
+            Report::Holdings { slot, has } => {
+                self.sched.set_holdings(slot, has);
+                if let Some(live) = self.workers.get_mut(&slot) {
+                    live.connected = true;
+                }
+                self.fill(slot);
+            }
+            Report::Has { slot, pieces } => {
+                self.sched.add_holdings(slot, &pieces);
+                self.fill(slot);
+            }
+            Report::Piece { slot, piece, bytes } => self.on_piece(slot, piece, bytes),
+            Report::Stopped { slot, error } => self.on_stopped(slot, error)?,
+            Report::Listed(listed) => self.on_listed(listed)?,
+        }
+        Ok(())
+    }
+
+    fn on_piece(&mut self, slot: usize, piece: u32, bytes: u32) {
+        let now = Instant::now();
+        let mut addr = None;
+        if let Some(live) = self.workers.get_mut(&slot) {
+            if let Some(at) = live.asked.remove(&piece) {
+                self.piece_secs.push(now.duration_since(at).as_secs_f64());
+                if self.piece_secs.len() > 64 {
+                    self.piece_secs.remove(0);
+                }
+            }
+            live.pace.arrived(bytes as usize);
+            live.bytes += u64::from(bytes);
+            addr = Some(live.worker.addr);
+        }
+        if self.sched.complete(slot, piece) {
+            let ctx = self.ctx();
+            if let Some(p) = &self.partial {
+                p.mark(piece);
+            }
+            ctx.counters
+                .bytes_received
+                .fetch_add(u64::from(bytes), Ordering::Relaxed);
+            if let Some(addr) = addr {
+                *self.received.entry(addr).or_default() += u64::from(bytes);
+                ctx.emit(Event::PieceReceived {
+                    file: self.job.file.into(),
+                    piece,
+                    bytes,
+                    from: addr,
+                    done: self.sched.done_count(),
+                    total: self.job.manifest.piece_count(),
+                });
+            }
+            self.tell_all(piece);
+        }
+        self.fill(slot);
+    }
+
+    /// Tells every connected owner that this node holds `piece`. A worker whose queue is
+    /// full is not reading it, and is let go.
+    fn tell_all(&mut self, piece: u32) {
+        let mut stuck = Vec::new();
+        for (&slot, live) in &self.workers {
+            if let Err(TrySendError::Full(_)) = live.worker.asks.try_send(Ask::Have(vec![piece])) {
+                stuck.push(slot);
+            }
+        }
+        for slot in stuck {
+            self.let_go(slot);
+        }
+    }
+
+    fn on_stopped(&mut self, slot: usize, error: Option<Error>) -> Result<()> {
+        let Some(live) = self.workers.remove(&slot) else {
+            return Ok(());
+        };
+        self.sched.retire(slot);
+        let addr = live.worker.addr;
+        match error {
+            Some(e @ Error::File { .. }) => return Err(e),
+            Some(Error::Shutdown) => return Err(Error::Shutdown),
+            Some(e) if !live.leaving => {
+                self.book.failed(addr, &e, Instant::now());
+                self.ctx().emit(Event::OwnerFailed {
+                    file: self.job.file.into(),
+                    owner: addr,
+                    error: e.to_string(),
+                });
+            }
+            _ => {}
+        }
+        self.top_up()?;
+        self.fill_all();
+        Ok(())
+    }
+
+    fn on_listed(&mut self, listed: Result<Listed>) -> Result<()> {
+        match listed {
+            Ok(l) if l.content == self.job.manifest.content() => {
+                self.ctx().learn_interval(l.interval);
+                self.book.add(self.ctx(), l.owners);
+            }
+            Ok(_) => {}
+            Err(e) => self.ctx().emit(Event::TrackerError {
+                error: e.to_string(),
+            }),
+        }
+        self.top_up()
+    }
+
+    fn on_tick(&mut self) -> Result<()> {
+        let now = Instant::now();
+        if now.duration_since(self.last_record) >= RECORD_INTERVAL {
+            self.last_record = now;
+            self.record();
+        }
+        if now >= self.next_poll {
+            self.poll_gap = (self.poll_gap * 2).min(self.ctx().announce_interval());
+            self.next_poll = now + self.poll_gap;
+            self.lookup(Lookup::Need);
+        }
+        let held = self.sched.done_count();
+        if let Some(partial) = &self.partial
+            && held > 0
+            && held != self.announced
+            && (self.announced == 0 || self.next_poll == now + self.poll_gap)
+        {
+            self.announced = held;
+            let partial = Arc::clone(partial);
+            self.lookup(Lookup::Announce(partial));
+        }
+        self.drop_slow(now);
+        if now.duration_since(self.last_rotation) >= ROTATE_EVERY {
+            self.last_rotation = now;
+            self.rotate(now);
+        }
+        self.top_up()
+    }
+
+    /// Hands `lookup` to the `node-lookup` thread unless it is still busy with the last.
+    fn lookup(&self, lookup: Lookup) {
+        let _ = self.lookups.try_send(lookup);
+    }
+
+    /// Starts workers for untried owners until `max_owners` run. With none running and
+    /// none left to try, asks the tracker; fails once it has nothing new either.
+    fn top_up(&mut self) -> Result<()> {
+        let max = self.ctx().config.max_owners;
+        let now = Instant::now();
+        while self.workers.len() < max {
+            let running: Vec<SocketAddr> = self.workers.values().map(|l| l.worker.addr).collect();
+            let Some(addr) = self
+                .book
+                .usable(usize::MAX, now)
+                .into_iter()
+                .find(|a| !running.contains(a))
+            else {
+                break;
+            };
+            self.start(addr, None)?;
+        }
+        if self.workers.is_empty() && self.book.next_retry(now).is_none() {
+            if self.book.asked_again {
+                return Err(Error::OwnersExhausted {
+                    file: self.job.file.into(),
+                    missing: self.job.manifest.piece_count() - self.sched.done_count(),
+                    total: self.job.manifest.piece_count(),
+                    last: self.book.last_reason(),
+                });
+            }
+            self.book.asked_again = true;
+            self.lookup(Lookup::Need);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, addr: SocketAddr, conn: Option<(PeerConn<'d>, Bitfield)>) -> Result<()> {
+        let slot = if self.next_slot < self.sched.slots() {
+            self.next_slot
+        } else {
+            self.sched.add_slot()
+        };
+        self.next_slot = slot + 1;
+        let mine = self.sched.done_bitfield();
+        let worker = self.job.spawn(self.scope, slot, addr, conn, mine)?;
+        self.book.tried(addr);
+        let depth = self.ctx().config.pipeline_depth;
+        let piece = self.job.manifest.geometry().piece_size();
+        self.workers.insert(
+            slot,
+            Live {
+                worker,
+                connected: false,
+                asked: HashMap::new(),
+                pace: Pace::new(depth, piece),
+                bytes: 0,
+                started: Instant::now(),
+                leaving: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Requests pieces for `slot` until its pipeline is as deep as its rate needs.
+    fn fill(&mut self, slot: usize) {
+        let Some(live) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        if !live.connected || live.leaving {
+            return;
+        }
+        let mut stuck = false;
+        while live.asked.len() < live.pace.depth() {
+            let Some(piece) = self.sched.take(slot) else {
+                break;
+            };
+            if live.worker.asks.try_send(Ask::Piece(piece)).is_err() {
+                stuck = true;
+                break;
+            }
+            live.asked.insert(piece, Instant::now());
+        }
+        if stuck {
+            self.let_go(slot);
+        }
+    }
+
+    fn fill_all(&mut self) {
+        let slots: Vec<usize> = self.workers.keys().copied().collect();
+        for slot in slots {
+            self.fill(slot);
+        }
+    }
+
+    /// Tells a worker to stop: its pieces go back to the others now, and its report of
+    /// stopping is not counted as a failure.
+    fn let_go(&mut self, slot: usize) {
+        if let Some(live) = self.workers.get_mut(&slot) {
+            live.leaving = true;
+            // Dropping the sender stops the worker.
+            let (dead, _) = crossbeam_channel::bounded(0);
+            live.worker.asks = dead;
+            live.asked.clear();
+            self.sched.retire(slot);
+        }
+        self.fill_all();
+    }
+
+    /// Drops an owner that has held a piece far longer than pieces take elsewhere, when
+    /// another live owner holds that piece: it is trickling, or hopelessly slow.
+    fn drop_slow(&mut self, now: Instant) {
+        let mut secs = self.piece_secs.clone();
+        if secs.len() < 4 {
+            return;
+        }
+        secs.sort_by(f64::total_cmp);
+        let median = Duration::from_secs_f64(secs[secs.len() / 2]);
+        let limit = (median * SLOW_FACTOR).max(self.ctx().config.peer_timeout);
+        let slow: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|(slot, live)| {
+                !live.leaving
+                    && live.asked.iter().any(|(&piece, &at)| {
+                        now.duration_since(at) > limit && self.sched.held_elsewhere(**slot, piece)
+                    })
+            })
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in slow {
+            if let Some(live) = self.workers.get(&slot) {
+                let addr = live.worker.addr;
+                let why =
+                    format!("held a piece over {limit:?} while others sent them in {median:?}");
+                self.book.failed(
+                    addr,
+                    &Error::Slow {
+                        addr,
+                        why: why.clone(),
+                    },
+                    now,
+                );
+                self.ctx().emit(Event::OwnerFailed {
+                    file: self.job.file.into(),
+                    owner: addr,
+                    error: why,
+                });
+            }
+            self.let_go(slot);
+        }
+    }
+
+    /// Replaces owners that hold nothing this node lacks, and the one that delivered least
+    /// since the last rotation, when an owner not yet tried is waiting.
+    fn rotate(&mut self, now: Instant) {
+        let running: Vec<SocketAddr> = self.workers.values().map(|l| l.worker.addr).collect();
+        let waiting = self
+            .book
+            .usable(usize::MAX, now)
+            .iter()
+            .filter(|a| !running.contains(a))
+            .count();
+        if waiting == 0 {
+            return;
+        }
+        let settled: Vec<(usize, u64, bool)> = self
+            .workers
+            .iter()
+            .filter(|(_, l)| {
+                l.connected && !l.leaving && now.duration_since(l.started) >= ROTATE_EVERY
+            })
+            .map(|(&slot, l)| (slot, l.bytes, self.sched.useful(slot)))
+            .collect();
+        let mut gone: Vec<usize> = settled
+            .iter()
+            .filter(|(_, bytes, useful)| *bytes == 0 && !useful)
+            .map(|(slot, ..)| *slot)
+            .take(waiting)
+            .collect();
+        if gone.is_empty()
+            && self.workers.len() >= self.ctx().config.max_owners
+            && let Some((slot, ..)) = settled.iter().min_by_key(|(_, bytes, _)| *bytes)
+        {
+            gone.push(*slot);
+        }
+        for slot in gone {
+            if let Some(live) = self.workers.get(&slot) {
+                self.book.rest(live.worker.addr, now + REST);
+            }
+            self.let_go(slot);
+        }
+        for live in self.workers.values_mut() {
+            live.bytes = 0;
+        }
+    }
+
+    /// Tells every worker to stop.
+    fn stop_all(&mut self) {
+        let slots: Vec<usize> = self.workers.keys().copied().collect();
+        for slot in slots {
+            if let Some(live) = self.workers.get_mut(&slot) {
+                live.leaving = true;
+                let (dead, _) = crossbeam_channel::bounded(0);
+                live.worker.asks = dead;
+            }
+        }
+    }
+
+    /// Saves the resume record if pieces were verified since the last one. A failure is
+    /// reported and not fatal: a resumed download verifies every piece anyway.
+    fn record(&mut self) {
+        let done = self.sched.done_bitfield();
+        if done.count() == self.recorded || done.count() == done.len() {
+            return;
+        }
+        match self.job.part.save_record(&done) {
+            Ok(()) => self.recorded = done.count(),
+            Err(e) => self.ctx().emit(Event::RecordFailed {
+                file: self.job.file.into(),
+                error: format!("saving {}: {e}", self.job.part.record_path().display()),
+            }),
+        }
+    }
+}
+
+/// How many requests a worker keeps in flight: enough for [`PIPELINE_TIME`] at the rate its
+/// owner has been sending, between two pieces and the configured depth. A deep pipeline
+/// to a slow owner would commit pieces to it long before they arrive, pieces that faster
+/// owners could have sent, and that other downloaders meanwhile get too.
+struct Pace {
+    max: usize,
+    piece_size: f64,
+    /// Bytes per second, smoothed; `None` until two pieces have arrived.
+    rate: Option<f64>,
+    last: Option<Instant>,
+}
+
+impl Pace {
+    fn new(max: usize, piece_size: u32) -> Self {
+        Self {
+            max: max.max(1),
+            piece_size: f64::from(piece_size.max(1)),
+            rate: None,
+            last: None,
+        }
+    }
+
+    fn depth(&self) -> usize {
+        let Some(rate) = self.rate else {
+            return self.max.min(2);
+        };
+        let wanted = (rate * PIPELINE_TIME / self.piece_size).ceil() as usize;
+        wanted.clamp(self.max.min(2), self.max)
+    }
+
+    fn arrived(&mut self, bytes: usize) {
+        let now = Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            let secs = now.duration_since(last).as_secs_f64().max(1e-6);
+            let sample = bytes as f64 / secs;
+            self.rate = Some(self.rate.map_or(sample, |r| 0.8 * r + 0.2 * sample));
+        }
+    }
+}

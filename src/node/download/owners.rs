@@ -1,0 +1,219 @@
+//! The owners one download knows of, and how each has fared.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::messages::OwnerInfo;
+
+use super::super::Ctx;
+
+/// An owner that failed this many times is given up on for the download.
+const MAX_FAILURES: u32 = 4;
+/// An owner that sent this many pieces that failed verification is given up on.
+const MAX_BAD_PIECES: u32 = 2;
+/// How long a failed owner waits before it is asked again; doubled at each failure.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+/// The owners known for one download, and how each has fared.
+///
+/// An owner that fails for a reason that may pass (a refused or broken connection, a
+/// timeout) is retried after a backoff that doubles each time, and given up on after
+/// [`MAX_FAILURES`]. One that sends a piece that fails verification is retried once more
+/// and dropped for good at the second ([`MAX_BAD_PIECES`]). One that breaks the protocol or
+/// refuses the file is dropped at once.
+#[derive(Debug, Default)]
+pub(super) struct OwnerBook {
+    /// Every owner heard of, best first.
+    pub candidates: Vec<OwnerInfo>,
+    failures: HashMap<SocketAddr, u32>,
+    bad_pieces: HashMap<SocketAddr, u32>,
+    /// When an owner that failed may be asked again.
+    retry_at: HashMap<SocketAddr, Instant>,
+    /// Owners never asked again in this download.
+    banned: HashSet<SocketAddr>,
+    pub reasons: Vec<(SocketAddr, String)>,
+    /// Whether the tracker was asked again since the last piece arrived with no owner left.
+    pub asked_again: bool,
+}
+
+impl OwnerBook {
+    pub fn new(ctx: &Ctx, listed: Vec<OwnerInfo>) -> Self {
+        let mut owners = Self::default();
+        owners.add(ctx, listed);
+        owners
+    }
+
+    /// Adds owners not yet known, skipping this node itself.
+    pub fn add(&mut self, ctx: &Ctx, listed: Vec<OwnerInfo>) {
+        let me = (ctx.config.name.as_str(), ctx.local_addr.port());
+        self.add_except(listed, me);
+    }
+
+    fn add_except(&mut self, listed: Vec<OwnerInfo>, (name, port): (&str, u16)) {
+        for o in listed {
+            let is_self = o.node == name && o.addr.port() == port;
+            if !is_self && !self.candidates.iter().any(|c| c.addr == o.addr) {
+                self.candidates.push(o);
+            }
+        }
+    }
+
+    fn given_up(&self, addr: &SocketAddr) -> bool {
+        self.banned.contains(addr) || self.failures.get(addr).copied().unwrap_or(0) >= MAX_FAILURES
+    }
+
+    /// Returns up to `max` owners that may be asked now, best first.
+    pub fn usable(&self, max: usize, now: Instant) -> Vec<SocketAddr> {
+        self.candidates
+            .iter()
+            .map(|o| o.addr)
+            .filter(|a| !self.given_up(a) && self.retry_at.get(a).is_none_or(|t| *t <= now))
+            .take(max)
+            .collect()
+    }
+
+    /// Returns when the next owner still in the running may be asked again, if any is
+    /// waiting out a backoff.
+    pub fn next_retry(&self, now: Instant) -> Option<Instant> {
+        self.retry_at
+            .iter()
+            .filter(|(a, t)| **t > now && !self.given_up(a))
+            .map(|(_, t)| *t)
+            .min()
+    }
+
+    pub fn failed(&mut self, addr: SocketAddr, e: &Error, now: Instant) {
+        match e {
+            Error::HashMismatch { .. } => {
+                let bad = self.bad_pieces.entry(addr).or_default();
+                *bad += 1;
+                if *bad >= MAX_BAD_PIECES {
+                    self.banned.insert(addr);
+                } else {
+                    self.retry_at.insert(addr, now + BACKOFF);
+                }
+            }
+            Error::Peer { .. } | Error::Handshake(_) | Error::KeyMismatch { .. } => {
+                self.banned.insert(addr);
+            }
+            _ => {
+                let n = self.failures.entry(addr).or_default();
+                *n += 1;
+                self.retry_at.insert(addr, now + BACKOFF * 2u32.pow(*n - 1));
+            }
+        }
+        self.reasons.push((addr, e.to_string()));
+    }
+
+    /// Records that `addr` was tried; fresh owners from the tracker may be asked again.
+    pub fn tried(&mut self, _addr: SocketAddr) {
+        self.asked_again = false;
+    }
+
+    /// Rests `addr` until `until` (it was replaced, not failed).
+    pub fn rest(&mut self, addr: SocketAddr, until: Instant) {
+        self.retry_at.insert(addr, until);
+    }
+
+    /// How the last owner to fail failed, for the error that ends a download.
+    pub fn last_reason(&self) -> String {
+        self.reasons
+            .last()
+            .map_or_else(|| "no owner was reachable".into(), |(_, r)| r.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(port: u16) -> OwnerInfo {
+        OwnerInfo {
+            node: format!("n{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            uploads: 0,
+            complete: true,
+        }
+    }
+
+    fn book() -> OwnerBook {
+        let mut o = OwnerBook::default();
+        o.add_except(vec![owner(1), owner(2), owner(3)], ("n3", 3));
+        o
+    }
+
+    fn io_error(port: u16) -> Error {
+        Error::PeerIo {
+            addr: owner(port).addr,
+            op: "connecting",
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        }
+    }
+
+    #[test]
+    fn this_node_is_never_its_own_owner() {
+        assert_eq!(book().candidates.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_owner_is_retried_after_a_doubling_backoff_then_given_up() {
+        let mut o = book();
+        let a = owner(1).addr;
+        let t0 = Instant::now();
+        o.failed(a, &io_error(1), t0);
+        assert_eq!(o.usable(8, t0), [owner(2).addr]);
+        assert_eq!(o.next_retry(t0), Some(t0 + BACKOFF));
+        assert_eq!(o.usable(8, t0 + BACKOFF), [a, owner(2).addr]);
+        o.failed(a, &io_error(1), t0);
+        assert_eq!(o.next_retry(t0), Some(t0 + BACKOFF * 2));
+        o.failed(a, &io_error(1), t0);
+        o.failed(a, &io_error(1), t0);
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(
+            o.usable(8, later),
+            [owner(2).addr],
+            "given up after {MAX_FAILURES}"
+        );
+        assert_eq!(o.next_retry(t0), None);
+    }
+
+    #[test]
+    fn a_second_bad_piece_drops_an_owner_for_good() {
+        let mut o = book();
+        let a = owner(2).addr;
+        let bad = Error::HashMismatch {
+            file: "f".into(),
+            piece: 0,
+            addr: a,
+        };
+        let t0 = Instant::now();
+        o.failed(a, &bad, t0);
+        assert!(
+            o.usable(8, t0 + BACKOFF).contains(&a),
+            "one bad piece: retried later"
+        );
+        o.failed(a, &bad, t0);
+        assert!(!o.usable(8, t0 + Duration::from_secs(3600)).contains(&a));
+    }
+
+    #[test]
+    fn a_protocol_violation_drops_an_owner_at_once() {
+        let mut o = book();
+        let a = owner(1).addr;
+        o.failed(
+            a,
+            &Error::Peer {
+                addr: a,
+                reason: "unexpected bitfield".into(),
+            },
+            Instant::now(),
+        );
+        assert!(
+            !o.usable(8, Instant::now() + Duration::from_secs(3600))
+                .contains(&a)
+        );
+        assert_eq!(o.reasons.len(), 1);
+    }
+}
