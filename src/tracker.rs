@@ -477,7 +477,7 @@ impl Service {
                 }
             }
             NodeToTracker::Need { file, numwant } => {
-                let found = self.registry.lock().need(&file, numwant);
+                let found = self.registry.lock().need(&file, numwant, fastrand::u64(..));
                 let body = match found {
                     Some(f) => TrackerToNode::Owners {
                         file,

@@ -98,7 +98,7 @@ fn nodes_that_keep_announcing_do_not_expire() {
 }
 
 #[test]
-fn owners_are_ranked_by_upload_count() {
+fn search_ranks_owners_by_uploads_and_downloads_get_them_shuffled() {
     let (tracker, _events) = start_tracker();
     let client = TrackerClient::new(tracker.local_addr());
     for (name, port, sent) in [("low", 1001, 1), ("high", 1002, 9), ("mid", 1003, 5)] {
@@ -118,9 +118,15 @@ fn owners_are_ranked_by_upload_count() {
             })
             .unwrap();
     }
-    let owners = client.need("f.bin", 2).unwrap().owners;
-    let names: Vec<&str> = owners.iter().map(|o| o.node.as_str()).collect();
-    assert_eq!(names, ["high", "mid"]);
+    // People searching see the original's best node first.
+    let hits = client.search("f.bin").unwrap();
+    let names: Vec<&str> = hits[0].owners.iter().map(|o| o.node.as_str()).collect();
+    assert_eq!(names, ["high", "mid", "low"]);
+    // Downloaders each get their own random pick, so they do not all crowd the same two.
+    let firsts: std::collections::HashSet<String> = (0..30)
+        .map(|_| client.need("f.bin", 2).unwrap().owners[0].node.clone())
+        .collect();
+    assert_eq!(firsts.len(), 3, "{firsts:?}");
     tracker.shutdown().unwrap();
 }
 

@@ -120,11 +120,13 @@ impl Registry {
     }
 
     /// Returns the content most owners hold under `file`, with up to `numwant` owners
-    /// (capped at [`MAX_OWNERS_LISTED`]) ranked best first, or `None` if nobody owns it.
+    /// (capped at [`MAX_OWNERS_LISTED`]), or `None` if nobody owns it.
     ///
-    /// Complete owners come first, then those that have sent the most files, then the
-    /// most bytes: the original's "best node".
-    pub fn need(&self, file: &str, numwant: u16) -> Option<Found> {
+    /// Complete owners come first; within each group the order is a random permutation
+    /// drawn from `seed` (the tracker passes a fresh one per request). Handing every
+    /// downloader the same ranked list made every downloader pick the same few early
+    /// holders and froze the swarm into a star; a random subset spreads the load.
+    pub fn need(&self, file: &str, numwant: u16, seed: u64) -> Option<Found> {
         let swarms = self.files.get(file)?;
         let (content, swarm) = swarms
             .iter()
@@ -134,7 +136,7 @@ impl Registry {
         Some(Found {
             content: *content,
             size: swarm.size,
-            owners: self.ranked_owners(swarm, want),
+            owners: self.ranked_owners(swarm, want, Order::Shuffled(seed)),
         })
     }
 
@@ -154,7 +156,7 @@ impl Registry {
                         content: *content,
                         size: swarm.size,
                         owner_count: u32::try_from(swarm.owners.len()).unwrap_or(u32::MAX),
-                        owners: self.ranked_owners(swarm, MAX_OWNERS_PER_HIT),
+                        owners: self.ranked_owners(swarm, MAX_OWNERS_PER_HIT, Order::Best),
                     })
             })
             .take(MAX_SEARCH_HITS)
@@ -250,8 +252,10 @@ impl Registry {
         Snapshot { files, nodes }
     }
 
-    fn ranked_owners(&self, swarm: &Swarm, want: usize) -> Vec<OwnerInfo> {
+    /// Returns up to `want` owners of `swarm`, complete ones first, then in `order`.
+    fn ranked_owners(&self, swarm: &Swarm, want: usize, order: Order) -> Vec<OwnerInfo> {
         use std::cmp::Reverse;
+        use std::hash::{Hash, Hasher};
         // Each owner's node is looked up once, and its sort key computed once; only the
         // owners that make the cut are turned into `OwnerInfo`s.
         let mut ranked: Vec<_> = swarm
@@ -260,12 +264,16 @@ impl Registry {
             .map(|(addr, o)| {
                 let node = self.nodes.get(addr);
                 let counters = node.map(|n| n.counters).unwrap_or_default();
-                let key = (
-                    Reverse(o.complete),
-                    Reverse(counters.files_sent),
-                    Reverse(counters.bytes_sent),
-                    *addr,
-                );
+                let rank = match order {
+                    // The original's "best node": most files sent, then most bytes.
+                    Order::Best => (Reverse(counters.files_sent), Reverse(counters.bytes_sent)),
+                    Order::Shuffled(seed) => {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        (seed, addr).hash(&mut h);
+                        (Reverse(h.finish()), Reverse(0))
+                    }
+                };
+                let key = (Reverse(o.complete), rank, *addr);
                 (key, node)
             })
             .collect();
@@ -279,16 +287,23 @@ impl Registry {
         ranked.sort_unstable_by_key(|(key, _)| *key);
         ranked
             .into_iter()
-            .map(
-                |((Reverse(complete), Reverse(uploads), _, addr), node)| OwnerInfo {
-                    node: node.map(|n| n.name.clone()).unwrap_or_default(),
-                    addr,
-                    uploads,
-                    complete,
-                },
-            )
+            .map(|((Reverse(complete), _, addr), node)| OwnerInfo {
+                node: node.map(|n| n.name.clone()).unwrap_or_default(),
+                addr,
+                uploads: node.map_or(0, |n| n.counters.files_sent),
+                complete,
+            })
             .collect()
     }
+}
+
+/// How owners are ordered within the complete and the partial ones.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    /// Most files sent first, then most bytes (search results, for people).
+    Best,
+    /// A random permutation drawn from the seed (owners for a download).
+    Shuffled(u64),
 }
 
 fn remove_owner(
@@ -439,16 +454,31 @@ mod tests {
     }
 
     #[test]
-    fn need_lists_owners_best_first_and_capped() {
+    fn need_lists_a_random_subset_complete_owners_first() {
         let (mut r, now) = registry();
-        assert!(r.announce(IP, &ann("A", 1, "f", 1, 1), now).unwrap());
-        assert!(r.announce(IP, &ann("B", 2, "f", 1, 5), now).unwrap());
-        assert!(r.announce(IP, &ann("C", 3, "f", 1, 3), now).unwrap());
-        let found = r.need("f", 2).unwrap();
-        let names: Vec<&str> = found.owners.iter().map(|o| o.node.as_str()).collect();
-        assert_eq!(names, ["B", "C"]);
-        assert_eq!(found.owners[0].addr, SocketAddr::new(IP, 2));
-        assert!(r.need("g", 5).is_none());
+        for port in 1..=40 {
+            let mut a = ann(&format!("n{port}"), port, "f", 1, u64::from(port));
+            a.complete = port <= 3;
+            a.pieces = if a.complete { 10 } else { 5 };
+            r.announce(IP, &a, now).unwrap();
+        }
+        let mut firsts = std::collections::HashSet::new();
+        let mut listed = std::collections::HashSet::new();
+        for seed in 0..50 {
+            let found = r.need("f", 8, seed).unwrap();
+            assert_eq!(found.owners.len(), 8);
+            assert!(found.owners[..3].iter().all(|o| o.complete), "complete first");
+            assert!(found.owners[3..].iter().all(|o| !o.complete));
+            firsts.insert(found.owners[3].addr);
+            listed.extend(found.owners.iter().map(|o| o.addr));
+        }
+        // Fifty requests see most of the 37 partial owners, not the same five.
+        assert!(listed.len() > 30, "{} owners listed", listed.len());
+        assert!(firsts.len() > 10);
+        assert_eq!(r.need("f", 8, 7), r.need("f", 8, 7), "a seed is one permutation");
+        assert!(r.need("g", 5, 0).is_none());
+        // Search still ranks the original's best node first.
+        assert_eq!(r.search("f")[0].owners[0].node, "n3");
     }
 
     #[test]
@@ -465,10 +495,10 @@ mod tests {
         r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
         r.announce(IP, &ann("B", 2, "f", 2, 0), now).unwrap();
         r.announce(IP, &ann("C", 3, "f", 2, 0), now).unwrap();
-        assert_eq!(r.need("f", 10).unwrap().content, ContentId([2; 32]));
+        assert_eq!(r.need("f", 10, 0).unwrap().content, ContentId([2; 32]));
         // A changes its file to content 2: content 1 has no owner left.
         r.announce(IP, &ann("A", 1, "f", 2, 0), now).unwrap();
-        assert_eq!(r.need("f", 10).unwrap().owners.len(), 3);
+        assert_eq!(r.need("f", 10, 0).unwrap().owners.len(), 3);
         assert_eq!(r.snapshot().files.len(), 1);
     }
 
@@ -480,8 +510,8 @@ mod tests {
         r.announce(IP, &ann("B", 2, "g", 3, 0), now).unwrap();
         assert!(r.exit(SocketAddr::new(IP, 1)));
         assert!(!r.exit(SocketAddr::new(IP, 1)));
-        assert!(r.need("f", 5).is_none());
-        assert_eq!(r.need("g", 5).unwrap().owners.len(), 1);
+        assert!(r.need("f", 5, 0).is_none());
+        assert_eq!(r.need("g", 5, 0).unwrap().owners.len(), 1);
         assert_eq!(r.snapshot().nodes.len(), 1);
     }
 
@@ -493,7 +523,7 @@ mod tests {
             .unwrap();
         assert!(!r.expire(now + Duration::from_secs(29)));
         assert!(r.expire(now + Duration::from_secs(30)));
-        let found = r.need("f", 5).unwrap();
+        let found = r.need("f", 5, 0).unwrap();
         assert_eq!(found.owners.len(), 1);
         assert_eq!(found.owners[0].node, "B");
         assert!(r.expire(now + Duration::from_secs(50)));
