@@ -1,5 +1,5 @@
 //! Swarming: one seeder capped at R and N leechers started together. Prints, for N = 1,
-//! 4, 8 and 16, the time until the last leecher finishes as a multiple of S/R (S the file
+//! 4, 8, 16 and 32 (any N: the per-address connection cap is lifted), the time until the last leecher finishes as a multiple of S/R (S the file
 //! size), and how many copies of the file the seeder sent. A client-server design needs
 //! N × S/R and N copies.
 //!
@@ -25,7 +25,7 @@ fn main() {
     let mib: u64 = env_or("P2P_SWARM_MIB", 32);
     let rate_mib: u64 = env_or("P2P_SWARM_RATE_MIB", 16);
     let ns: Vec<usize> = std::env::var("P2P_SWARM_N")
-        .unwrap_or_else(|_| "1,4,8,16".into())
+        .unwrap_or_else(|_| "1,4,8,16,32".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
@@ -42,10 +42,12 @@ fn main() {
         let config =
             TrackerConfig::new("127.0.0.1:0".parse().unwrap()).interval(Duration::from_secs(1));
         let (tracker, _events) = Tracker::start(config).unwrap();
+        // Every node is 127.0.0.1 here: lift the per-address cap meant for the internet.
         let node = |name: &str| {
             NodeConfig::new(name, work.path().join(name))
                 .listen("127.0.0.1:0".parse().unwrap())
                 .tracker(tracker.local_addr())
+                .max_connections(4 * n + 64, 4 * n + 64)
         };
         let mut seeder_config = node("seeder");
         seeder_config.upload_limit = Some(rate);

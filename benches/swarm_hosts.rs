@@ -9,7 +9,13 @@
 //! ```text
 //! cargo bench --bench swarm_hosts                       # N = 8, 16, 32, 64; 32 MiB at 2 MiB/s
 //! P2P_HOSTS_N=64 P2P_HOSTS_MIB=32 P2P_HOSTS_RATE_MIB=2 cargo bench --bench swarm_hosts
+//! P2P_HOSTS_TRACE=1 P2P_HOSTS_ARGS="--upload-slots 8" cargo bench --bench swarm_hosts
 //! ```
+//!
+//! `P2P_HOSTS_ARGS` adds flags to every node (to explore settings); `P2P_HOSTS_TRACE=1`
+//! prints, second by second, the pieces the leechers hold together, what the seeder has
+//! sent, and how many leechers have finished; `P2P_HOSTS_LOG=FILE` keeps every line the
+//! hosts print (with `-v` under a trace), timed.
 //!
 //! Needs root and iproute2 (network namespaces); without them it says so and measures
 //! nothing. Every namespace is removed when a run ends, however it ends.
@@ -156,7 +162,25 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    let seeder_args = node_args(1, "seeder", &["--upload", "f.bin"]);
+    let extra: Vec<String> = std::env::var("P2P_HOSTS_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let trace = std::env::var("P2P_HOSTS_TRACE").is_ok_and(|v| v == "1");
+    // Every line every host printed, with seconds since the start, for a closer look.
+    let mut log = std::env::var("P2P_HOSTS_LOG")
+        .ok()
+        .map(|path| std::fs::File::create(path).expect("creating the log"));
+    let mut common: Vec<&str> = extra.iter().map(String::as_str).collect();
+    if trace {
+        common.push("-v");
+    }
+    let seeder_extra: Vec<&str> = ["--upload", "f.bin"]
+        .into_iter()
+        .chain(common.clone())
+        .collect();
+    let seeder_args = node_args(1, "seeder", &seeder_extra);
     start(
         1,
         NODE,
@@ -165,7 +189,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
     wait_for(&lines, |i, l| i == 1 && l.contains("sharing f.bin"));
     for i in 0..n {
         let name = format!("l{i}");
-        let args = node_args(i + 2, &name, &[]);
+        let args = node_args(i + 2, &name, &common);
         start(
             i + 2,
             NODE,
@@ -187,15 +211,41 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
     let deadline = began + Duration::from_secs_f64(12.0 * size as f64 / rate + 30.0);
     let mut finished: HashMap<usize, f64> = HashMap::new();
     let mut failed = 0;
+    // With a trace: pieces received by leechers and pieces the seeder sent, per second.
+    let (mut held, mut seeded) = (Vec::<u32>::new(), Vec::<u32>::new());
     while finished.len() + failed < n {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok((i, line, at)) = lines.recv_timeout(left) else {
             break;
         };
+        let second = at.saturating_duration_since(began).as_secs() as usize;
+        if let Some(log) = log.as_mut() {
+            let t = at.saturating_duration_since(began).as_secs_f64();
+            let _ = writeln!(log, "{t:.3} {} {line}", hosts[i]);
+        }
         if i >= 2 && line.starts_with("downloaded f.bin") {
             finished.insert(i, at.duration_since(began).as_secs_f64());
         } else if i >= 2 && line.starts_with("download f.bin:") {
             failed += 1;
+        } else if trace && i >= 2 && line.starts_with("received piece") {
+            bump(&mut held, second);
+        } else if trace && i == 1 && line.starts_with("sent piece") {
+            bump(&mut seeded, second);
+        }
+    }
+    if trace {
+        let pieces = size.div_ceil(256 * 1024) as f64;
+        let (mut h, mut s) = (0, 0);
+        for sec in 0..held.len().max(seeded.len()) {
+            h += held.get(sec).copied().unwrap_or(0);
+            s += seeded.get(sec).copied().unwrap_or(0);
+            let done = finished.values().filter(|&&t| t < (sec + 1) as f64).count();
+            println!(
+                "  t={:>3}s leechers hold {:>5.1}% of their pieces, seeder sent {:>5.2} copies, {done} done",
+                sec + 1,
+                100.0 * f64::from(h) / (pieces * n as f64),
+                f64::from(s) / pieces
+            );
         }
     }
     let wall = began.elapsed().as_secs_f64();
@@ -243,6 +293,13 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         exact,
         cpu_share: cpu / (wall * cores),
     }
+}
+
+fn bump(counts: &mut Vec<u32>, at: usize) {
+    if counts.len() <= at {
+        counts.resize(at + 1, 0);
+    }
+    counts[at] += 1;
 }
 
 /// Reads host lines until `done` says so; panics after two minutes of silence.

@@ -338,6 +338,11 @@ pub enum Message {
         /// The pieces.
         pieces: Vec<u32>,
     },
+    /// The owner will answer new requests on this connection (its upload turn began).
+    Unchoke,
+    /// The owner asks for no new requests on this connection until the next `Unchoke`;
+    /// requests already sent are still answered.
+    Choke,
 }
 
 /// What a download records beside its `.part` file: which pieces are verified and on disk.

@@ -95,7 +95,7 @@ impl NodeConfig {
             dir: dir.into(),
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             tracker: DEFAULT_TRACKER_ADDR,
-            max_owners: 8,
+            max_owners: 16,
             pipeline_depth: 8,
             piece_size: None,
             peer_timeout: Duration::from_secs(5),
@@ -104,7 +104,7 @@ impl NodeConfig {
             max_connections: 64,
             max_connections_per_ip: 16,
             handshake_timeout: Duration::from_secs(10),
-            upload_slots: 4,
+            upload_slots: 8,
             upload_limit: None,
             download_limit: None,
             key: None,
@@ -132,6 +132,22 @@ impl NodeConfig {
     /// Sets how many owners a download uses at once (at least one).
     pub fn max_owners(mut self, owners: usize) -> Self {
         self.max_owners = owners.max(1);
+        self
+    }
+
+    /// Sets how many connections may be sent pieces of complete files at once (at least
+    /// one).
+    pub fn upload_slots(mut self, slots: usize) -> Self {
+        self.upload_slots = slots.max(1);
+        self
+    }
+
+    /// Sets the most peer connections served at once, in all and from one IP address (each
+    /// at least one). The defaults (64, 16) suit the open internet; a host running many
+    /// nodes on loopback, as tests and benches do, needs more per address.
+    pub fn max_connections(mut self, total: usize, per_ip: usize) -> Self {
+        self.max_connections = total.max(1);
+        self.max_connections_per_ip = per_ip.max(1);
         self
     }
 

@@ -283,8 +283,9 @@ fn asked_about(addr: std::net::SocketAddr, file: &str) -> (TcpStream, BufReader<
     (s, r)
 }
 
-/// Reads the pieces the node offers in its next `Have`.
+/// Reads the node's `Unchoke`, then the pieces it offers in its next `Have`.
 fn read_offers(r: &mut BufReader<TcpStream>, content: ContentId) -> Vec<u32> {
+    assert!(matches!(read_frame(r), Ok(Some(Message::Unchoke))));
     match read_frame(r) {
         Ok(Some(Message::Have { content: c, pieces })) if c == content => pieces,
         other => panic!("expected offers, got {other:?}"),

@@ -210,6 +210,8 @@ pub(super) enum Incoming {
     Data { piece: u32, len: u32 },
     /// The owner now holds (or offers) these pieces too.
     Have(Vec<u32>),
+    /// The owner chokes (`true`) or unchokes (`false`) this connection.
+    Choke(bool),
 }
 
 /// The reading half of a connection to an owner.
@@ -260,6 +262,8 @@ impl PeerReader<'_> {
                 len,
             } if c == content => Ok(Incoming::Data { piece, len }),
             Message::Have { content: c, pieces } if c == content => Ok(Incoming::Have(pieces)),
+            Message::Choke => Ok(Incoming::Choke(true)),
+            Message::Unchoke => Ok(Incoming::Choke(false)),
             Message::Reject { reason } => Err(Error::Peer {
                 addr: self.addr,
                 reason,

@@ -292,30 +292,33 @@ impl Schedule {
         self.queues[slot].remove(at)
     }
 
-    /// Moves to `slot` up to half (rounded up) of the largest other live share: the pieces
-    /// nearest its end that `slot`'s owner holds.
+    /// Moves to `slot` up to half (rounded up) of the largest other live share that holds
+    /// a piece `slot`'s owner has: the pieces nearest its end that the owner has. Shares are
+    /// tried largest first, so a piece only one owner offers is found wherever it is queued.
     fn steal(&mut self, slot: usize, has: &Bitfield) {
-        let victim = (0..self.queues.len())
-            .filter(|&v| v != slot && self.alive[v])
-            .max_by_key(|&v| self.queues[v].len());
-        let Some(victim) = victim else { return };
-        // Half, rounded up: a queue of one is stolen too, or its last piece would wait.
-        let want = self.queues[victim].len().div_ceil(2);
-        if want == 0 {
-            return;
-        }
-        let mut queue = std::mem::take(&mut self.queues[victim]);
-        let mut kept = VecDeque::with_capacity(queue.len());
-        let mut taken = VecDeque::with_capacity(want);
-        while let Some(p) = queue.pop_back() {
-            if taken.len() < want && has.get(p) {
-                taken.push_front(p);
-            } else {
-                kept.push_front(p);
+        let mut victims: Vec<usize> = (0..self.queues.len())
+            .filter(|&v| v != slot && self.alive[v] && !self.queues[v].is_empty())
+            .collect();
+        victims.sort_by_key(|&v| std::cmp::Reverse(self.queues[v].len()));
+        for victim in victims {
+            // Half, rounded up: a queue of one is stolen too, or its last piece would wait.
+            let want = self.queues[victim].len().div_ceil(2);
+            let mut queue = std::mem::take(&mut self.queues[victim]);
+            let mut kept = VecDeque::with_capacity(queue.len());
+            let mut taken = VecDeque::with_capacity(want);
+            while let Some(p) = queue.pop_back() {
+                if taken.len() < want && has.get(p) {
+                    taken.push_front(p);
+                } else {
+                    kept.push_front(p);
+                }
+            }
+            self.queues[victim] = kept;
+            if !taken.is_empty() {
+                self.queues[slot].extend(taken);
+                return;
             }
         }
-        self.queues[victim] = kept;
-        self.queues[slot].extend(taken);
     }
 
     /// Records that piece `piece`, fetched by `slot`, is verified and written. Returns
@@ -588,8 +591,12 @@ mod offered {
         for seed in 0..200u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let n = 65;
-            let mut s = Schedule::new(&Bitfield::empty(n), 2, rng.u32(..));
+            let mut s = Schedule::new(&Bitfield::empty(n), 3, rng.u32(..));
             s.set_holdings(0, Bitfield::empty(n));
+            // Slot 1 holds a few pieces and stays idle; slot 2 holds nothing.
+            let mut few = Bitfield::empty(n);
+            (0..n).step_by(7).for_each(|i| few.set(i));
+            s.set_holdings(1, few);
             let mut order: Vec<u32> = (0..n).collect();
             rng.shuffle(&mut order);
             let mut taken = Vec::new();

@@ -1,24 +1,34 @@
-//! How a node spends its upload on the files it holds complete.
+//! How a node spends its upload.
+//!
+//! - **Turns (choking).** At most [`NodeConfig::upload_slots`](super::NodeConfig::upload_slots)
+//!   connections hold an upload turn at once, node-wide; the others wait in line, in order.
+//!   A connection is sent `Unchoke` when its turn begins and `Choke` when it ends; a choked
+//!   downloader asks its other owners meanwhile. A turn lasts [`TURN_PIECES`] pieces sent,
+//!   [`TURN_TIME`], or until the peer has asked for nothing for [`TURN_IDLE`], and is
+//!   simply renewed when nobody waits. So a capped uplink sends a
+//!   few pieces fast instead of many slowly: a fresh piece reaches its next holder in a
+//!   fraction of a second and can be passed on from there, where splitting the uplink over
+//!   every requester made each hop take seconds. Turns in order replace BitTorrent's
+//!   tit-for-tat and optimistic unchoke: in a fleet nobody needs to be punished, and round
+//!   robin gives every waiting peer its turn within `waiting / slots` turns.
 //!
 //! A node that holds a whole file is the scarce resource of a swarm: every byte it sends
 //! twice is a byte the downloaders could have traded among themselves. So for complete files
 //! it does not tell a downloader "I hold everything"; it *offers* a few pieces at a time
-//! (announced with `Have`), and the downloader may ask only for those:
+//! (announced with `Have`) during the downloader's turn, and the downloader may ask only
+//! for those:
 //!
-//! - **Turns.** At most [`NodeConfig::upload_slots`](super::NodeConfig::upload_slots)
-//!   connections hold a turn at once, node-wide; the others wait in line, in order. A turn
-//!   lasts [`TURN_PIECES`] pieces sent (or [`TURN_TIME`], whichever comes first), so a capped
-//!   uplink serves a few peers fast, and their pieces reach the rest of the swarm sooner,
-//!   instead of many peers slowly. Rotating turns in order is the seeding half of what
-//!   BitTorrent does with choking and an optimistic unchoke; a seed has nothing to trade,
-//!   so the order is plain round robin.
 //! - **Offers.** A connection with a turn is offered up to [`OFFERS_OPEN`] pieces at once,
-//!   each time the piece the peer lacks that this node has offered least often (ties broken
-//!   at random), and another each time one is sent or the peer gets one elsewhere. Every
-//!   piece is offered once before any is offered twice, so the first copy this node sends
-//!   covers the whole file (super-seeding, from this node's own view).
+//!   and another each time one is sent or the peer gets one elsewhere: each time the piece
+//!   the peer lacks with the fewest copies out, ties broken at random. Copies out is what
+//!   this node knows: how often it offered the piece, or how many of its peers hold it
+//!   (they say, with `Bitfield` and `Have`), whichever is more. Every piece goes out once
+//!   before any goes out twice, so the first copy this node sends covers the whole file
+//!   (super-seeding, from this node's own view); and a piece [`ENOUGH_COPIES`] peers already
+//!   hold is not offered at all, since the peer can get it from them.
 //!
-//! Files being downloaded are not gated: a partial owner offers everything it holds.
+//! A file being downloaded is not gated by offers: its owner tells everything it holds, and
+//! turns alone decide when a peer may ask.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -32,8 +42,56 @@ use super::schedule::Bitfield;
 pub(crate) const TURN_PIECES: u32 = 8;
 /// Longest a turn lasts, however few pieces the peer asks for in it.
 pub(crate) const TURN_TIME: Duration = Duration::from_secs(4);
+/// A turn whose peer has asked for nothing for this long (after the last piece went out)
+/// passes on: the peer is getting what it needs elsewhere.
+pub(crate) const TURN_IDLE: Duration = Duration::from_millis(250);
 /// Pieces offered to one connection and not yet sent, at most.
 pub(crate) const OFFERS_OPEN: usize = 4;
+/// A piece with this many copies out is not offered again.
+pub(crate) const ENOUGH_COPIES: u32 = 2;
+
+/// What a node knows of one complete file's copies in the swarm.
+#[derive(Debug, Default)]
+pub(crate) struct Copies {
+    /// How often each piece was offered, across connections.
+    pub offered: Vec<u32>,
+    /// How many connected peers hold each piece.
+    pub held: Vec<u32>,
+}
+
+impl Copies {
+    /// Creates the book of a file of `pieces` pieces.
+    pub fn new(pieces: u32) -> Self {
+        Self {
+            offered: vec![0; pieces as usize],
+            held: vec![0; pieces as usize],
+        }
+    }
+
+    /// Counts the pieces of `bits` as held by one more peer (`add`) or one fewer.
+    pub fn count(&mut self, bits: &Bitfield, add: bool) {
+        for (i, held) in self.held.iter_mut().enumerate() {
+            if bits.get(i as u32) {
+                *held = if add {
+                    held.saturating_add(1)
+                } else {
+                    held.saturating_sub(1)
+                };
+            }
+        }
+    }
+
+    /// Counts piece `piece` as held by one more peer.
+    pub fn add(&mut self, piece: u32) {
+        if let Some(h) = self.held.get_mut(piece as usize) {
+            *h = h.saturating_add(1);
+        }
+    }
+
+    fn out(&self, piece: usize) -> u32 {
+        self.offered[piece].max(self.held[piece])
+    }
+}
 
 /// The node-wide line of connections waiting for an upload turn.
 #[derive(Debug)]
@@ -80,6 +138,11 @@ impl Turns {
         self.state.lock().held.contains(&id)
     }
 
+    /// Returns whether any connection waits for a turn.
+    pub fn anyone_waiting(&self) -> bool {
+        !self.state.lock().waiting.is_empty()
+    }
+
     /// Ends connection `id`'s turn, or its place in line, and hands the turn to the next
     /// connection waiting.
     pub fn end(&self, id: u64) {
@@ -100,10 +163,10 @@ impl Turns {
 }
 
 /// Chooses up to `n` pieces to offer a peer: pieces it lacks (`peer_has`) and has not been
-/// offered on this connection (`told`), those offered least often first (`given`, counted
-/// across every connection of the file), ties broken by `rng`. Counts each one chosen.
+/// offered on this connection (`told`), those with the fewest copies out first, none with
+/// [`ENOUGH_COPIES`], ties broken by `rng`. Counts each one chosen as offered.
 pub(crate) fn pick_offers(
-    given: &mut [u32],
+    copies: &mut Copies,
     peer_has: &Bitfield,
     told: &Bitfield,
     n: usize,
@@ -113,9 +176,10 @@ pub(crate) fn pick_offers(
     for _ in 0..n {
         let mut best: Option<(u32, u32)> = None;
         let mut ties = 0u32;
-        for (i, &count) in given.iter().enumerate() {
+        for i in 0..copies.offered.len() {
+            let count = copies.out(i);
             let i = i as u32;
-            if peer_has.get(i) || told.get(i) || picked.contains(&i) {
+            if count >= ENOUGH_COPIES || peer_has.get(i) || told.get(i) || picked.contains(&i) {
                 continue;
             }
             match best {
@@ -134,7 +198,7 @@ pub(crate) fn pick_offers(
             }
         }
         let Some((piece, _)) = best else { break };
-        given[piece as usize] += 1;
+        copies.offered[piece as usize] += 1;
         picked.push(piece);
     }
     picked
@@ -146,32 +210,72 @@ mod tests {
 
     #[test]
     fn every_piece_is_offered_once_before_any_twice() {
-        let mut given = vec![0u32; 64];
+        let mut copies = Copies::new(64);
         let mut rng = fastrand::Rng::with_seed(1);
         let nothing = Bitfield::empty(64);
         let mut seen = Vec::new();
         // Sixteen peers, four offers each: 64 offers, one per piece.
         for _ in 0..16 {
-            seen.extend(pick_offers(&mut given, &nothing, &nothing, 4, &mut rng));
+            seen.extend(pick_offers(&mut copies, &nothing, &nothing, 4, &mut rng));
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..64).collect::<Vec<_>>());
-        assert!(given.iter().all(|&c| c == 1));
-        let again = pick_offers(&mut given, &nothing, &nothing, 1, &mut rng);
-        assert_eq!(given[again[0] as usize], 2);
+        assert!(copies.offered.iter().all(|&c| c == 1));
+        let again = pick_offers(&mut copies, &nothing, &nothing, 1, &mut rng);
+        assert_eq!(copies.offered[again[0] as usize], 2);
+    }
+
+    #[test]
+    fn pieces_peers_already_hold_go_last_and_enough_copies_not_at_all() {
+        let mut copies = Copies::new(8);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut two_peers = Bitfield::empty(8);
+        (0..6).for_each(|i| two_peers.set(i));
+        copies.count(&two_peers, true);
+        copies.count(&two_peers, true);
+        copies.add(6);
+        let nothing = Bitfield::empty(8);
+        // 7 is held by nobody, 6 by one peer, 0..6 by two: enough.
+        assert_eq!(
+            pick_offers(&mut copies, &nothing, &nothing, 8, &mut rng),
+            [7, 6]
+        );
+        copies.count(&two_peers, false);
+        copies.count(&two_peers, false);
+        // The two peers left: 0..6 have no copy out now, and go before 6 and 7 (one each).
+        let mut more = pick_offers(&mut copies, &nothing, &nothing, 6, &mut rng);
+        more.sort_unstable();
+        assert_eq!(more, [0, 1, 2, 3, 4, 5], "held by none once they left");
     }
 
     #[test]
     fn offers_skip_what_the_peer_holds_or_was_told() {
-        let mut given = vec![0u32; 8];
+        let mut copies = Copies::new(8);
         let mut rng = fastrand::Rng::with_seed(2);
         let mut has = Bitfield::empty(8);
         (0..4).for_each(|i| has.set(i));
         let mut told = Bitfield::empty(8);
         told.set(4);
-        let mut got = pick_offers(&mut given, &has, &told, 8, &mut rng);
+        let mut got = pick_offers(&mut copies, &has, &told, 8, &mut rng);
         got.sort_unstable();
         assert_eq!(got, [5, 6, 7]);
+    }
+
+    /// A turn handed to a connection in line is released by the same `end` that leaves the
+    /// line, even if the connection never learned it had one (it no longer wanted any).
+    #[test]
+    fn a_turn_handed_over_is_released_by_end_even_unclaimed() {
+        let turns = Turns::new(1);
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let (tx2, rx2) = crossbeam_channel::bounded(1);
+        assert!(turns.ask(1, &tx));
+        assert!(!turns.ask(2, &tx2));
+        turns.end(1);
+        assert!(rx2.try_recv().is_ok() && turns.holds(2));
+        // Connection 2 wakes, finds its peer wants nothing more, and ends.
+        turns.end(2);
+        let (tx3, _rx3) = crossbeam_channel::bounded(1);
+        assert!(turns.ask(3, &tx3), "the slot is free again");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!
 //! - for a file being downloaded here, it pushes `Have` for each piece verified since the
 //!   peer was last told (the store's watcher signals it);
-//! - for a file held complete, it offers pieces a few at a time during upload turns, as
-//!   [`seeding`](super::seeding) describes, and the peer may ask only for pieces offered.
+//! - it unchokes the peer when the connection gets an upload turn and chokes it when the
+//!   turn ends, and for a file held complete it offers pieces a few at a time during the
+//!   turn, as [`seeding`](super::seeding) describes; the peer may ask only for pieces offered.
 //!
 //! With a rate limit, file data goes out in quanta of [`LIMITED_QUANTUM`], each waited for
 //! in turn, so many connections share a capped uplink fairly and none falls silent long
@@ -29,7 +30,7 @@ use crate::messages::{ContentId, Message, check_file_name, write_frame};
 use crate::session::LinkWriter;
 
 use super::schedule::Bitfield;
-use super::seeding::{OFFERS_OPEN, TURN_PIECES, TURN_TIME, pick_offers};
+use super::seeding::{OFFERS_OPEN, TURN_IDLE, TURN_PIECES, TURN_TIME, pick_offers};
 use super::store::SharedFile;
 use super::{Ctx, Event};
 
@@ -42,6 +43,9 @@ pub(crate) const LIMITED_QUANTUM: usize = 16 * 1024;
 const CHANGE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Files one connection may ask about; more are refused.
 const MAX_FEEDS: usize = 16;
+/// Requests answered after `Choke` before the peer is taken for one that ignores it: more
+/// than any honest pipeline holds.
+const MAX_SERVED_CHOKED: u32 = 64;
 
 /// What the reading half hands to this thread.
 #[derive(Debug)]
@@ -97,6 +101,12 @@ pub(super) struct Outbox<'a> {
     wake_rx: Receiver<()>,
     /// Pieces sent in the current turn, and when it ends; `None` without a turn.
     turn: Option<(u32, Instant)>,
+    /// When the peer last asked for data or was last sent some.
+    last_active: Instant,
+    /// Whether the peer was last told `Unchoke` (connections start choked).
+    unchoked: bool,
+    /// Requests answered since the peer was told `Choke`: those it sent before hearing it.
+    served_choked: u32,
     rng: fastrand::Rng,
 }
 
@@ -115,6 +125,9 @@ impl<'a> Outbox<'a> {
             wake_tx,
             wake_rx,
             turn: None,
+            last_active: Instant::now(),
+            unchoked: false,
+            served_choked: 0,
             rng: fastrand::Rng::new(),
         }
     }
@@ -124,6 +137,12 @@ impl<'a> Outbox<'a> {
     pub fn run(mut self, jobs: &Receiver<Job>) -> Result<()> {
         let result = self.serve(jobs);
         self.ctx.turns.end(self.id);
+        // This peer's copies leave with it.
+        for feed in self.feeds.values().filter(|f| f.gated) {
+            if let Some(peer) = &feed.peer {
+                feed.shared.copies.lock().count(peer, false);
+            }
+        }
         if result.is_err() {
             let _ = self.writer.get_ref().shutdown(Shutdown::Both);
         }
@@ -133,17 +152,25 @@ impl<'a> Outbox<'a> {
     fn serve(&mut self, jobs: &Receiver<Job>) -> Result<()> {
         loop {
             let turn_over = match self.turn {
-                Some((_, until)) => after(until.saturating_duration_since(Instant::now())),
+                Some((_, until)) => {
+                    let idle = self.last_active + TURN_IDLE;
+                    after(until.min(idle).saturating_duration_since(Instant::now()))
+                }
                 None => never(),
             };
             select! {
                 recv(jobs) -> job => match job {
-                    Ok(job) => self.handle(job)?,
+                    Ok(job) => {
+                        if matches!(job, Job::Data { .. }) {
+                            self.last_active = Instant::now();
+                        }
+                        self.handle(job)?;
+                    }
                     Err(_) => return self.flush(),
                 },
                 recv(self.wake_rx) -> _ => self.refresh()?,
                 recv(turn_over) -> _ => {
-                    self.end_turn();
+                    self.next_turn()?;
                     self.offer()?;
                 }
             }
@@ -173,6 +200,13 @@ impl<'a> Outbox<'a> {
                     return self.refuse("bitfield does not fit the file".into());
                 };
                 feed.open.retain(|&p| !bits.get(p));
+                if feed.gated {
+                    let mut copies = feed.shared.copies.lock();
+                    if let Some(old) = &feed.peer {
+                        copies.count(old, false);
+                    }
+                    copies.count(&bits, true);
+                }
                 feed.peer = Some(bits);
                 self.offer()
             }
@@ -185,11 +219,18 @@ impl<'a> Outbox<'a> {
                     return self.refuse("have for a piece past the end".into());
                 }
                 let peer = feed.peer.get_or_insert_with(|| Bitfield::empty(count));
+                let mut copies = feed.gated.then(|| feed.shared.copies.lock());
                 for &p in &pieces {
+                    if !peer.get(p)
+                        && let Some(c) = copies.as_mut()
+                    {
+                        c.add(p);
+                    }
                     peer.set(p);
                     // An offer the peer got elsewhere is free for another.
                     feed.open.remove(&p);
                 }
+                drop(copies);
                 self.offer()
             }
             Job::Refuse(reason) => self.refuse(reason),
@@ -243,25 +284,27 @@ impl<'a> Outbox<'a> {
         for (content, pieces) in news {
             self.send(&Message::Have { content, pieces })?;
         }
+        // A turn handed over, or new pieces the peer may want.
         self.offer()
     }
 
-    /// Offers pieces of complete files, if the peer still lacks some and this connection
-    /// holds (or gets) an upload turn; otherwise ends the turn or waits in line.
+    /// When the peer wants what this node can give: holds (or gets) a turn, unchokes the
+    /// peer, and offers pieces of complete files. When it wants nothing: ends the turn.
     fn offer(&mut self) -> Result<()> {
-        let wanted = self
-            .feeds
-            .values()
-            .any(|f| f.gated && f.peer.as_ref().is_some_and(|p| p.count() < p.len()));
-        if !wanted {
-            self.end_turn();
-            return Ok(());
+        if !self.feeds.values().any(Feed::wanted) {
+            return self.end_turn();
         }
         if self.turn.is_none() {
             if !self.ctx.turns.ask(self.id, &self.wake_tx) {
                 return Ok(());
             }
             self.turn = Some((0, Instant::now() + TURN_TIME));
+            self.last_active = Instant::now();
+        }
+        if !self.unchoked {
+            self.unchoked = true;
+            self.served_choked = 0;
+            self.send(&Message::Unchoke)?;
         }
         let Some((sent, _)) = self.turn else {
             return Ok(());
@@ -278,8 +321,8 @@ impl<'a> Outbox<'a> {
                 continue;
             }
             let picked = {
-                let mut given = feed.shared.offers.lock();
-                pick_offers(&mut given, peer, &feed.told, room, &mut self.rng)
+                let mut copies = feed.shared.copies.lock();
+                pick_offers(&mut copies, peer, &feed.told, room, &mut self.rng)
             };
             for &p in &picked {
                 feed.told.set(p);
@@ -295,11 +338,28 @@ impl<'a> Outbox<'a> {
         Ok(())
     }
 
-    /// Gives up this connection's turn; it asks again when it next has something to offer.
-    fn end_turn(&mut self) {
-        if self.turn.take().is_some() {
-            self.ctx.turns.end(self.id);
+    /// At the end of a turn: renews it if nobody waits, else passes it on.
+    fn next_turn(&mut self) -> Result<()> {
+        if self.turn.is_some() && !self.ctx.turns.anyone_waiting() {
+            self.turn = Some((0, Instant::now() + TURN_TIME));
+            self.last_active = Instant::now();
+            return Ok(());
         }
+        self.end_turn()
+    }
+
+    /// Gives up this connection's turn and chokes the peer; the connection asks again when
+    /// the peer next wants something.
+    fn end_turn(&mut self) -> Result<()> {
+        // Always: a turn may have been handed to this connection while it waited in line,
+        // before it knew; and leaving the line is the same call.
+        self.turn = None;
+        self.ctx.turns.end(self.id);
+        if self.unchoked {
+            self.unchoked = false;
+            self.send(&Message::Choke)?;
+        }
+        Ok(())
     }
 
     fn data(&mut self, content: ContentId, piece: u32, offset: u32, len: u32) -> Result<()> {
@@ -315,6 +375,14 @@ impl<'a> Outbox<'a> {
         }
         if !feed.told.get(piece) || !feed.shared.holds(piece) {
             return self.refuse(format!("piece {piece} was not offered"));
+        }
+        if !self.unchoked {
+            // Requests in flight when the peer was choked are answered; a peer that keeps
+            // asking while choked is not honest.
+            self.served_choked += 1;
+            if self.served_choked > MAX_SERVED_CHOKED {
+                return self.refuse("requests while choked".into());
+            }
         }
         let shared = Arc::clone(&feed.shared);
         let file = match feed.file.take() {
@@ -348,16 +416,18 @@ impl<'a> Outbox<'a> {
             len,
         })?;
         self.copy(&shared, &file, start, u64::from(len))?;
+        self.last_active = Instant::now();
         if let Some(feed) = self.feeds.get_mut(&content) {
             feed.file = Some(file);
             if u64::from(offset) + u64::from(len) == geometry.piece_len(piece).map_or(0, u64::from)
             {
                 feed.open.remove(&piece);
-                if let Some((sent, _)) = &mut self.turn {
+                let turn_done = self.turn.as_mut().is_some_and(|(sent, _)| {
                     *sent += 1;
-                    if *sent >= TURN_PIECES {
-                        self.end_turn();
-                    }
+                    *sent >= TURN_PIECES
+                });
+                if turn_done {
+                    self.next_turn()?;
                 }
             }
         }
@@ -443,6 +513,18 @@ impl<'a> Outbox<'a> {
 }
 
 impl Feed {
+    /// Whether the peer has said what it holds and lacks a piece this node could give it.
+    fn wanted(&self) -> bool {
+        let Some(peer) = &self.peer else {
+            return false;
+        };
+        if self.gated {
+            peer.count() < peer.len()
+        } else {
+            (0..peer.len()).any(|i| self.told.get(i) && !peer.get(i))
+        }
+    }
+
     fn new(shared: Arc<SharedFile>) -> Self {
         let pieces = shared.manifest.piece_count();
         Self {

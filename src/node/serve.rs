@@ -293,6 +293,8 @@ pub(super) fn kind(msg: &Message) -> &'static str {
         Message::Reject { .. } => "reject",
         Message::KeyRefused { .. } => "key refusal",
         Message::Have { .. } => "have",
+        Message::Unchoke => "unchoke",
+        Message::Choke => "choke",
     }
 }
 

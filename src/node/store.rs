@@ -21,6 +21,7 @@ use crate::manifest::Manifest;
 use crate::messages::check_file_name;
 
 use super::schedule::Bitfield;
+use super::seeding::Copies;
 
 /// One file the node serves.
 #[derive(Debug)]
@@ -32,8 +33,8 @@ pub(crate) struct SharedFile {
     modified: Option<SystemTime>,
     /// The pieces held, for a file still being downloaded; `None` for a complete file.
     partial: Option<RwLock<Bitfield>>,
-    /// How often each piece has been offered to a peer, across connections (complete files).
-    pub offers: Mutex<Vec<u32>>,
+    /// The copies of each piece out in the swarm, as this node knows them (complete files).
+    pub copies: Mutex<Copies>,
     /// Connections to signal when a partial file gains pieces.
     watchers: Mutex<Vec<Sender<()>>>,
 }
@@ -108,16 +109,16 @@ impl SharedFile {
         stat: (u64, Option<SystemTime>),
         partial: Option<Bitfield>,
     ) -> Self {
-        let pieces = manifest.piece_count() as usize;
+        let pieces = manifest.piece_count();
         Self {
             name: name.into(),
             path,
             len: stat.0,
             modified: stat.1,
-            offers: Mutex::new(if partial.is_none() {
-                vec![0; pieces]
+            copies: Mutex::new(if partial.is_none() {
+                Copies::new(pieces)
             } else {
-                Vec::new()
+                Copies::default()
             }),
             partial: partial.map(RwLock::new),
             watchers: Mutex::new(Vec::new()),

@@ -467,7 +467,10 @@ mod tests {
         for seed in 0..50 {
             let found = r.need("f", 8, seed).unwrap();
             assert_eq!(found.owners.len(), 8);
-            assert!(found.owners[..3].iter().all(|o| o.complete), "complete first");
+            assert!(
+                found.owners[..3].iter().all(|o| o.complete),
+                "complete first"
+            );
             assert!(found.owners[3..].iter().all(|o| !o.complete));
             firsts.insert(found.owners[3].addr);
             listed.extend(found.owners.iter().map(|o| o.addr));
@@ -475,7 +478,11 @@ mod tests {
         // Fifty requests see most of the 37 partial owners, not the same five.
         assert!(listed.len() > 30, "{} owners listed", listed.len());
         assert!(firsts.len() > 10);
-        assert_eq!(r.need("f", 8, 7), r.need("f", 8, 7), "a seed is one permutation");
+        assert_eq!(
+            r.need("f", 8, 7),
+            r.need("f", 8, 7),
+            "a seed is one permutation"
+        );
         assert!(r.need("g", 5, 0).is_none());
         // Search still ranks the original's best node first.
         assert_eq!(r.search("f")[0].owners[0].node, "n3");

@@ -343,8 +343,9 @@ fn fake_serve(
                         && w.write_all(&bytes).is_ok()
                 }
             }
-            // What the downloader holds: this owner offers everything anyway.
-            Message::Bitfield { .. } | Message::Have { .. } => true,
+            // What the downloader holds: this owner serves it at once, whatever it holds.
+            Message::Bitfield { .. } => write_frame(&mut w, &Message::Unchoke).is_ok(),
+            Message::Have { .. } => true,
             _ => false,
         };
         if !ok || w.flush().is_err() {

@@ -68,7 +68,7 @@ struct Args {
     #[arg(long = "download", value_name = "FILE")]
     downloads: Vec<String>,
     /// How many owners a download uses at once (the original used 2).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     owners: usize,
     /// Limit what this node sends, in bytes per second (e.g. 16MiB, 500k).
     #[arg(long, value_name = "RATE", value_parser = rate)]
@@ -76,6 +76,16 @@ struct Args {
     /// Limit what this node receives, in bytes per second (e.g. 16MiB, 500k).
     #[arg(long, value_name = "RATE", value_parser = rate)]
     download_limit: Option<u64>,
+    /// Peers sent pieces of complete files at once; the others wait their turn, in order.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    upload_slots: usize,
+    /// Most peer connections served at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_connections: usize,
+    /// Most peer connections served at once from one IP address (raise it to run many
+    /// nodes on one host).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_connections_per_ip: usize,
     /// Exit once the downloads finish; exit code 0 only if every one verified.
     #[arg(long)]
     exit_when_done: bool,
@@ -112,7 +122,9 @@ fn main() -> ExitCode {
     let mut config = NodeConfig::new(&name, dir)
         .listen(SocketAddr::new(args.bind, port))
         .tracker(args.tracker)
-        .max_owners(args.owners);
+        .max_owners(args.owners)
+        .upload_slots(args.upload_slots)
+        .max_connections(args.max_connections, args.max_connections_per_ip);
     config.upload_limit = args.upload_limit;
     config.download_limit = args.download_limit;
     match keyflags::load_key(args.key.as_deref()) {

@@ -70,6 +70,8 @@ struct Live<'s> {
     worker: Worker<'s>,
     /// Whether its owner has said what it holds.
     connected: bool,
+    /// Whether its owner takes new requests (it unchoked this connection).
+    unchoked: bool,
     /// Requests sent and not answered, with when each was sent.
     asked: HashMap<u32, Instant>,
     pace: Pace,
@@ -198,6 +200,12 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             }
             Report::Has { slot, pieces } => {
                 self.sched.add_holdings(slot, &pieces);
+                self.fill(slot);
+            }
+            Report::Choked { slot, choked } => {
+                if let Some(live) = self.workers.get_mut(&slot) {
+                    live.unchoked = !choked;
+                }
                 self.fill(slot);
             }
             Report::Piece { slot, piece, bytes } => self.on_piece(slot, piece, bytes),
@@ -380,6 +388,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             Live {
                 worker,
                 connected: false,
+                unchoked: false,
                 asked: HashMap::new(),
                 pace: Pace::new(depth, piece),
                 bytes: 0,
@@ -395,7 +404,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         let Some(live) = self.workers.get_mut(&slot) else {
             return;
         };
-        if !live.connected || live.leaving {
+        if !live.connected || !live.unchoked || live.leaving {
             return;
         }
         let mut stuck = false;
@@ -492,11 +501,15 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         if waiting == 0 {
             return;
         }
+        // Complete owners are kept: they serve in turns, and leaving loses the place in line.
         let settled: Vec<(usize, u64, bool)> = self
             .workers
             .iter()
             .filter(|(_, l)| {
-                l.connected && !l.leaving && now.duration_since(l.started) >= ROTATE_EVERY
+                l.connected
+                    && !l.leaving
+                    && now.duration_since(l.started) >= ROTATE_EVERY
+                    && !self.book.is_complete(l.worker.addr)
             })
             .map(|(&slot, l)| (slot, l.bytes, self.sched.useful(slot)))
             .collect();
@@ -506,9 +519,14 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             .map(|(slot, ..)| *slot)
             .take(waiting)
             .collect();
+        // The slowest of those serving now; one waiting in an owner's line is not slow.
+        let slowest = settled
+            .iter()
+            .filter(|(slot, ..)| self.workers.get(slot).is_some_and(|l| l.unchoked))
+            .min_by_key(|(_, bytes, _)| *bytes);
         if gone.is_empty()
             && self.workers.len() >= self.ctx().config.max_owners
-            && let Some((slot, ..)) = settled.iter().min_by_key(|(_, bytes, _)| *bytes)
+            && let Some((slot, ..)) = slowest
         {
             gone.push(*slot);
         }

@@ -112,6 +112,12 @@ impl OwnerBook {
         self.asked_again = false;
     }
 
+    /// Returns whether the tracker listed `addr` as holding the whole file. A complete
+    /// owner serves in turns, so its silence between turns is no sign of trouble.
+    pub fn is_complete(&self, addr: SocketAddr) -> bool {
+        self.candidates.iter().any(|o| o.addr == addr && o.complete)
+    }
+
     /// Rests `addr` until `until` (it was replaced, not failed).
     pub fn rest(&mut self, addr: SocketAddr, until: Instant) {
         self.retry_at.insert(addr, until);

@@ -35,6 +35,8 @@ pub(super) enum Report {
     Holdings { slot: usize, has: Bitfield },
     /// The owner holds (or offers) these pieces too.
     Has { slot: usize, pieces: Vec<u32> },
+    /// The owner choked (`true`: ask nothing new) or unchoked this connection.
+    Choked { slot: usize, choked: bool },
     /// A piece arrived, verified, and is written.
     Piece { slot: usize, piece: u32, bytes: u32 },
     /// The worker has stopped; the error says why (`None`: told to stop).
@@ -197,6 +199,11 @@ impl<'d> Job<'d> {
                         });
                     }
                     if self.reports.send(Report::Has { slot, pieces }).is_err() {
+                        return Ok(());
+                    }
+                }
+                Incoming::Choke(choked) => {
+                    if self.reports.send(Report::Choked { slot, choked }).is_err() {
                         return Ok(());
                     }
                 }
