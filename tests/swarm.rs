@@ -286,6 +286,126 @@ fn leechers_trade_pieces_so_the_seeder_sends_little_more_than_one_copy() {
     tracker.shutdown().unwrap();
 }
 
+/// Sixteen leechers on loopback with a capped seeder: every one of them uploads something
+/// (the swarm does not freeze into a star) and the seeder sends under 1.5 copies.
+#[test]
+fn sixteen_leechers_all_upload_and_the_seeder_sends_under_one_and_a_half_copies() {
+    let (tracker, _te) = tracker_with_interval(1);
+    // Every node is 127.0.0.1 here: lift the per-address cap meant for the internet.
+    let many = |c: p2ptorrent::NodeConfig| c.max_connections(256, 256);
+    let seeder = start_node_with("seeder", tracker.local_addr(), |c| {
+        let mut c = many(c);
+        c.upload_limit = Some(4 * MIB);
+        c
+    });
+    let size = 8 * MIB;
+    write_random(&seeder.path("f.bin"), 16, size);
+    seeder.node.share("f.bin").unwrap();
+    let leeches: Vec<TestNode> = (0..16)
+        .map(|i| start_node_with(&format!("L{i}"), tracker.local_addr(), many))
+        .collect();
+    let downloads: Vec<_> = leeches
+        .iter()
+        .map(|l| l.node.download("f.bin").unwrap())
+        .collect();
+    for (l, d) in leeches.iter().zip(downloads) {
+        d.wait().unwrap();
+        assert_same_file(&seeder.path("f.bin"), &l.path("f.bin"));
+    }
+    let sent = seeder.node.status().unwrap().counters.bytes_sent;
+    eprintln!("seeder sent {:.2} copies", sent as f64 / size as f64);
+    assert!(
+        sent < size * 3 / 2,
+        "the seeder sent {sent} bytes for {size}"
+    );
+    for l in &leeches {
+        let up = l.node.status().unwrap().counters.bytes_sent;
+        assert!(up > 0, "{} uploaded nothing", l.node.status().unwrap().name);
+    }
+    leeches.into_iter().for_each(TestNode::shutdown);
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// A leecher that holds every piece publishes at once, though a listed owner accepted its
+/// connection and never answers: with a peer timeout of an hour, waiting for that
+/// connection would hold the download for an hour.
+#[test]
+fn a_complete_download_publishes_while_an_owner_never_answers() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    write_random(&seeder.path("f.bin"), 17, 2 * MIB);
+    seeder.node.share("f.bin").unwrap();
+    // An owner that accepts connections and never says a word.
+    let mute = std::net::TcpListener::bind(localhost()).unwrap();
+    let manifest =
+        p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
+    p2ptorrent::TrackerClient::new(tracker.local_addr())
+        .announce(p2ptorrent::messages::Announce {
+            node: "mute".into(),
+            port: mute.local_addr().unwrap().port(),
+            file: "f.bin".into(),
+            content: manifest.content(),
+            size: manifest.size(),
+            pieces: manifest.piece_count(),
+            complete: true,
+            counters: p2ptorrent::messages::Counters::default(),
+        })
+        .unwrap();
+    let leech = start_node_with("leech", tracker.local_addr(), |mut c| {
+        c.peer_timeout = std::time::Duration::from_secs(3600);
+        c
+    });
+    let download = leech.node.download("f.bin").unwrap();
+    // The mute owner was connected to: a worker waits on it.
+    let (held, _) = mute.accept().unwrap();
+    let report = download
+        .wait_timeout(PATIENCE)
+        .expect("published without waiting for the mute owner")
+        .unwrap();
+    assert_eq!(report.from.len(), 1);
+    assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
+    drop(held);
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// Sixty-four downloaders under an upload limit all finish: the limited node serves by
+/// turns and in 16 KiB quanta, so nobody waits long enough to trip a timeout.
+#[test]
+fn sixty_four_downloaders_under_an_upload_limit_all_finish() {
+    let (tracker, _te) = tracker_with_interval(1);
+    let many = |c: p2ptorrent::NodeConfig| c.max_connections(256, 256);
+    let seeder = start_node_with("seeder", tracker.local_addr(), |c| {
+        let mut c = many(c);
+        c.upload_limit = Some(2 * MIB);
+        c
+    });
+    let size = MIB;
+    write_random(&seeder.path("f.bin"), 64, size);
+    seeder.node.share("f.bin").unwrap();
+    let leeches: Vec<TestNode> = (0..64)
+        .map(|i| start_node_with(&format!("L{i}"), tracker.local_addr(), many))
+        .collect();
+    let downloads: Vec<_> = leeches
+        .iter()
+        .map(|l| l.node.download("f.bin").unwrap())
+        .collect();
+    for (l, d) in leeches.iter().zip(downloads) {
+        let report = d.wait().unwrap();
+        assert_same_file(&seeder.path("f.bin"), &l.path("f.bin"));
+        assert!(
+            !report.failed.iter().any(|(_, why)| why.contains("silent")),
+            "{:?}",
+            report.failed
+        );
+    }
+    leeches.into_iter().for_each(TestNode::shutdown);
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
 /// A torn resume record (cut short, or altered) cannot prove that the `.part` beside it is
 /// this node's: the download refuses, and both files are left byte for byte.
 #[test]

@@ -24,8 +24,10 @@
 //!   this node knows: how often it offered the piece, or how many of its peers hold it
 //!   (they say, with `Bitfield` and `Have`), whichever is more. Every piece goes out once
 //!   before any goes out twice, so the first copy this node sends covers the whole file
-//!   (super-seeding, from this node's own view); and a piece [`ENOUGH_COPIES`] peers already
-//!   hold is not offered at all, since the peer can get it from them.
+//!   (super-seeding, from this node's own view); and a piece with [`ENOUGH_COPIES`] out
+//!   that some peer holds is not offered at all, since the peer can get it from them. Offers
+//!   still open when their connection closes are taken back, and a piece no peer holds is
+//!   always offerable, so no piece can be stranded by peers that left.
 //!
 //! A file being downloaded is not gated by offers: its owner tells everything it holds, and
 //! turns alone decide when a peer may ask.
@@ -50,21 +52,25 @@ pub(crate) const OFFERS_OPEN: usize = 4;
 /// A piece with this many copies out is not offered again.
 pub(crate) const ENOUGH_COPIES: u32 = 2;
 
-/// What a node knows of one complete file's copies in the swarm.
+/// What a node knows of one complete file's copies in the swarm, per piece.
 #[derive(Debug, Default)]
 pub(crate) struct Copies {
-    /// How often each piece was offered, across connections.
-    pub offered: Vec<u32>,
-    /// How many connected peers hold each piece.
+    /// Offers open now: made to a connection, not yet sent, not yet got elsewhere.
+    pub open: Vec<u32>,
+    /// Copies this node has sent.
+    pub sent: Vec<u32>,
+    /// Connected peers that hold it.
     pub held: Vec<u32>,
 }
 
 impl Copies {
     /// Creates the book of a file of `pieces` pieces.
     pub fn new(pieces: u32) -> Self {
+        let zeros = vec![0; pieces as usize];
         Self {
-            offered: vec![0; pieces as usize],
-            held: vec![0; pieces as usize],
+            open: zeros.clone(),
+            sent: zeros.clone(),
+            held: zeros,
         }
     }
 
@@ -83,13 +89,39 @@ impl Copies {
 
     /// Counts piece `piece` as held by one more peer.
     pub fn add(&mut self, piece: u32) {
-        if let Some(h) = self.held.get_mut(piece as usize) {
-            *h = h.saturating_add(1);
+        bump(&mut self.held, piece, true);
+    }
+
+    /// Closes an open offer of `piece`: it was sent (`sent`), or the peer got it elsewhere
+    /// or left without it.
+    pub fn close(&mut self, piece: u32, sent: bool) {
+        bump(&mut self.open, piece, false);
+        if sent {
+            bump(&mut self.sent, piece, true);
         }
     }
 
+    /// Copies out, as far as this node knows: what it put out (offers open and copies
+    /// sent) or what its peers hold, whichever is more.
     fn out(&self, piece: usize) -> u32 {
-        self.offered[piece].max(self.held[piece])
+        (self.open[piece] + self.sent[piece]).max(self.held[piece])
+    }
+
+    /// Whether `piece` needs no more copies from this node: enough are out, and either a
+    /// peer holds it or an offer of it is open. A piece sent to peers that left, held by
+    /// nobody and offered to nobody, is never stranded.
+    fn enough(&self, piece: usize) -> bool {
+        self.out(piece) >= ENOUGH_COPIES && (self.held[piece] > 0 || self.open[piece] > 0)
+    }
+}
+
+fn bump(counts: &mut [u32], piece: u32, up: bool) {
+    if let Some(n) = counts.get_mut(piece as usize) {
+        *n = if up {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
     }
 }
 
@@ -163,8 +195,8 @@ impl Turns {
 }
 
 /// Chooses up to `n` pieces to offer a peer: pieces it lacks (`peer_has`) and has not been
-/// offered on this connection (`told`), those with the fewest copies out first, none with
-/// [`ENOUGH_COPIES`], ties broken by `rng`. Counts each one chosen as offered.
+/// offered on this connection (`told`), those with the fewest copies out first, none that
+/// has enough ([`ENOUGH_COPIES`]), ties broken by `rng`. Opens an offer of each one chosen.
 pub(crate) fn pick_offers(
     copies: &mut Copies,
     peer_has: &Bitfield,
@@ -176,10 +208,11 @@ pub(crate) fn pick_offers(
     for _ in 0..n {
         let mut best: Option<(u32, u32)> = None;
         let mut ties = 0u32;
-        for i in 0..copies.offered.len() {
+        for i in 0..copies.open.len() {
             let count = copies.out(i);
+            let enough = copies.enough(i);
             let i = i as u32;
-            if count >= ENOUGH_COPIES || peer_has.get(i) || told.get(i) || picked.contains(&i) {
+            if enough || peer_has.get(i) || told.get(i) || picked.contains(&i) {
                 continue;
             }
             match best {
@@ -198,7 +231,7 @@ pub(crate) fn pick_offers(
             }
         }
         let Some((piece, _)) = best else { break };
-        copies.offered[piece as usize] += 1;
+        copies.open[piece as usize] += 1;
         picked.push(piece);
     }
     picked
@@ -220,9 +253,9 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..64).collect::<Vec<_>>());
-        assert!(copies.offered.iter().all(|&c| c == 1));
+        assert!(copies.open.iter().all(|&c| c == 1));
         let again = pick_offers(&mut copies, &nothing, &nothing, 1, &mut rng);
-        assert_eq!(copies.offered[again[0] as usize], 2);
+        assert_eq!(copies.open[again[0] as usize], 2);
     }
 
     #[test]
@@ -246,6 +279,32 @@ mod tests {
         let mut more = pick_offers(&mut copies, &nothing, &nothing, 6, &mut rng);
         more.sort_unstable();
         assert_eq!(more, [0, 1, 2, 3, 4, 5], "held by none once they left");
+    }
+
+    /// A piece sent twice to peers that have since left, held by nobody and offered to
+    /// nobody, is offered again; while an offer of it is open, it is not.
+    #[test]
+    fn a_piece_sent_to_peers_that_left_is_offered_again() {
+        let mut copies = Copies::new(2);
+        let mut rng = fastrand::Rng::with_seed(4);
+        let nothing = Bitfield::empty(2);
+        let mut one = Bitfield::empty(2);
+        one.set(1);
+        copies.count(&one, true);
+        copies.count(&one, true);
+        copies.sent[0] = 2;
+        assert_eq!(
+            pick_offers(&mut copies, &nothing, &nothing, 2, &mut rng),
+            [0]
+        );
+        copies.open[0] += 1;
+        assert_eq!(
+            pick_offers(&mut copies, &nothing, &nothing, 2, &mut rng),
+            []
+        );
+        copies.close(0, false);
+        copies.close(0, false);
+        assert_eq!(copies.open[0], 0);
     }
 
     #[test]

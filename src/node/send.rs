@@ -137,10 +137,14 @@ impl<'a> Outbox<'a> {
     pub fn run(mut self, jobs: &Receiver<Job>) -> Result<()> {
         let result = self.serve(jobs);
         self.ctx.turns.end(self.id);
-        // This peer's copies leave with it.
+        // This peer's copies leave with it, and so do the offers it never took up.
         for feed in self.feeds.values().filter(|f| f.gated) {
+            let mut copies = feed.shared.copies.lock();
             if let Some(peer) = &feed.peer {
-                feed.shared.copies.lock().count(peer, false);
+                copies.count(peer, false);
+            }
+            for &p in &feed.open {
+                copies.close(p, false);
             }
         }
         if result.is_err() {
@@ -199,14 +203,17 @@ impl<'a> Outbox<'a> {
                 let Some(bits) = Bitfield::from_bytes(bits, pieces) else {
                     return self.refuse("bitfield does not fit the file".into());
                 };
-                feed.open.retain(|&p| !bits.get(p));
                 if feed.gated {
                     let mut copies = feed.shared.copies.lock();
+                    for &p in feed.open.iter().filter(|&&p| bits.get(p)) {
+                        copies.close(p, false);
+                    }
                     if let Some(old) = &feed.peer {
                         copies.count(old, false);
                     }
                     copies.count(&bits, true);
                 }
+                feed.open.retain(|&p| !bits.get(p));
                 feed.peer = Some(bits);
                 self.offer()
             }
@@ -228,7 +235,11 @@ impl<'a> Outbox<'a> {
                     }
                     peer.set(p);
                     // An offer the peer got elsewhere is free for another.
-                    feed.open.remove(&p);
+                    if feed.open.remove(&p)
+                        && let Some(c) = copies.as_mut()
+                    {
+                        c.close(p, false);
+                    }
                 }
                 drop(copies);
                 self.offer()
@@ -421,7 +432,9 @@ impl<'a> Outbox<'a> {
             feed.file = Some(file);
             if u64::from(offset) + u64::from(len) == geometry.piece_len(piece).map_or(0, u64::from)
             {
-                feed.open.remove(&piece);
+                if feed.open.remove(&piece) {
+                    feed.shared.copies.lock().close(piece, true);
+                }
                 let turn_done = self.turn.as_mut().is_some_and(|(sent, _)| {
                     *sent += 1;
                     *sent >= TURN_PIECES

@@ -191,6 +191,9 @@ pub enum Behaviour {
     Stall,
     /// Answers with a piece list that does not match the real file.
     ForgedPieceList,
+    /// Answers a request with the Data header, then one byte a second: never silent long
+    /// enough to trip the peer timeout, and never done.
+    Trickle,
 }
 
 /// A test owner that speaks the real protocol, misbehaving as told.
@@ -318,6 +321,25 @@ fn fake_serve(
             } => {
                 if behaviour == Behaviour::Stall {
                     true // never answer, keep the connection open
+                } else if behaviour == Behaviour::Trickle {
+                    let header = Message::Data {
+                        content,
+                        piece,
+                        offset,
+                        len,
+                    };
+                    if write_frame(&mut w, &header).is_err() || w.flush().is_err() {
+                        return;
+                    }
+                    let start =
+                        manifest.geometry().piece_range(piece).unwrap().start + u64::from(offset);
+                    for &b in &data[start as usize..(start + u64::from(len)) as usize] {
+                        std::thread::sleep(Duration::from_secs(1));
+                        if w.write_all(&[b]).is_err() || w.flush().is_err() {
+                            return;
+                        }
+                    }
+                    true
                 } else if let Behaviour::HangUpAfter(n) = behaviour
                     && sent.load(Ordering::SeqCst) >= n
                 {
