@@ -336,7 +336,9 @@ fn a_complete_download_publishes_while_an_owner_never_answers() {
     let seeder = start_node("seeder", tracker.local_addr());
     write_random(&seeder.path("f.bin"), 17, 2 * MIB);
     seeder.node.share("f.bin").unwrap();
-    // An owner that accepts connections and never says a word.
+    // An owner that accepts connections and never says a word. It is listed as partial so
+    // the piece list comes from the seeder (complete owners are listed first); a download
+    // worker still connects to it.
     let mute = std::net::TcpListener::bind(localhost()).unwrap();
     let manifest =
         p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
@@ -347,8 +349,8 @@ fn a_complete_download_publishes_while_an_owner_never_answers() {
             file: "f.bin".into(),
             content: manifest.content(),
             size: manifest.size(),
-            pieces: manifest.piece_count(),
-            complete: true,
+            pieces: manifest.piece_count() / 2,
+            complete: false,
             counters: p2ptorrent::messages::Counters::default(),
         })
         .unwrap();
