@@ -71,29 +71,10 @@ fn a_symlinked_part_file_is_never_written_through_nor_published() {
 /// again: the flipped pieces are found, fetched again, and the file is byte-exact.
 #[test]
 fn pieces_a_resume_record_lists_are_verified_again() {
-    let (tracker, _te) = start_tracker();
-    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
-        c.upload_limit = Some(4 * MIB);
-        c
-    });
     let size = 8 * MIB;
-    write_random(&seeder.path("f.bin"), 4, size);
-    seeder.node.share("f.bin").unwrap();
-    let folder = tempfile::tempdir().unwrap();
-    let (first, events) =
-        p2ptorrent::Node::start(config("first", folder.path(), tracker.local_addr())).unwrap();
-    let download = first.download("f.bin").unwrap();
-    wait_event(&events, PATIENCE, |e| match e {
-        Event::PieceReceived { done, .. } if *done >= 40 => Some(()),
-        _ => None,
-    });
-    first.shutdown().unwrap();
-    assert!(matches!(download.wait(), Err(Error::Shutdown)));
-    let record = std::fs::read(folder.path().join("f.bin.part.state")).unwrap();
-    let record = p2ptorrent::messages::decode_record(&record).expect("a whole record");
-    let listed: Vec<u32> = (0..record.pieces)
-        .filter(|&i| record.bits[(i / 8) as usize] & (0x80 >> (i % 8)) != 0)
-        .collect();
+    let run = Interrupted::new(size, 40);
+    let folder = &run.folder;
+    let listed = run.listed();
     assert!(listed.len() >= 30, "recorded {}", listed.len());
     let part = std::fs::OpenOptions::new()
         .read(true)
@@ -114,9 +95,9 @@ fn pieces_a_resume_record_lists_are_verified_again() {
     drop(part);
 
     let (second, events) =
-        p2ptorrent::Node::start(config("second", folder.path(), tracker.local_addr())).unwrap();
+        p2ptorrent::Node::start(config("second", folder.path(), run.tracker.local_addr())).unwrap();
     let report = second.download("f.bin").unwrap().wait().unwrap();
-    assert_same_file(&seeder.path("f.bin"), &folder.path().join("f.bin"));
+    assert_same_file(&run.seeder.path("f.bin"), &folder.path().join("f.bin"));
     assert!(
         report.resumed as usize <= listed.len() - flipped.len(),
         "resumed {} of {} listed, 3 flipped",
@@ -134,6 +115,5 @@ fn pieces_a_resume_record_lists_are_verified_again() {
         "{said:?}"
     );
     second.shutdown().unwrap();
-    seeder.shutdown();
-    tracker.shutdown().unwrap();
+    run.shutdown();
 }

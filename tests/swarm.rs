@@ -168,42 +168,23 @@ fn a_downloader_picks_up_an_owner_that_appears_mid_download() {
 /// (under another name) fetches only what is missing.
 #[test]
 fn a_downloader_stopped_midway_resumes_and_fetches_only_what_is_missing() {
-    let (tracker, _te) = start_tracker();
-    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
-        c.upload_limit = Some(4 * MIB);
-        c
-    });
     let size = 8 * MIB;
-    write_random(&seeder.path("f.bin"), 4, size);
-    seeder.node.share("f.bin").unwrap();
-    let folder = tempfile::tempdir().unwrap();
-    let (first, events) =
-        p2ptorrent::Node::start(config("first", folder.path(), tracker.local_addr())).unwrap();
-    let download = first.download("f.bin").unwrap();
-    wait_event(&events, PATIENCE, |e| match e {
-        p2ptorrent::Event::PieceReceived { done, .. } if *done >= 40 => Some(()),
-        _ => None,
-    });
-    first.shutdown().unwrap();
-    assert!(matches!(download.wait(), Err(p2ptorrent::Error::Shutdown)));
-    assert!(folder.path().join("f.bin.part").exists());
+    let run = Interrupted::new(size, 40);
+    let folder = &run.folder;
     // The record lists what was synced; the resumed download verifies every piece again.
-    let record = std::fs::read(folder.path().join("f.bin.part.state")).unwrap();
-    let record = p2ptorrent::messages::decode_record(&record).expect("a whole record");
-    let recorded: u32 = record.bits.iter().map(|b| b.count_ones()).sum();
+    let recorded = run.listed().len();
     assert!(recorded >= 40, "recorded {recorded}");
 
     let (second, _events) =
-        p2ptorrent::Node::start(config("second", folder.path(), tracker.local_addr())).unwrap();
+        p2ptorrent::Node::start(config("second", folder.path(), run.tracker.local_addr())).unwrap();
     let report = second.download("f.bin").unwrap().wait().unwrap();
     assert!(report.resumed >= 40, "resumed {}", report.resumed);
     let fetched: u64 = report.from.iter().map(|(_, n)| n).sum();
     assert_eq!(fetched, size - u64::from(report.resumed) * u64::from(PIECE));
-    assert_same_file(&seeder.path("f.bin"), &folder.path().join("f.bin"));
+    assert_same_file(&run.seeder.path("f.bin"), &folder.path().join("f.bin"));
     assert!(!folder.path().join("f.bin.part.state").exists());
     second.shutdown().unwrap();
-    seeder.shutdown();
-    tracker.shutdown().unwrap();
+    run.shutdown();
 }
 
 /// A tracker restarted on the same address mid-download is refilled by the nodes'

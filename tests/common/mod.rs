@@ -172,6 +172,60 @@ pub fn plant_record(part: &Path, original: &Path) {
     std::fs::write(format!("{}.state", part.display()), record).unwrap();
 }
 
+/// A download interrupted midway, as a crash or a stop leaves it: a tracker, a seeder
+/// sharing `size` seeded bytes as `f.bin` at 4 MiB/s, and a folder where a node downloaded
+/// at least `pieces` pieces before it was shut down. Returns them with the resume record
+/// the stopped download left.
+pub struct Interrupted {
+    pub tracker: Tracker,
+    pub seeder: TestNode,
+    pub folder: TempDir,
+    pub record: p2ptorrent::messages::ResumeRecord,
+}
+
+impl Interrupted {
+    pub fn new(size: u64, pieces: u32) -> Self {
+        let (tracker, _te) = start_tracker();
+        let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
+            c.upload_limit = Some(4 << 20);
+            c
+        });
+        write_random(&seeder.path("f.bin"), 4, size);
+        seeder.node.share("f.bin").unwrap();
+        let folder = tempfile::tempdir().unwrap();
+        let (first, events) =
+            Node::start(config("first", folder.path(), tracker.local_addr())).expect("node starts");
+        let download = first.download("f.bin").unwrap();
+        wait_event(&events, PATIENCE, |e| match e {
+            Event::PieceReceived { done, .. } if *done >= pieces => Some(()),
+            _ => None,
+        });
+        first.shutdown().unwrap();
+        assert!(matches!(download.wait(), Err(p2ptorrent::Error::Shutdown)));
+        assert!(folder.path().join("f.bin.part").exists());
+        let record = std::fs::read(folder.path().join("f.bin.part.state")).unwrap();
+        let record = p2ptorrent::messages::decode_record(&record).expect("a whole record");
+        Self {
+            tracker,
+            seeder,
+            folder,
+            record,
+        }
+    }
+
+    /// The pieces the record lists as verified.
+    pub fn listed(&self) -> Vec<u32> {
+        (0..self.record.pieces)
+            .filter(|&i| self.record.bits[(i / 8) as usize] & (0x80 >> (i % 8)) != 0)
+            .collect()
+    }
+
+    pub fn shutdown(self) {
+        self.seeder.shutdown();
+        self.tracker.shutdown().unwrap();
+    }
+}
+
 pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()

@@ -17,6 +17,7 @@
 
 mod coordinator;
 mod owners;
+mod pace;
 mod worker;
 
 use std::net::SocketAddr;
