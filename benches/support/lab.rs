@@ -2,6 +2,12 @@
 //! on a private switch (a bridge in a namespace of its own, 10.231.0.0/16) and its sending
 //! capped by a token bucket (`tc tbf`). Used by `tests/hosts.rs` and `benches/swarm_hosts.rs`.
 //!
+//! Every host knows every other's hardware address from the start (permanent neighbour
+//! entries). Without them, address resolution shares the capped queue with the data: a host
+//! sending at its cap drops its own ARP requests and replies, and half a minute in, when the
+//! first entries go stale, whole groups of hosts lose sight of each other for seconds
+//! ("No route to host"). A switch port's uplink cap does not do that, so the lab does not.
+//!
 //! Needs root and iproute2: [`Lab::new`] returns `None` without them. Every namespace is
 //! removed when the lab is dropped, however the run ends; no traffic leaves them.
 
@@ -41,17 +47,32 @@ impl Lab {
              netns exec {sw} ip link set br0 up\n\
              netns exec {sw} sysctl -qw net.ipv6.conf.all.disable_ipv6=1\n"
         );
+        // Every host's neighbour table, the same for all.
+        let neighbours = std::env::temp_dir().join(format!("{}.neigh", lab.prefix));
+        let table: String = (0..hosts.len())
+            .map(|i| {
+                format!(
+                    "neigh replace {} lladdr {} dev eth0 nud permanent\n",
+                    Self::addr(i),
+                    Self::mac(i)
+                )
+            })
+            .collect();
+        std::fs::write(&neighbours, table).expect("writing the neighbour table");
+        let neighbours = neighbours.display();
         for (i, host) in hosts.iter().enumerate() {
             let ns = lab.ns(host);
             let addr = Self::addr(i);
+            let mac = Self::mac(i);
             batch.push_str(&format!(
                 "netns add {ns}\n\
-                 link add eth0 netns {ns} type veth peer name p{i} netns {sw}\n\
+                 link add eth0 netns {ns} address {mac} type veth peer name p{i} netns {sw}\n\
                  netns exec {sw} ip link set p{i} master br0 up\n\
                  netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=1\n\
                  netns exec {ns} ip addr add {addr}/16 dev eth0\n\
                  netns exec {ns} ip link set eth0 up\n\
                  netns exec {ns} ip link set lo up\n\
+                 netns exec {ns} ip -batch {neighbours}\n\
                  netns exec {ns} tc qdisc add dev eth0 root tbf rate {rate} burst 64kb latency 100ms\n"
             ));
         }
@@ -69,6 +90,7 @@ impl Lab {
             .write_all(batch.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{}.neigh", lab.prefix)));
         assert!(
             out.status.success(),
             "setting up the lab: {}",
@@ -82,6 +104,12 @@ impl Lab {
         let n = u16::try_from(i + 1).expect("at most 65,000 hosts");
         let [hi, lo] = n.to_be_bytes();
         Ipv4Addr::new(10, 231, hi, lo)
+    }
+
+    /// Returns the hardware address of the `i`-th host (locally administered).
+    pub fn mac(i: usize) -> String {
+        let [a, b, c, d] = Self::addr(i).octets();
+        format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
     }
 
     /// Returns the name of `host`'s namespace.
