@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, report};
 use crate::key::NetworkKey;
 use crate::messages::{Announce, ContentId, Counters, MAX_NODE_NAME_LEN, SearchHit};
 use crate::tracker::{DEFAULT_TRACKER_ADDR, TrackerClient, wake_addr};
@@ -104,7 +104,7 @@ impl NodeConfig {
             max_connections: 64,
             max_connections_per_ip: 16,
             handshake_timeout: Duration::from_secs(10),
-            upload_slots: 8,
+            upload_slots: 4,
             upload_limit: None,
             download_limit: None,
             key: None,
@@ -294,7 +294,7 @@ pub struct DownloadReport {
     pub elapsed: Duration,
     /// Bytes received from each owner that sent any, by address.
     pub from: Vec<(SocketAddr, u64)>,
-    /// Owners dropped during the download, with the reason.
+    /// Owners dropped during the download, with the reason: the last 64, oldest first.
     pub failed: Vec<(SocketAddr, String)>,
 }
 
@@ -842,7 +842,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
                             Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
                             Err(e) => dl_ctx.emit(Event::DownloadFailed {
                                 file: name.clone(),
-                                error: e.to_string(),
+                                error: report(&e),
                             }),
                         }
                         let _ = reply.send(result);
@@ -854,7 +854,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
                     ctx.downloading.lock().remove(&file);
                     ctx.emit(Event::DownloadFailed {
                         file,
-                        error: e.to_string(),
+                        error: report(&e),
                     });
                 }
             }
@@ -912,9 +912,7 @@ fn reannounce(ctx: &Ctx) {
         .with_retries(2, Duration::from_millis(250));
     for file in ctx.store.list() {
         if let Err(e) = ctx.announce(&quick, &file) {
-            ctx.emit(Event::TrackerError {
-                error: e.to_string(),
-            });
+            ctx.emit(Event::TrackerError { error: report(&e) });
             return;
         }
     }

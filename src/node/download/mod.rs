@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, report};
 use crate::manifest::Manifest;
 use crate::messages::ContentId;
 
@@ -195,9 +195,7 @@ fn finish(
         .insert(file, final_path.clone(), manifest.clone())?;
     ctx.counters.files_received.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = ctx.announce(&ctx.tracker, &shared) {
-        ctx.emit(Event::TrackerError {
-            error: e.to_string(),
-        });
+        ctx.emit(Event::TrackerError { error: report(&e) });
     }
     let mut from: Vec<(SocketAddr, u64)> = received.into_iter().collect();
     from.sort();
@@ -236,9 +234,7 @@ fn look_up(
             }
             Lookup::Announce(partial) => {
                 if let Err(e) = ctx.announce(&quick, &partial) {
-                    ctx.emit(Event::TrackerError {
-                        error: e.to_string(),
-                    });
+                    ctx.emit(Event::TrackerError { error: report(&e) });
                 }
             }
         }
@@ -276,7 +272,7 @@ fn fetch_manifest<'a>(
                 ctx.emit(Event::OwnerFailed {
                     file: file.into(),
                     owner: addr,
-                    error: e.to_string(),
+                    error: report(&e),
                 });
             }
         }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::{Error, report};
 use crate::messages::OwnerInfo;
 
 use super::super::Ctx;
@@ -15,14 +15,20 @@ const MAX_FAILURES: u32 = 4;
 const MAX_BAD_PIECES: u32 = 2;
 /// How long a failed owner waits before it is asked again; doubled at each failure.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// Failures kept to explain a download's end; older ones are forgotten.
+const MAX_REASONS: usize = 64;
 
 /// The owners known for one download, and how each has fared.
 ///
 /// An owner that fails for a reason that may pass (a refused or broken connection, a
 /// timeout) is retried after a backoff that doubles each time, and given up on after
-/// [`MAX_FAILURES`]. One that sends a piece that fails verification is retried once more
-/// and dropped for good at the second ([`MAX_BAD_PIECES`]). One that breaks the protocol or
-/// refuses the file is dropped at once.
+/// [`MAX_FAILURES`] failures in a row; a connection that gets as far as the owner's piece
+/// list clears the count. An owner given up on is tried afresh if the tracker lists it
+/// again as complete where it was partial: a busy leecher whose uplink dropped the
+/// handshakes is the best source there is once it has finished. One that sends a piece
+/// that fails verification is retried once more and dropped for good at the second
+/// ([`MAX_BAD_PIECES`]). One that breaks the protocol or refuses the file is dropped at
+/// once.
 #[derive(Debug, Default)]
 pub(super) struct OwnerBook {
     /// Every owner heard of, best first.
@@ -45,7 +51,8 @@ impl OwnerBook {
         owners
     }
 
-    /// Adds owners not yet known, skipping this node itself.
+    /// Adds owners not yet known, skipping this node itself, and updates what is known of
+    /// the others.
     pub fn add(&mut self, ctx: &Ctx, listed: Vec<OwnerInfo>) {
         let me = (ctx.config.name.as_str(), ctx.local_addr.port());
         self.add_except(listed, me);
@@ -53,10 +60,21 @@ impl OwnerBook {
 
     fn add_except(&mut self, listed: Vec<OwnerInfo>, (name, port): (&str, u16)) {
         for o in listed {
-            let is_self = o.node == name && o.addr.port() == port;
-            if !is_self && !self.candidates.iter().any(|c| c.addr == o.addr) {
-                self.candidates.push(o);
+            if o.node == name && o.addr.port() == port {
+                continue;
             }
+            let Some(known) = self.candidates.iter_mut().find(|c| c.addr == o.addr) else {
+                self.candidates.push(o);
+                continue;
+            };
+            if o.complete && !known.complete {
+                // It finished since: whatever its handshakes did while it was busy, it is
+                // worth a fresh try (a ban for lying stands).
+                self.failures.remove(&o.addr);
+                self.retry_at.remove(&o.addr);
+            }
+            known.complete = o.complete;
+            known.uploads = o.uploads;
         }
     }
 
@@ -104,12 +122,21 @@ impl OwnerBook {
                 self.retry_at.insert(addr, now + BACKOFF * 2u32.pow(*n - 1));
             }
         }
-        self.reasons.push((addr, e.to_string()));
+        if self.reasons.len() >= MAX_REASONS {
+            self.reasons.remove(0);
+        }
+        self.reasons.push((addr, report(e)));
     }
 
     /// Records that `addr` was tried; fresh owners from the tracker may be asked again.
     pub fn tried(&mut self, _addr: SocketAddr) {
         self.asked_again = false;
+    }
+
+    /// Records that a connection to `addr` got as far as its piece list: the failures
+    /// before it no longer count towards giving up.
+    pub fn reached(&mut self, addr: SocketAddr) {
+        self.failures.remove(&addr);
     }
 
     /// Returns whether the tracker listed `addr` as holding the whole file. A complete
@@ -183,6 +210,45 @@ mod tests {
             "given up after {MAX_FAILURES}"
         );
         assert_eq!(o.next_retry(t0), None);
+    }
+
+    /// Failures count in a row: a connection that got through clears them. An owner
+    /// given up on while partial is tried afresh once the tracker lists it complete.
+    #[test]
+    fn an_owner_that_got_through_or_finished_is_tried_afresh() {
+        let mut o = book();
+        let a = owner(1).addr;
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 1..MAX_FAILURES {
+            o.failed(a, &io_error(1), t0);
+        }
+        o.reached(a);
+        o.failed(a, &io_error(1), t0);
+        assert!(
+            o.usable(8, later).contains(&a),
+            "one failure since it got through"
+        );
+        for _ in 1..MAX_FAILURES {
+            o.failed(a, &io_error(1), t0);
+        }
+        assert!(!o.usable(8, later).contains(&a));
+        let mut partial = owner(1);
+        partial.complete = false;
+        o.candidates[0].complete = false;
+        o.add_except(vec![partial.clone()], ("n3", 3));
+        assert!(
+            !o.usable(8, later).contains(&a),
+            "listed as before: still given up"
+        );
+        partial.complete = true;
+        o.add_except(vec![partial], ("n3", 3));
+        assert_eq!(
+            o.usable(8, t0),
+            [a, owner(2).addr],
+            "complete now: tried at once"
+        );
+        assert!(o.is_complete(a));
     }
 
     #[test]
