@@ -5,7 +5,14 @@
 //! share; pieces an owner does not hold, and every piece of a worker that gave up, become
 //! orphans that any worker takes first; a worker whose share runs dry takes the back half of
 //! the largest remaining share (work stealing), so a slow owner never holds the rest up.
-//! It is plain data: the download holds it behind a lock for the length of one call.
+//!
+//! In a swarm, owners hold different pieces, and which piece is asked first decides how
+//! fast the swarm spreads: every take is of the rarest piece the owner holds (held by the
+//! fewest of this download's owners, as they said), the shares only ordering pieces equally
+//! rare. A piece a single leecher got from the seeder is then asked of it by everyone that
+//! sees it, instead of waiting its turn in somebody's share.
+//!
+//! It is plain data, owned by the download's coordinator.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -208,9 +215,15 @@ impl Schedule {
         (0..self.holds.len()).any(|s| s != slot && self.alive[s] && self.holds[s].get(piece))
     }
 
-    /// Hands slot `slot` its next piece, one its owner holds, and marks it in flight:
-    /// orphans first, then its own share (the rarest near its front), then half of the
-    /// largest other share. Returns `None` if there is nothing it can take now.
+    /// Hands slot `slot` its next piece, one its owner holds, and marks it in flight.
+    /// Returns `None` if there is nothing it can take now.
+    ///
+    /// The piece is one of the rarest its owner holds (held by the fewest live owners), so
+    /// the pieces few peers have spread first and downloaders have something to trade.
+    /// Among those it prefers orphans, then its own share, then half of the largest other
+    /// share (stolen): where every owner holds everything, all pieces are equally rare and
+    /// this is the original's contiguous shares with work stealing. Only a rarer piece
+    /// queued elsewhere is taken out of turn.
     pub fn take(&mut self, slot: usize) -> Option<u32> {
         if !self.alive.get(slot).copied().unwrap_or(false) {
             return None;
@@ -218,12 +231,7 @@ impl Schedule {
         // Moved out for the call (not cloned: this runs for every piece) and put back.
         let has = std::mem::replace(&mut self.holds[slot], Bitfield::empty(0));
         let piece = self
-            .take_orphan(&has)
-            .or_else(|| self.take_own(slot, &has))
-            .or_else(|| {
-                self.steal(slot, &has);
-                self.take_own(slot, &has)
-            })
+            .take_rarest(slot, &has)
             .or_else(|| self.take_endgame(slot, &has));
         self.holds[slot] = has;
         let piece = piece?;
@@ -232,12 +240,41 @@ impl Schedule {
         Some(piece)
     }
 
+    fn take_rarest(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
+        let rarest = (0..has.len())
+            .filter(|&i| self.waiting(i) && has.get(i))
+            .map(|i| self.avail[i as usize])
+            .min()?;
+        if let Some(p) = self.take_orphan(has, rarest) {
+            return Some(p);
+        }
+        if let Some(p) = self.take_own(slot, has, rarest) {
+            return Some(p);
+        }
+        if self.queues[slot].iter().all(|&p| !self.waiting(p)) {
+            self.steal(slot, has);
+            if let Some(p) = self.take_own(slot, has, rarest) {
+                return Some(p);
+            }
+        }
+        // A rarer piece sits in another share: taken from there, at random among equals
+        // (its queue entry is skipped once it is no longer waiting).
+        let candidates: Vec<u32> = (0..has.len())
+            .filter(|&i| self.waiting(i) && has.get(i) && self.avail[i as usize] == rarest)
+            .collect();
+        candidates.get(self.rng.usize(..candidates.len())).copied()
+    }
+
+    fn waiting(&self, piece: u32) -> bool {
+        self.state.get(piece as usize) == Some(&PieceState::Waiting)
+    }
+
     /// The endgame: with nothing left to hand out, asks this owner too for a piece in
     /// flight at one other owner, so the slowest owner does not hold up the finish.
     /// Whichever copy verifies first counts; the other is dropped on arrival, and the
     /// download breaks its connections once the file is complete.
     fn take_endgame(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
-        if !self.orphans.is_empty() || self.queues.iter().any(|q| !q.is_empty()) {
+        if self.state.contains(&PieceState::Waiting) {
             return None;
         }
         let mut asked: Vec<u32> = self
@@ -262,33 +299,44 @@ impl Schedule {
         once.map(|(_, &p)| p)
     }
 
-    fn take_orphan(&mut self, has: &Bitfield) -> Option<u32> {
-        // A retired slot's piece may still have been completed by its verifier.
+    /// The first orphan this owner holds that is `rarest`.
+    fn take_orphan(&mut self, has: &Bitfield, rarest: u16) -> Option<u32> {
+        // A retired slot's piece may still have been completed by its verifier, and a
+        // piece taken out of turn is no longer waiting.
+        let state = &self.state;
         self.orphans
-            .retain(|&p| self.state[p as usize] == PieceState::Waiting);
-        let at = self.orphans.iter().position(|&p| has.get(p))?;
+            .retain(|&p| state[p as usize] == PieceState::Waiting);
+        let at = self
+            .orphans
+            .iter()
+            .position(|&p| has.get(p) && self.avail[p as usize] == rarest)?;
         self.orphans.remove(at)
     }
 
-    fn take_own(&mut self, slot: usize, has: &Bitfield) -> Option<u32> {
-        // Pieces at the front this owner lacks become orphans for owners that have them.
+    /// A piece of `slot`'s own share that is `rarest`, near the front, at random among
+    /// equals.
+    fn take_own(&mut self, slot: usize, has: &Bitfield, rarest: u16) -> Option<u32> {
+        // Pieces at the front this owner lacks become orphans for owners that have them;
+        // pieces no longer waiting are dropped.
         while let Some(&p) = self.queues[slot].front() {
-            if has.get(p) {
+            if !self.waiting(p) {
+                self.queues[slot].pop_front();
+            } else if has.get(p) {
                 break;
+            } else {
+                self.queues[slot].pop_front();
+                self.orphans.push_back(p);
             }
-            self.queues[slot].pop_front();
-            self.orphans.push_back(p);
         }
         let queue = &self.queues[slot];
         let window = queue.len().min(RAREST_WINDOW);
-        let rarest = (0..window)
-            .filter(|&i| has.get(queue[i]))
-            .map(|i| self.avail[queue[i] as usize])
-            .min()?;
         let candidates: Vec<usize> = (0..window)
-            .filter(|&i| has.get(queue[i]) && self.avail[queue[i] as usize] == rarest)
+            .filter(|&i| {
+                let p = queue[i];
+                self.waiting(p) && has.get(p) && self.avail[p as usize] == rarest
+            })
             .collect();
-        let at = candidates[self.rng.usize(..candidates.len())];
+        let at = *candidates.get(self.rng.usize(..candidates.len().max(1)))?;
         self.queues[slot].remove(at)
     }
 
@@ -301,9 +349,10 @@ impl Schedule {
             .collect();
         victims.sort_by_key(|&v| std::cmp::Reverse(self.queues[v].len()));
         for victim in victims {
-            // Half, rounded up: a queue of one is stolen too, or its last piece would wait.
-            let want = self.queues[victim].len().div_ceil(2);
             let mut queue = std::mem::take(&mut self.queues[victim]);
+            queue.retain(|&p| self.state[p as usize] == PieceState::Waiting);
+            // Half, rounded up: a queue of one is stolen too, or its last piece would wait.
+            let want = queue.len().div_ceil(2);
             let mut kept = VecDeque::with_capacity(queue.len());
             let mut taken = VecDeque::with_capacity(want);
             while let Some(p) = queue.pop_back() {
@@ -536,6 +585,21 @@ mod tests {
         let last = drain(&mut s, 0);
         assert_eq!(last.len(), 1);
         assert!((3..6).contains(&last[0]) && !rare.contains(&last[0]));
+    }
+
+    /// A piece only this owner holds goes first, though it is queued in another share.
+    #[test]
+    fn a_rarer_piece_in_another_share_is_taken_out_of_turn() {
+        let all = Bitfield::full(8);
+        let mut most = Bitfield::empty(8);
+        (0..8).filter(|&i| i != 6).for_each(|i| most.set(i));
+        let mut s = schedule(&Bitfield::empty(8), &[all, most]);
+        assert_eq!(s.take(0), Some(6), "held by slot 0 alone");
+        assert!(s.complete(0, 6));
+        // The rest are equally rare: slot 0 goes back to its own share.
+        assert!((0..4).contains(&s.take(0).unwrap()));
+        let own: Vec<u32> = (0..3).filter_map(|_| s.take(1)).collect();
+        assert_eq!(sorted(own), [4, 5, 7], "slot 1's share, less piece 6");
     }
 
     #[test]

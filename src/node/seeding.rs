@@ -20,12 +20,14 @@
 //!
 //! - **Offers.** A connection with a turn is offered up to [`OFFERS_OPEN`] pieces at once,
 //!   and another each time one is sent or the peer gets one elsewhere: each time the piece
-//!   the peer lacks with the fewest copies out, ties broken at random. Copies out is what
-//!   this node knows: how often it offered the piece, or how many of its peers hold it
-//!   (they say, with `Bitfield` and `Have`), whichever is more. Every piece goes out once
-//!   before any goes out twice, so the first copy this node sends covers the whole file
-//!   (super-seeding, from this node's own view); and a piece with [`ENOUGH_COPIES`] out
-//!   that some peer holds is not offered at all, since the peer can get it from them. Offers
+//!   the peer lacks with the fewest copies in the swarm, then the fewest offers open, ties
+//!   broken at random. Copies are what this node knows: how often it sent the piece, or
+//!   how many of its peers hold it (they say, with `Bitfield` and `Have`), whichever is
+//!   more. A piece never sent goes before any piece sent, even one offered elsewhere and
+//!   not yet asked for (that peer may be waiting for its next turn), so the first copy
+//!   this node sends covers the whole file (super-seeding, from this node's own view). A
+//!   piece with [`ENOUGH_COPIES`] out, counting open offers, that some peer holds is not
+//!   offered at all, since the peer can get it from them. Offers
 //!   still open when their connection closes are taken back, and a piece no peer holds is
 //!   always offerable, so no piece can be stranded by peers that left.
 //!
@@ -105,6 +107,12 @@ impl Copies {
     /// sent) or what its peers hold, whichever is more.
     fn out(&self, piece: usize) -> u32 {
         (self.open[piece] + self.sent[piece]).max(self.held[piece])
+    }
+
+    /// How soon `piece` should be offered, least first: the copies in the swarm (sent, or
+    /// held by peers, whichever is more), then the offers open.
+    fn rank(&self, piece: usize) -> (u32, u32) {
+        (self.sent[piece].max(self.held[piece]), self.open[piece])
     }
 
     /// Whether `piece` needs no more copies from this node: enough are out, and either a
@@ -195,22 +203,27 @@ impl Turns {
 }
 
 /// Chooses up to `n` pieces to offer a peer: pieces it lacks (`peer_has`) and has not been
-/// offered on this connection (`told`), those with the fewest copies out first, none that
-/// has enough ([`ENOUGH_COPIES`]), ties broken by `rng`. Opens an offer of each one chosen.
+/// offered on this connection (`told`), those with the fewest copies, then the fewest offers
+/// open, first; ties broken by `rng`. Opens an offer of each one chosen.
+///
+/// A piece that has enough copies out ([`ENOUGH_COPIES`]) is left to the peers that hold it,
+/// unless the uplink has room to `spare` (nobody waits for a turn): upload left idle is
+/// lost, and a peer that cannot reach the others must not starve beside an idle seed.
 pub(crate) fn pick_offers(
     copies: &mut Copies,
     peer_has: &Bitfield,
     told: &Bitfield,
     n: usize,
+    spare: bool,
     rng: &mut fastrand::Rng,
 ) -> Vec<u32> {
     let mut picked = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut best: Option<(u32, u32)> = None;
+        let mut best: Option<(u32, (u32, u32))> = None;
         let mut ties = 0u32;
         for i in 0..copies.open.len() {
-            let count = copies.out(i);
-            let enough = copies.enough(i);
+            let count = copies.rank(i);
+            let enough = !spare && copies.enough(i);
             let i = i as u32;
             if enough || peer_has.get(i) || told.get(i) || picked.contains(&i) {
                 continue;
@@ -249,13 +262,35 @@ mod tests {
         let mut seen = Vec::new();
         // Sixteen peers, four offers each: 64 offers, one per piece.
         for _ in 0..16 {
-            seen.extend(pick_offers(&mut copies, &nothing, &nothing, 4, &mut rng));
+            seen.extend(pick_offers(
+                &mut copies,
+                &nothing,
+                &nothing,
+                4,
+                false,
+                &mut rng,
+            ));
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..64).collect::<Vec<_>>());
         assert!(copies.open.iter().all(|&c| c == 1));
-        let again = pick_offers(&mut copies, &nothing, &nothing, 1, &mut rng);
+        let again = pick_offers(&mut copies, &nothing, &nothing, 1, false, &mut rng);
         assert_eq!(copies.open[again[0] as usize], 2);
+    }
+
+    /// A piece offered to a peer that has not asked yet (it may be waiting for its next
+    /// turn) still goes before a piece already sent: a second copy waits for a first.
+    #[test]
+    fn a_piece_never_sent_goes_before_one_sent_though_offered_elsewhere() {
+        let mut copies = Copies::new(2);
+        let mut rng = fastrand::Rng::with_seed(6);
+        let nothing = Bitfield::empty(2);
+        copies.open[0] = 1;
+        copies.sent[1] = 1;
+        assert_eq!(
+            pick_offers(&mut copies, &nothing, &nothing, 2, false, &mut rng),
+            [0, 1]
+        );
     }
 
     #[test]
@@ -270,15 +305,43 @@ mod tests {
         let nothing = Bitfield::empty(8);
         // 7 is held by nobody, 6 by one peer, 0..6 by two: enough.
         assert_eq!(
-            pick_offers(&mut copies, &nothing, &nothing, 8, &mut rng),
+            pick_offers(&mut copies, &nothing, &nothing, 8, false, &mut rng),
             [7, 6]
         );
         copies.count(&two_peers, false);
         copies.count(&two_peers, false);
         // The two peers left: 0..6 have no copy out now, and go before 6 and 7 (one each).
-        let mut more = pick_offers(&mut copies, &nothing, &nothing, 6, &mut rng);
+        let mut more = pick_offers(&mut copies, &nothing, &nothing, 6, false, &mut rng);
         more.sort_unstable();
         assert_eq!(more, [0, 1, 2, 3, 4, 5], "held by none once they left");
+    }
+
+    /// With nobody waiting for a turn, pieces with enough copies out are offered too,
+    /// fewest out first: a peer that cannot reach the holders is not left beside an idle
+    /// uplink.
+    #[test]
+    fn an_uplink_with_room_to_spare_offers_pieces_with_enough_copies() {
+        let mut copies = Copies::new(4);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut three = Bitfield::empty(4);
+        (0..3).for_each(|i| three.set(i));
+        for _ in 0..ENOUGH_COPIES {
+            copies.count(&three, true);
+        }
+        copies.add(0);
+        let nothing = Bitfield::empty(4);
+        assert_eq!(
+            pick_offers(&mut copies, &nothing, &nothing, 4, false, &mut rng),
+            [3]
+        );
+        let mut spared = pick_offers(&mut copies, &nothing, &nothing, 4, true, &mut rng);
+        assert_eq!(
+            spared.pop(),
+            Some(0),
+            "the piece with most copies out goes last"
+        );
+        spared.sort_unstable();
+        assert_eq!(spared, [1, 2, 3]);
     }
 
     /// A piece sent twice to peers that have since left, held by nobody and offered to
@@ -294,12 +357,12 @@ mod tests {
         copies.count(&one, true);
         copies.sent[0] = 2;
         assert_eq!(
-            pick_offers(&mut copies, &nothing, &nothing, 2, &mut rng),
+            pick_offers(&mut copies, &nothing, &nothing, 2, false, &mut rng),
             [0]
         );
         copies.open[0] += 1;
         assert_eq!(
-            pick_offers(&mut copies, &nothing, &nothing, 2, &mut rng),
+            pick_offers(&mut copies, &nothing, &nothing, 2, false, &mut rng),
             []
         );
         copies.close(0, false);
@@ -315,7 +378,7 @@ mod tests {
         (0..4).for_each(|i| has.set(i));
         let mut told = Bitfield::empty(8);
         told.set(4);
-        let mut got = pick_offers(&mut copies, &has, &told, 8, &mut rng);
+        let mut got = pick_offers(&mut copies, &has, &told, 8, false, &mut rng);
         got.sort_unstable();
         assert_eq!(got, [5, 6, 7]);
     }

@@ -321,6 +321,7 @@ impl<'a> Outbox<'a> {
             return Ok(());
         };
         let mut offers = Vec::new();
+        let spare = !self.ctx.turns.anyone_waiting();
         for (content, feed) in &mut self.feeds {
             let Some(peer) = feed.peer.as_ref().filter(|_| feed.gated) else {
                 continue;
@@ -333,7 +334,7 @@ impl<'a> Outbox<'a> {
             }
             let picked = {
                 let mut copies = feed.shared.copies.lock();
-                pick_offers(&mut copies, peer, &feed.told, room, &mut self.rng)
+                pick_offers(&mut copies, peer, &feed.told, room, spare, &mut self.rng)
             };
             for &p in &picked {
                 feed.told.set(p);
@@ -360,7 +361,8 @@ impl<'a> Outbox<'a> {
     }
 
     /// Gives up this connection's turn and chokes the peer; the connection asks again when
-    /// the peer next wants something.
+    /// the peer next wants something. Offers still open stay open: the peer has most likely
+    /// asked for them already, and requests sent before the choke are answered.
     fn end_turn(&mut self) -> Result<()> {
         // Always: a turn may have been handed to this connection while it waited in line,
         // before it knew; and leaving the line is the same call.

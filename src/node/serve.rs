@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, report};
 use crate::messages::{
     MAGIC, Message, PROTOCOL_VERSION, read_frame, read_frame_after, write_frame,
 };
@@ -32,6 +32,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames read ahead of the sending thread, at most: a peer that asks faster than it is
 /// answered waits.
 const JOBS_QUEUED: usize = 64;
+/// Bytes written to a peer and not yet on the wire that the kernel may hold, at most.
+///
+/// Without a bound the kernel takes megabytes per connection, and on a capped uplink a
+/// write "done" at once is seconds from its peer: upload turns and offers then act on
+/// what has been queued, not on what was sent, and every connection shares the uplink at
+/// once again. With it, a piece counts as sent when it is on the wire (or in flight), and
+/// the next turn starts when the last one's bytes have left.
+const UNSENT_MAX: libc::c_int = 64 * 1024;
 
 /// The `node-accept` thread: accepts until shutdown, then waits for every connection.
 pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> {
@@ -85,7 +93,7 @@ fn serve_peer(ctx: &Ctx, stream: TcpStream) {
         Err(_) if ctx.stopping() => {}
         Err(e) => ctx.emit(Event::PeerError {
             addr,
-            error: e.to_string(),
+            error: report(&e),
         }),
     }
 }
@@ -112,6 +120,7 @@ impl<'a> Server<'a> {
         stream.set_nodelay(true).map_err(io)?;
         stream.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
+        limit_unsent(stream, UNSENT_MAX).map_err(io)?;
         let guard = ctx.conns.register(stream)?;
         // The key handshake and the hello must arrive within the handshake timeout,
         // however they trickle; `run` clears the deadline after the hello.
@@ -349,6 +358,38 @@ impl Read for DeadlineStream {
         }
         self.stream.read(buf)
     }
+}
+
+/// Bounds the bytes `stream` holds unsent in the kernel (`TCP_NOTSENT_LOWAT`): a write
+/// blocks while more than `bytes` wait to go out.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn limit_unsent(stream: &TcpStream, bytes: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).map_err(io::Error::other)?;
+    // SAFETY: the descriptor is a live TCP socket owned by `stream` for the whole call,
+    // and the option value points at a `c_int` of the length given, as
+    // `TCP_NOTSENT_LOWAT` expects; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&raw const bytes).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere the kernel's own buffering stands.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn limit_unsent(_stream: &TcpStream, _bytes: libc::c_int) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, value_name = "RATE", value_parser = rate)]
     download_limit: Option<u64>,
     /// Peers sent pieces of complete files at once; the others wait their turn, in order.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    #[arg(long, default_value_t = 4, value_name = "N")]
     upload_slots: usize,
     /// Most peer connections served at once.
     #[arg(long, default_value_t = 64, value_name = "N")]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, select, tick};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, report};
 use crate::tracker::Owners as Listed;
 
 use super::super::peer::PeerConn;
@@ -77,6 +77,8 @@ struct Live<'s> {
     /// Bytes delivered since the last rotation.
     bytes: u64,
     started: Instant,
+    /// When it last delivered a piece (or started).
+    last_piece: Instant,
     /// Told to stop; its report of stopping is not a failure.
     leaving: bool,
 }
@@ -194,6 +196,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 self.sched.set_holdings(slot, has);
                 if let Some(live) = self.workers.get_mut(&slot) {
                     live.connected = true;
+                    self.book.reached(live.worker.addr);
                 }
                 self.fill(slot);
             }
@@ -226,6 +229,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             }
             live.pace.arrived(bytes as usize);
             live.bytes += u64::from(bytes);
+            live.last_piece = now;
             addr = Some(live.worker.addr);
         }
         if self.sched.complete(slot, piece) {
@@ -280,7 +284,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 self.ctx().emit(Event::OwnerFailed {
                     file: self.job.file.into(),
                     owner: addr,
-                    error: e.to_string(),
+                    error: report(&e),
                 });
             }
             _ => {}
@@ -297,9 +301,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 self.book.add(self.ctx(), l.owners);
             }
             Ok(_) => {}
-            Err(e) => self.ctx().emit(Event::TrackerError {
-                error: e.to_string(),
-            }),
+            Err(e) => self.ctx().emit(Event::TrackerError { error: report(&e) }),
         }
         self.top_up()
     }
@@ -392,6 +394,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 pace: Pace::new(depth, piece),
                 bytes: 0,
                 started: Instant::now(),
+                last_piece: Instant::now(),
                 leaving: false,
             },
         );
@@ -443,8 +446,10 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         self.fill_all();
     }
 
-    /// Drops an owner that has held a piece far longer than pieces take elsewhere, when
-    /// another live owner holds that piece: it is trickling, or hopelessly slow.
+    /// Drops an owner that has held a piece far longer than pieces take elsewhere, and
+    /// delivered none meanwhile, when another live owner holds that piece: it is
+    /// trickling, or hopelessly slow. One that keeps delivering is busy, not stuck (a seed
+    /// shares its uplink among its turns), and dropping it would waste what it has sent.
     fn drop_slow(&mut self, now: Instant) {
         let mut secs = self.piece_secs.clone();
         if secs.len() < 4 {
@@ -458,6 +463,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             .iter()
             .filter(|(slot, live)| {
                 !live.leaving
+                    && now.duration_since(live.last_piece) > limit
                     && live.asked.iter().any(|(&piece, &at)| {
                         now.duration_since(at) > limit && self.sched.held_elsewhere(**slot, piece)
                     })
