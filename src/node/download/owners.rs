@@ -39,6 +39,8 @@ pub(super) struct OwnerBook {
     retry_at: HashMap<SocketAddr, Instant>,
     /// Owners never asked again in this download.
     banned: HashSet<SocketAddr>,
+    /// Owners a connection was opened to, in this download.
+    tried: HashSet<SocketAddr>,
     pub reasons: Vec<(SocketAddr, String)>,
     /// Whether the tracker was asked again since the last piece arrived with no owner left.
     pub asked_again: bool,
@@ -128,8 +130,33 @@ impl OwnerBook {
         self.reasons.push((addr, report(e)));
     }
 
+    /// Chooses the owner to try next, one not `running`: at random among those never
+    /// tried, else at random among the others that may be asked now. Random, not the
+    /// tracker's order: every downloader in a swarm hears of the same owners, and taking
+    /// them in list order gave the first few listed every downloader and the last none.
+    pub fn next(
+        &self,
+        now: Instant,
+        running: &[SocketAddr],
+        rng: &mut fastrand::Rng,
+    ) -> Option<SocketAddr> {
+        let free: Vec<SocketAddr> = self
+            .usable(usize::MAX, now)
+            .into_iter()
+            .filter(|a| !running.contains(a))
+            .collect();
+        let fresh: Vec<SocketAddr> = free
+            .iter()
+            .copied()
+            .filter(|a| !self.tried.contains(a))
+            .collect();
+        let pool = if fresh.is_empty() { free } else { fresh };
+        (!pool.is_empty()).then(|| pool[rng.usize(..pool.len())])
+    }
+
     /// Records that `addr` was tried; fresh owners from the tracker may be asked again.
-    pub fn tried(&mut self, _addr: SocketAddr) {
+    pub fn tried(&mut self, addr: SocketAddr) {
+        self.tried.insert(addr);
         self.asked_again = false;
     }
 
@@ -249,6 +276,31 @@ mod tests {
             "complete now: tried at once"
         );
         assert!(o.is_complete(a));
+    }
+
+    /// Owners never tried go first, chosen at random, so downloaders that heard of the
+    /// same list do not all pick its head.
+    #[test]
+    fn the_next_owner_is_a_random_untried_one() {
+        let mut o = OwnerBook::default();
+        o.add_except((1..=20).map(owner).collect(), ("none", 0));
+        let mut rng = fastrand::Rng::with_seed(7);
+        let now = Instant::now();
+        let firsts: HashSet<SocketAddr> = (0..50)
+            .filter_map(|_| o.next(now, &[], &mut rng))
+            .collect();
+        assert!(firsts.len() > 10, "spread over the list: {firsts:?}");
+        let running = [owner(1).addr, owner(2).addr];
+        for a in (3..=20).map(|p| owner(p).addr) {
+            o.tried(a);
+        }
+        for _ in 0..20 {
+            let next = o.next(now, &running[..1], &mut rng);
+            assert_eq!(next, Some(owner(2).addr), "the one never tried, not running");
+        }
+        o.tried(owner(2).addr);
+        let again = o.next(now, &running, &mut rng).unwrap();
+        assert!(!running.contains(&again), "all tried: any that is not running");
     }
 
     #[test]
