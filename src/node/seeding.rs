@@ -45,7 +45,7 @@ use super::schedule::Bitfield;
 /// Pieces sent in one turn before the turn passes to the next connection in line.
 pub(crate) const TURN_PIECES: u32 = 8;
 /// Longest a turn lasts, however few pieces the peer asks for in it.
-pub(crate) const TURN_TIME: Duration = Duration::from_secs(4);
+pub(crate) const TURN_TIME: Duration = Duration::from_millis(1500);
 /// A turn whose peer has asked for nothing for this long (after the last piece went out)
 /// passes on: the peer is getting what it needs elsewhere.
 pub(crate) const TURN_IDLE: Duration = Duration::from_millis(250);
