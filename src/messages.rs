@@ -341,8 +341,18 @@ pub enum Message {
     /// The owner will answer new requests on this connection (its upload turn began).
     Unchoke,
     /// The owner asks for no new requests on this connection until the next `Unchoke`;
-    /// requests already sent are still answered.
+    /// requests already sent are still answered, except for pieces it then withdraws.
     Choke,
+    /// An owner that holds the file complete takes back pieces it offered (with `Have`)
+    /// and has not sent, when the connection's upload turn ends, so they can go to peers
+    /// whose turn it is. Requests for them not yet answered are dropped; the downloader
+    /// asks for them again elsewhere, or here once they are offered again.
+    Withdraw {
+        /// The file's content id.
+        content: ContentId,
+        /// The pieces no longer offered.
+        pieces: Vec<u32>,
+    },
 }
 
 /// What a download records beside its `.part` file: which pieces are verified and on disk.

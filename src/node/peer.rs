@@ -212,6 +212,8 @@ pub(super) enum Incoming {
     Have(Vec<u32>),
     /// The owner chokes (`true`) or unchokes (`false`) this connection.
     Choke(bool),
+    /// The owner no longer offers these pieces, and will not answer requests for them.
+    Withdraw(Vec<u32>),
 }
 
 /// The reading half of a connection to an owner.
@@ -264,6 +266,9 @@ impl PeerReader<'_> {
             Message::Have { content: c, pieces } if c == content => Ok(Incoming::Have(pieces)),
             Message::Choke => Ok(Incoming::Choke(true)),
             Message::Unchoke => Ok(Incoming::Choke(false)),
+            Message::Withdraw { content: c, pieces } if c == content => {
+                Ok(Incoming::Withdraw(pieces))
+            }
             Message::Reject { reason } => Err(Error::Peer {
                 addr: self.addr,
                 reason,

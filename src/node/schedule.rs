@@ -71,6 +71,13 @@ impl Bitfield {
         }
     }
 
+    /// Marks piece `i` as not held; does nothing past the end.
+    pub fn unset(&mut self, i: u32) {
+        if i < self.len {
+            self.bits[(i / 8) as usize] &= !(0x80 >> (i % 8));
+        }
+    }
+
     /// Returns how many pieces are held.
     pub fn count(&self) -> u32 {
         self.bits.iter().map(|b| b.count_ones()).sum()
@@ -195,6 +202,35 @@ impl Schedule {
                 self.holds[slot].set(i);
                 self.avail[i as usize] = self.avail[i as usize].saturating_add(1);
             }
+        }
+    }
+
+    /// Removes pieces `slot`'s owner no longer offers; pieces past the end are ignored.
+    pub fn remove_holdings(&mut self, slot: usize, pieces: &[u32]) {
+        if !self.alive.get(slot).copied().unwrap_or(false) {
+            return;
+        }
+        for &i in pieces {
+            if self.holds[slot].get(i) {
+                self.holds[slot].unset(i);
+                self.avail[i as usize] = self.avail[i as usize].saturating_sub(1);
+            }
+        }
+    }
+
+    /// Takes back piece `piece` from `slot` (its owner will not send it): unless another
+    /// owner is fetching it too, it waits for whichever owner takes it next.
+    pub fn unassign(&mut self, slot: usize, piece: u32) {
+        let Some(pieces) = self.in_flight.get_mut(slot) else {
+            return;
+        };
+        if !pieces.remove(&piece) {
+            return;
+        }
+        let elsewhere = self.in_flight.iter().any(|other| other.contains(&piece));
+        if self.state.get(piece as usize) == Some(&PieceState::InFlight) && !elsewhere {
+            self.state[piece as usize] = PieceState::Waiting;
+            self.orphans.push_back(piece);
         }
     }
 

@@ -14,7 +14,7 @@
 //! in turn, so many connections share a capped uplink fairly and none falls silent long
 //! enough to trip its peer's timeout.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -31,6 +31,7 @@ use crate::session::LinkWriter;
 
 use super::schedule::Bitfield;
 use super::seeding::{OFFERS_OPEN, TURN_IDLE, TURN_PIECES, TURN_TIME, pick_offers};
+use super::serve::JOBS_QUEUED;
 use super::store::SharedFile;
 use super::{Ctx, Event};
 
@@ -80,6 +81,9 @@ struct Feed {
     peer: Option<Bitfield>,
     /// Pieces offered and not yet sent.
     open: HashSet<u32>,
+    /// Pieces withdrawn unsent and not offered since: a request for one, which crossed
+    /// the `Withdraw`, is dropped without reply.
+    withdrawn: HashSet<u32>,
     /// Whether pieces are offered a few at a time (a complete file) or all told.
     gated: bool,
 }
@@ -91,6 +95,11 @@ pub(super) struct Outbox<'a> {
     /// This connection's id, for the node's line of upload turns.
     id: u64,
     writer: LinkWriter<TcpStream>,
+    /// What the reading half hands over.
+    jobs: Receiver<Job>,
+    /// Jobs taken off `jobs` early, at a turn's end, to drop requests for withdrawn
+    /// pieces; answered before any newer one. At most [`JOBS_QUEUED`].
+    queued: VecDeque<Job>,
     feeds: HashMap<ContentId, Feed>,
     /// Files this peer has had a piece of, so each counts once as "sent".
     sent_files: HashSet<ContentId>,
@@ -111,13 +120,21 @@ pub(super) struct Outbox<'a> {
 }
 
 impl<'a> Outbox<'a> {
-    pub fn new(ctx: &'a Ctx, addr: SocketAddr, id: u64, writer: LinkWriter<TcpStream>) -> Self {
+    pub fn new(
+        ctx: &'a Ctx,
+        addr: SocketAddr,
+        id: u64,
+        writer: LinkWriter<TcpStream>,
+        jobs: Receiver<Job>,
+    ) -> Self {
         let (wake_tx, wake_rx) = bounded(1);
         Self {
             ctx,
             addr,
             id,
             writer,
+            jobs,
+            queued: VecDeque::new(),
             feeds: HashMap::new(),
             sent_files: HashSet::new(),
             chunk: Vec::new(),
@@ -134,8 +151,8 @@ impl<'a> Outbox<'a> {
 
     /// Answers jobs until the reading half stops or a write fails; on failure, breaks the
     /// socket so the reading half stops too.
-    pub fn run(mut self, jobs: &Receiver<Job>) -> Result<()> {
-        let result = self.serve(jobs);
+    pub fn run(mut self) -> Result<()> {
+        let result = self.serve();
         self.ctx.turns.end(self.id);
         // This peer's copies leave with it, and so do the offers it never took up.
         for feed in self.feeds.values().filter(|f| f.gated) {
@@ -153,8 +170,16 @@ impl<'a> Outbox<'a> {
         result
     }
 
-    fn serve(&mut self, jobs: &Receiver<Job>) -> Result<()> {
+    fn serve(&mut self) -> Result<()> {
+        let jobs = self.jobs.clone();
         loop {
+            if let Some(job) = self.queued.pop_front() {
+                self.take(job)?;
+                if self.queued.is_empty() && jobs.is_empty() {
+                    self.flush()?;
+                }
+                continue;
+            }
             let turn_over = match self.turn {
                 Some((_, until)) => {
                     let idle = self.last_active + TURN_IDLE;
@@ -164,12 +189,7 @@ impl<'a> Outbox<'a> {
             };
             select! {
                 recv(jobs) -> job => match job {
-                    Ok(job) => {
-                        if matches!(job, Job::Data { .. }) {
-                            self.last_active = Instant::now();
-                        }
-                        self.handle(job)?;
-                    }
+                    Ok(job) => self.take(job)?,
                     Err(_) => return self.flush(),
                 },
                 recv(self.wake_rx) -> _ => self.refresh()?,
@@ -184,6 +204,13 @@ impl<'a> Outbox<'a> {
                 self.flush()?;
             }
         }
+    }
+
+    fn take(&mut self, job: Job) -> Result<()> {
+        if matches!(job, Job::Data { .. }) {
+            self.last_active = Instant::now();
+        }
+        self.handle(job)
     }
 
     fn handle(&mut self, job: Job) -> Result<()> {
@@ -339,6 +366,7 @@ impl<'a> Outbox<'a> {
             for &p in &picked {
                 feed.told.set(p);
                 feed.open.insert(p);
+                feed.withdrawn.remove(&p);
             }
             if !picked.is_empty() {
                 offers.push((*content, picked));
@@ -360,17 +388,52 @@ impl<'a> Outbox<'a> {
         self.end_turn()
     }
 
-    /// Gives up this connection's turn and chokes the peer; the connection asks again when
-    /// the peer next wants something. Offers still open stay open: the peer has most likely
-    /// asked for them already, and requests sent before the choke are answered.
+    /// Gives up this connection's turn, chokes the peer, and withdraws the offers not
+    /// yet sent, dropping the requests for them; the connection asks for a turn again
+    /// when the peer next wants something.
+    ///
+    /// An offer left open past its turn counted as a copy on its way for as long as the
+    /// peer waited for its next turn, and meanwhile the same piece was offered to others:
+    /// both asked, and the seed sent it twice. Withdrawn, it goes to a peer whose turn it
+    /// is. Requests for pieces of partial files are answered as before.
     fn end_turn(&mut self) -> Result<()> {
         // Always: a turn may have been handed to this connection while it waited in line,
         // before it knew; and leaving the line is the same call.
         self.turn = None;
         self.ctx.turns.end(self.id);
-        if self.unchoked {
-            self.unchoked = false;
-            self.send(&Message::Choke)?;
+        if !self.unchoked {
+            return Ok(());
+        }
+        self.unchoked = false;
+        self.send(&Message::Choke)?;
+        if self.feeds.values().all(|f| f.open.is_empty()) {
+            return Ok(());
+        }
+        // Requests the reading half has passed on but this thread has not seen yet.
+        while self.queued.len() < JOBS_QUEUED {
+            let Ok(job) = self.jobs.try_recv() else { break };
+            self.queued.push_back(job);
+        }
+        let mut withdrawn = Vec::new();
+        for (content, feed) in &mut self.feeds {
+            if feed.open.is_empty() {
+                continue;
+            }
+            let pieces: Vec<u32> = feed.open.drain().collect();
+            let mut copies = feed.shared.copies.lock();
+            for &p in &pieces {
+                copies.close(p, false);
+                feed.told.unset(p);
+                feed.withdrawn.insert(p);
+            }
+            self.queued.retain(|job| {
+                !matches!(job, Job::Data { content: c, piece, .. }
+                    if c == content && pieces.contains(piece))
+            });
+            withdrawn.push((*content, pieces));
+        }
+        for (content, pieces) in withdrawn {
+            self.send(&Message::Withdraw { content, pieces })?;
         }
         Ok(())
     }
@@ -385,6 +448,10 @@ impl<'a> Outbox<'a> {
             .is_some_and(|pl| len > 0 && u64::from(offset) + u64::from(len) <= u64::from(pl));
         if !in_range {
             return self.refuse(format!("piece {piece} bytes {offset}+{len} out of range"));
+        }
+        if !feed.told.get(piece) && feed.withdrawn.contains(&piece) {
+            // Asked for before the peer read the `Withdraw`: dropped, as it says.
+            return Ok(());
         }
         if !feed.told.get(piece) || !feed.shared.holds(piece) {
             return self.refuse(format!("piece {piece} was not offered"));
@@ -549,6 +616,7 @@ impl Feed {
             told: Bitfield::empty(pieces),
             peer: None,
             open: HashSet::new(),
+            withdrawn: HashSet::new(),
         }
     }
 }

@@ -31,7 +31,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames read ahead of the sending thread, at most: a peer that asks faster than it is
 /// answered waits.
-const JOBS_QUEUED: usize = 64;
+pub(super) const JOBS_QUEUED: usize = 64;
 /// Bytes written to a peer and not yet on the wire that the kernel may hold, at most.
 ///
 /// Without a bound the kernel takes megabytes per connection, and on a capped uplink a
@@ -190,15 +190,15 @@ impl<'a> Server<'a> {
                 source,
             })?;
         }
-        let outbox = Outbox::new(self.ctx, self.addr, self.guard.id(), writer);
         let (jobs_tx, jobs_rx) = bounded::<Job>(JOBS_QUEUED);
+        let outbox = Outbox::new(self.ctx, self.addr, self.guard.id(), writer, jobs_rx);
         if let Some(reason) = refusal {
             let _ = jobs_tx.send(Job::Refuse(reason));
         }
         thread::scope(|s| {
             let sender = thread::Builder::new()
                 .name("node-send".into())
-                .spawn_scoped(s, move || outbox.run(&jobs_rx))
+                .spawn_scoped(s, move || outbox.run())
                 .map_err(|source| Error::Spawn {
                     name: "node-send",
                     source,
@@ -304,6 +304,7 @@ pub(super) fn kind(msg: &Message) -> &'static str {
         Message::Have { .. } => "have",
         Message::Unchoke => "unchoke",
         Message::Choke => "choke",
+        Message::Withdraw { .. } => "withdraw",
     }
 }
 

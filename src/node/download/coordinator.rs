@@ -215,6 +215,17 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 }
                 self.fill(slot);
             }
+            Report::Withdrawn { slot, pieces } => {
+                self.sched.remove_holdings(slot, &pieces);
+                if let Some(live) = self.workers.get_mut(&slot) {
+                    for p in &pieces {
+                        if live.asked.remove(p).is_some() {
+                            self.sched.unassign(slot, *p);
+                        }
+                    }
+                }
+                self.fill_all();
+            }
             Report::Piece { slot, piece, bytes } => self.on_piece(slot, piece, bytes),
             Report::Stopped { slot, error } => self.on_stopped(slot, error)?,
             Report::Listed(listed) => self.on_listed(listed)?,

@@ -286,9 +286,8 @@ mod tests {
         o.add_except((1..=20).map(owner).collect(), ("none", 0));
         let mut rng = fastrand::Rng::with_seed(7);
         let now = Instant::now();
-        let firsts: HashSet<SocketAddr> = (0..50)
-            .filter_map(|_| o.next(now, &[], &mut rng))
-            .collect();
+        let firsts: HashSet<SocketAddr> =
+            (0..50).filter_map(|_| o.next(now, &[], &mut rng)).collect();
         assert!(firsts.len() > 10, "spread over the list: {firsts:?}");
         let running = [owner(1).addr, owner(2).addr];
         for a in (3..=20).map(|p| owner(p).addr) {
@@ -296,11 +295,18 @@ mod tests {
         }
         for _ in 0..20 {
             let next = o.next(now, &running[..1], &mut rng);
-            assert_eq!(next, Some(owner(2).addr), "the one never tried, not running");
+            assert_eq!(
+                next,
+                Some(owner(2).addr),
+                "the one never tried, not running"
+            );
         }
         o.tried(owner(2).addr);
         let again = o.next(now, &running, &mut rng).unwrap();
-        assert!(!running.contains(&again), "all tried: any that is not running");
+        assert!(
+            !running.contains(&again),
+            "all tried: any that is not running"
+        );
     }
 
     #[test]

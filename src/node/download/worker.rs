@@ -37,6 +37,8 @@ pub(super) enum Report {
     Has { slot: usize, pieces: Vec<u32> },
     /// The owner choked (`true`: ask nothing new) or unchoked this connection.
     Choked { slot: usize, choked: bool },
+    /// The owner no longer offers these pieces, nor answers requests for them.
+    Withdrawn { slot: usize, pieces: Vec<u32> },
     /// A piece arrived, verified, and is written.
     Piece { slot: usize, piece: u32, bytes: u32 },
     /// The worker has stopped; the error says why (`None`: told to stop).
@@ -204,6 +206,21 @@ impl<'d> Job<'d> {
                 }
                 Incoming::Choke(choked) => {
                     if self.reports.send(Report::Choked { slot, choked }).is_err() {
+                        return Ok(());
+                    }
+                }
+                Incoming::Withdraw(pieces) => {
+                    if pieces.iter().any(|&p| p >= geometry.piece_count()) {
+                        return Err(Error::Peer {
+                            addr: reader.addr(),
+                            reason: "withdraw for a piece past the end".into(),
+                        });
+                    }
+                    if self
+                        .reports
+                        .send(Report::Withdrawn { slot, pieces })
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }
