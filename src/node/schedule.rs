@@ -638,6 +638,23 @@ mod tests {
         assert_eq!(sorted(own), [4, 5, 7], "slot 1's share, less piece 6");
     }
 
+    /// A withdrawn offer: the owner no longer holds the piece for this download, and a
+    /// piece asked of it alone goes to the next owner that holds it.
+    #[test]
+    fn a_withdrawn_piece_goes_back_to_waiting_for_another_owner() {
+        let mut offered = Bitfield::empty(4);
+        offered.set(0);
+        let mut s = schedule(&Bitfield::empty(4), &[offered, Bitfield::empty(4)]);
+        assert_eq!(s.take(0), Some(0));
+        s.remove_holdings(0, &[0]);
+        s.unassign(0, 0);
+        assert_eq!(s.take(0), None, "no longer offered");
+        s.add_holdings(1, &[0]);
+        assert_eq!(s.take(1), Some(0), "waiting again, for whoever holds it");
+        s.unassign(0, 0);
+        assert_eq!(s.take(1), None, "unassigning twice does not hand it out twice");
+    }
+
     #[test]
     fn in_the_endgame_a_piece_in_flight_is_asked_of_one_more_owner() {
         let full = Bitfield::full(2);
