@@ -7,7 +7,7 @@
 //! the seeder sent, and the CPU the processes used, beside the machine's capacity.
 //!
 //! ```text
-//! cargo bench --bench swarm_hosts                       # N = 8, 16, 32, 64; 32 MiB at 2 MiB/s
+//! cargo bench --bench swarm_hosts                       # N = 8, 16, 32, 64; 32 MiB at 1 MiB/s
 //! P2P_HOSTS_N=64 P2P_HOSTS_MIB=32 P2P_HOSTS_RATE_MIB=2 cargo bench --bench swarm_hosts
 //! P2P_HOSTS_TRACE=1 P2P_HOSTS_ARGS="--upload-slots 8" cargo bench --bench swarm_hosts
 //! ```
@@ -43,7 +43,9 @@ fn main() {
         return;
     }
     let mib: u64 = env_or("P2P_HOSTS_MIB", 32);
-    let rate_mib: f64 = env_or("P2P_HOSTS_RATE_MIB", 2.0);
+    // 1 MiB/s: at 2 MiB/s, 65 hosts sending at their caps keep two cores busy with the
+    // bridge's packet forwarding (85-90 %), and the machine, not the swarm, sets the pace.
+    let rate_mib: f64 = env_or("P2P_HOSTS_RATE_MIB", 1.0);
     let ns: Vec<usize> = std::env::var("P2P_HOSTS_N")
         .unwrap_or_else(|_| "8,16,32,64".into())
         .split(',')

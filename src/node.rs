@@ -273,6 +273,15 @@ pub enum Event {
         /// What went wrong.
         error: String,
     },
+    /// Accepting a connection failed for want of file descriptors or memory; the node
+    /// waits `wait` before accepting again (longer each time, up to a second), and keeps
+    /// serving the connections it has.
+    AcceptFailed {
+        /// What went wrong.
+        error: String,
+        /// How long the node waits before it accepts again.
+        wait: Duration,
+    },
 }
 
 /// What a finished download did.

@@ -170,3 +170,60 @@ fn a_downloader_killed_and_restarted_finishes_sooner_than_a_fresh_one() {
     drop(a);
     drop(tracker);
 }
+
+/// A flood of connections runs a node out of file descriptors: its accept loop waits
+/// instead of spinning on an `accept` that fails at once (the waits' doubling is
+/// `serve.rs`'s unit test), and says so; once the flood lets go it serves again, and a
+/// download from it is exact.
+#[test]
+fn a_node_out_of_descriptors_waits_instead_of_spinning_and_serves_again() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (_tracker, addr) = tracker_process(cwd, 1);
+    let taddr = addr.to_string();
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    let original = cwd.join("node_files/A/f.bin");
+    write_random(&original, 11, MIB);
+    // 40 descriptors: a dozen for the node itself, so a few held connections (each needs
+    // its socket and two clones) exhaust the rest. stderr joins stdout, to read the
+    // node's complaint.
+    let node = node_args("A", &taddr, &["--upload", "f.bin"]).join(" ");
+    let mut a = Proc::start(
+        "sh",
+        &[
+            "-c",
+            &format!("exec prlimit --nofile=40 -- {NODE_BIN} {node} 2>&1"),
+        ],
+        cwd,
+        Stdio::null(),
+    );
+    let serving = a.line_with("serving on");
+    let a_addr: std::net::SocketAddr = serving
+        .split("serving on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    a.line_with("sharing f.bin");
+    // Connections that never say hello hold their descriptors until the handshake
+    // timeout (10 s).
+    let flood: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(a_addr).unwrap())
+        .collect();
+    let complaint = a.line_with("accepting connections");
+    assert!(
+        complaint.contains("Too many open files") && complaint.contains("trying again in"),
+        "{complaint}"
+    );
+    drop(flood);
+    let mut b = Proc::start(
+        NODE_BIN,
+        &node_args("B", &taddr, &["--download", "f.bin", "--exit-when-done"]),
+        cwd,
+        Stdio::null(),
+    );
+    b.line_with("downloaded f.bin");
+    assert!(b.wait(Duration::from_secs(30)).success());
+    assert_same_file(&original, &cwd.join("node_files/B/f.bin"));
+}

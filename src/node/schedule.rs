@@ -652,7 +652,11 @@ mod tests {
         s.add_holdings(1, &[0]);
         assert_eq!(s.take(1), Some(0), "waiting again, for whoever holds it");
         s.unassign(0, 0);
-        assert_eq!(s.take(1), None, "unassigning twice does not hand it out twice");
+        assert_eq!(
+            s.take(1),
+            None,
+            "unassigning twice does not hand it out twice"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 
 use crate::error::{Error, Result, report};
 use crate::messages::{
@@ -41,17 +41,62 @@ pub(super) const JOBS_QUEUED: usize = 64;
 /// the next turn starts when the last one's bytes have left.
 const UNSENT_MAX: libc::c_int = 64 * 1024;
 
+/// The first wait after `accept` fails for want of descriptors or memory; doubled each
+/// time it fails again, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The wait after `accept` failed for want of a resource: doubled from `last` while the
+/// failures keep coming (the last ended `since` ago, within two of the longest waits; a
+/// connection accepted in between may fail at once for want of the same descriptors),
+/// else the shortest again.
+fn next_wait(last: Duration, since: Option<Duration>) -> Duration {
+    if since.is_some_and(|s| s < 2 * ACCEPT_BACKOFF_MAX) {
+        (last * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX)
+    } else {
+        ACCEPT_BACKOFF_MIN
+    }
+}
+
+/// Whether `accept` failed for want of a resource (descriptors, buffers, memory) that a
+/// closing connection will free, rather than because of the connection.
+fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// The `node-accept` thread: accepts until shutdown, then waits for every connection.
 pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> {
     let mut handlers: Vec<(IpAddr, JoinHandle<()>)> = Vec::new();
+    let mut exhausted = ACCEPT_BACKOFF_MIN;
+    let mut last_exhausted: Option<Instant> = None;
     for stream in listener.incoming() {
         if ctx.stopping() {
             break;
         }
-        let Ok(stream) = stream else {
-            // A connection that failed between SYN and accept, or a shortage of file
-            // descriptors: not this node's fault, and the next accept may succeed.
-            continue;
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) if is_exhaustion(&e) => {
+                // Out of descriptors or memory: the pending connection stays queued and
+                // `accept` would fail again at once. Wait (for shutdown, at most) instead
+                // of spinning, longer each time, until a connection ends and frees one.
+                exhausted = next_wait(exhausted, last_exhausted.map(|t| t.elapsed()));
+                ctx.emit(Event::AcceptFailed {
+                    error: e.to_string(),
+                    wait: exhausted,
+                });
+                match ctx.stop.recv_timeout(exhausted) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        last_exhausted = Some(Instant::now());
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            // A connection that failed between SYN and accept: not this node's fault.
+            Err(_) => continue,
         };
         let (finished, running): (Vec<_>, Vec<_>) =
             handlers.into_iter().partition(|(_, h)| h.is_finished());
@@ -399,6 +444,25 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+
+    /// Out of descriptors, the accept loop waits 10 ms, then twice as long each time the
+    /// failures go on, up to a second; after a quiet spell it starts short again.
+    #[test]
+    fn accept_waits_double_while_descriptors_run_out() {
+        let mut wait = ACCEPT_BACKOFF_MIN;
+        let mut waits = vec![wait];
+        for _ in 0..8 {
+            wait = next_wait(wait, Some(wait));
+            waits.push(wait);
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(
+            next_wait(wait, Some(Duration::from_secs(5))),
+            ACCEPT_BACKOFF_MIN
+        );
+        assert_eq!(next_wait(wait, None), ACCEPT_BACKOFF_MIN);
+    }
     use crate::key::NetworkKey;
     use crate::node::{Node, NodeConfig};
     use crate::session;

@@ -379,6 +379,9 @@ impl Session {
             Event::FileChanged { file } => say!("{file} changed on disk; no longer shared"),
             Event::TrackerError { error } => esay!("re-announce failed: {error}"),
             Event::PeerError { addr, error } if self.verbose => esay!("peer {addr}: {error}"),
+            Event::AcceptFailed { error, wait } => {
+                esay!("accepting connections: {error}; trying again in {wait:?}")
+            }
             _ => {}
         }
     }
