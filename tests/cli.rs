@@ -7,6 +7,7 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 use p2ptorrent::TrackerClient;
@@ -229,4 +230,41 @@ fn a_private_network_through_the_binaries() {
         .unwrap();
     assert!(!loose.status.success());
     assert!(String::from_utf8_lossy(&loose.stderr).contains("chmod 600"));
+}
+
+/// A tracker whose output nobody reads any more (its terminal closed, its pipe's reader
+/// gone) keeps tracking: printing its table on a broken pipe must not kill it.
+#[test]
+fn a_tracker_whose_stdout_is_gone_keeps_tracking() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (mut tracker, addr) = tracker_process(cwd, 1);
+    tracker.close_stdout();
+    let taddr = addr.to_string();
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    let original = cwd.join("node_files/A/f.bin");
+    write_random(&original, 12, 1 << 20);
+    // A's announce changes the table, which the tracker prints into the closed pipe.
+    let mut a = Proc::start(
+        NODE_BIN,
+        &node_args("A", &taddr, &["--upload", "f.bin"]),
+        cwd,
+        Stdio::null(),
+    );
+    a.line_with("sharing f.bin");
+    let b = Proc::start(
+        NODE_BIN,
+        &node_args("B", &taddr, &["--download", "f.bin", "--exit-when-done"]),
+        cwd,
+        Stdio::null(),
+    );
+    assert!(b.wait(Duration::from_secs(30)).success());
+    assert_same_file(&original, &cwd.join("node_files/B/f.bin"));
+    // Stopping prints once more; the exit status says whether any print killed it.
+    tracker.signal("-TERM");
+    let status = tracker.wait(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "the tracker died writing to a closed stdout: {status}"
+    );
 }

@@ -2,6 +2,9 @@
 
 #[path = "common/keyflags.rs"]
 mod keyflags;
+#[macro_use]
+#[path = "common/say.rs"]
+mod say;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
     match keyflags::load_key(args.key.as_deref()) {
         Ok(key) => config.key = key,
         Err(e) => {
-            eprintln!("tracker: {e}");
+            esay!("tracker: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -53,11 +56,11 @@ fn main() -> ExitCode {
     let (tracker, events) = match Tracker::start(config) {
         Ok(started) => started,
         Err(e) => {
-            eprintln!("tracker: {}", report(&e));
+            esay!("tracker: {}", report(&e));
             return ExitCode::FAILURE;
         }
     };
-    println!(
+    say!(
         "tracker listening on {} (announce interval {} s, {network})",
         tracker.local_addr(),
         args.interval.max(1)
@@ -66,7 +69,7 @@ fn main() -> ExitCode {
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
     }) {
-        eprintln!("tracker: cannot handle signals: {e}");
+        esay!("tracker: cannot handle signals: {e}");
     }
     loop {
         select! {
@@ -76,21 +79,21 @@ fn main() -> ExitCode {
                     // Print once for a burst of changes.
                     while let Ok(TrackerEvent::TableChanged) = events.try_recv() {}
                     if !args.quiet {
-                        print!("{}", tracker.snapshot());
+                        say_raw!("{}", tracker.snapshot());
                     }
                 }
-                Ok(TrackerEvent::Rejected { from, reason }) => eprintln!("refused {from}: {reason}"),
-                Ok(TrackerEvent::Malformed { from }) => eprintln!("dropped a malformed datagram from {from}"),
+                Ok(TrackerEvent::Rejected { from, reason }) => esay!("refused {from}: {reason}"),
+                Ok(TrackerEvent::Malformed { from }) => esay!("dropped a malformed datagram from {from}"),
                 Ok(_) => {}
                 Err(_) => break,
             },
         }
     }
-    println!("tracker stopping");
+    say!("tracker stopping");
     match tracker.shutdown() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tracker: {}", report(&e));
+            esay!("tracker: {}", report(&e));
             ExitCode::FAILURE
         }
     }

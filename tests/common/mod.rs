@@ -468,11 +468,13 @@ impl Proc {
 
     /// Waits for the process to exit, killing it and failing after `timeout`.
     pub fn wait(mut self, timeout: Duration) -> ExitStatus {
-        // Drain stdout so the child never blocks on a full pipe.
-        let mut out = self.out.take().unwrap();
+        // Drain stdout (unless closed) so the child never blocks on a full pipe.
+        let out = self.out.take();
         let drain = std::thread::spawn(move || {
             let mut sink = String::new();
-            while out.read_line(&mut sink).unwrap_or(0) > 0 {}
+            if let Some(mut out) = out {
+                while out.read_line(&mut sink).unwrap_or(0) > 0 {}
+            }
             sink
         });
         let deadline = Instant::now() + timeout;
@@ -487,6 +489,11 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Closes the reading end of the child's stdout: its next write finds no reader.
+    pub fn close_stdout(&mut self) {
+        self.out = None;
     }
 
     pub fn signal(&self, sig: &str) {

@@ -3,25 +3,11 @@
 
 #[path = "../common/keyflags.rs"]
 mod keyflags;
+#[macro_use]
+#[path = "../common/say.rs"]
+mod say;
 mod progress;
 mod prompt;
-
-/// Prints a line to stdout, ignoring a closed stdout: a node whose output is no longer
-/// read keeps serving rather than dying on a broken pipe.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// Prints a line to stderr, ignoring a closed stderr.
-macro_rules! esay {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
 
 use std::io::{BufRead, IsTerminal};
 use std::net::{IpAddr, SocketAddr};
