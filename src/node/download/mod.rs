@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
 use crate::error::{Error, Result, report};
 use crate::manifest::Manifest;
@@ -243,12 +243,45 @@ fn look_up(
 
 /// Asks owners in order for the piece list until one matches the tracker's content id.
 /// Returns it with the connection it came on, which the first round reuses.
+///
+/// An owner that failed for a reason that may pass (refused, reset, timed out: a node
+/// short of descriptors, or restarting) is asked again after the owner book's backoff
+/// (1 s, doubling), until the book gives up on it; the wait ends at once on shutdown.
 fn fetch_manifest<'a>(
     ctx: &'a Ctx,
     file: &str,
     content: ContentId,
     owners: &mut OwnerBook,
 ) -> Result<(Manifest, (SocketAddr, PeerConn<'a>, Bitfield))> {
+    loop {
+        if let Some(found) = ask_for_manifest(ctx, file, content, owners)? {
+            return Ok(found);
+        }
+        let Some(at) = owners.next_retry(Instant::now()) else {
+            return Err(Error::OwnersExhausted {
+                file: file.into(),
+                missing: 0,
+                total: 0,
+                last: owners.last_reason(),
+            });
+        };
+        match ctx
+            .stop
+            .recv_timeout(at.saturating_duration_since(Instant::now()))
+        {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return Err(Error::Shutdown),
+        }
+    }
+}
+
+/// One round of [`fetch_manifest`]: every owner that may be asked now, in order.
+fn ask_for_manifest<'a>(
+    ctx: &'a Ctx,
+    file: &str,
+    content: ContentId,
+    owners: &mut OwnerBook,
+) -> Result<Option<(Manifest, (SocketAddr, PeerConn<'a>, Bitfield))>> {
     for addr in owners.usable(usize::MAX, Instant::now()) {
         let attempt = PeerConn::connect(ctx, addr).and_then(|mut conn| {
             let (info, has) = conn.size_info(file, true)?;
@@ -265,7 +298,7 @@ fn fetch_manifest<'a>(
             Ok((manifest, (addr, conn, has)))
         });
         match attempt {
-            Ok(found) => return Ok(found),
+            Ok(found) => return Ok(Some(found)),
             Err(Error::Shutdown) => return Err(Error::Shutdown),
             Err(e) => {
                 owners.failed(addr, &e, Instant::now());
@@ -277,12 +310,7 @@ fn fetch_manifest<'a>(
             }
         }
     }
-    Err(Error::OwnersExhausted {
-        file: file.into(),
-        missing: 0,
-        total: 0,
-        last: owners.last_reason(),
-    })
+    Ok(None)
 }
 
 /// Stops serving a download's `.part` when the download ends without finishing. (After a
