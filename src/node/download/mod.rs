@@ -241,6 +241,10 @@ fn look_up(
     }
 }
 
+/// A piece list with the connection it came on: the owner's address, the open
+/// connection, and what that owner holds.
+type Found<'a> = (Manifest, (SocketAddr, PeerConn<'a>, Bitfield));
+
 /// Asks owners in order for the piece list until one matches the tracker's content id.
 /// Returns it with the connection it came on, which the first round reuses.
 ///
@@ -252,7 +256,7 @@ fn fetch_manifest<'a>(
     file: &str,
     content: ContentId,
     owners: &mut OwnerBook,
-) -> Result<(Manifest, (SocketAddr, PeerConn<'a>, Bitfield))> {
+) -> Result<Found<'a>> {
     loop {
         if let Some(found) = ask_for_manifest(ctx, file, content, owners)? {
             return Ok(found);
@@ -281,7 +285,7 @@ fn ask_for_manifest<'a>(
     file: &str,
     content: ContentId,
     owners: &mut OwnerBook,
-) -> Result<Option<(Manifest, (SocketAddr, PeerConn<'a>, Bitfield))>> {
+) -> Result<Option<Found<'a>>> {
     for addr in owners.usable(usize::MAX, Instant::now()) {
         let attempt = PeerConn::connect(ctx, addr).and_then(|mut conn| {
             let (info, has) = conn.size_info(file, true)?;
