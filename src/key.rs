@@ -118,8 +118,8 @@ impl NetworkKey {
     ///
     /// # Errors
     ///
-    /// [`Error::File`] if the file cannot be read, [`Error::Key`] if it has the wrong
-    /// length or is open to other users.
+    /// [`Error::File`] if the file cannot be read, [`Error::Key`] if it is not a regular
+    /// file, has the wrong length or is open to other users.
     pub fn load(path: &Path) -> Result<Self> {
         let file_err = |source| Error::File {
             op: "reading key file",
@@ -130,8 +130,19 @@ impl NetworkKey {
             path: path.to_path_buf(),
             reason,
         };
-        let file = File::open(path).map_err(file_err)?;
-        let mode = file.metadata().map_err(file_err)?.permissions().mode();
+        // Opened without blocking: a FIFO put where the key should be would otherwise
+        // hold the tracker or node at start until somebody writes into it. (Reads of a
+        // regular file ignore the flag.)
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(file_err)?;
+        let meta = file.metadata().map_err(file_err)?;
+        if !meta.is_file() {
+            return Err(key_err("not a regular file".into()));
+        }
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(key_err(format!(
                 "other users can access it (mode {:o}); run chmod 600 on it",
@@ -560,5 +571,33 @@ mod tests {
         std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = NetworkKey::load(&short).unwrap_err();
         assert!(err.to_string().contains("has 31"), "{err}");
+    }
+
+    /// A FIFO where the key should be is refused at once, not waited on for a writer.
+    #[test]
+    fn a_fifo_as_the_key_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("net.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("600")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let path = fifo.clone();
+        let loader = std::thread::spawn(move || {
+            let _ = tx.send(NetworkKey::load(&path).map(|_| ()));
+        });
+        let result = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("loading a FIFO as the key waited for a writer");
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, Error::Key { ref reason, .. } if reason.contains("not a regular file")),
+            "{err}"
+        );
+        loader.join().unwrap();
     }
 }
