@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -171,10 +171,20 @@ fn a_downloader_killed_and_restarted_finishes_sooner_than_a_fresh_one() {
     drop(tracker);
 }
 
-/// A flood of connections runs a node out of file descriptors: its accept loop waits
-/// instead of spinning on an `accept` that fails at once (the waits' doubling is
-/// `serve.rs`'s unit test), and says so; once the flood lets go it serves again, and a
-/// download from it is exact.
+/// Sets the soft limit on open files of process `pid` (its hard limit stays).
+fn limit_open_files(pid: u32, soft: usize) {
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "prlimit --pid {pid} --nofile={soft}:");
+}
+
+/// A node runs out of file descriptors: its soft limit is lowered to the lowest
+/// descriptor number it has free, so accepting a connection fails at once (EMFILE). Its accept
+/// loop waits instead of spinning (the waits' doubling is `serve.rs`'s unit test) and
+/// says so; once descriptors are available again it serves, and a download from it is
+/// exact.
 #[test]
 fn a_node_out_of_descriptors_waits_instead_of_spinning_and_serves_again() {
     let work = tempfile::tempdir().unwrap();
@@ -184,16 +194,11 @@ fn a_node_out_of_descriptors_waits_instead_of_spinning_and_serves_again() {
     std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
     let original = cwd.join("node_files/A/f.bin");
     write_random(&original, 11, MIB);
-    // 40 descriptors: a dozen for the node itself, so a few held connections (each needs
-    // its socket and two clones) exhaust the rest. stderr joins stdout, to read the
-    // node's complaint.
+    // stderr joins stdout, to read the node's complaint; `exec` keeps the node's pid.
     let node = node_args("A", &taddr, &["--upload", "f.bin"]).join(" ");
     let mut a = Proc::start(
         "sh",
-        &[
-            "-c",
-            &format!("exec prlimit --nofile=40 -- {NODE_BIN} {node} 2>&1"),
-        ],
+        &["-c", &format!("exec {NODE_BIN} {node} 2>&1")],
         cwd,
         Stdio::null(),
     );
@@ -206,17 +211,23 @@ fn a_node_out_of_descriptors_waits_instead_of_spinning_and_serves_again() {
         .parse()
         .unwrap();
     a.line_with("sharing f.bin");
-    // Connections that never say hello hold their descriptors until the handshake
-    // timeout (10 s).
-    let flood: Vec<std::net::TcpStream> = (0..100)
-        .map(|_| std::net::TcpStream::connect(a_addr).unwrap())
+    // The limit bounds descriptor numbers: set it to the lowest one free, the one the
+    // next `accept` would take.
+    let pid = a.child.id();
+    let held: Vec<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
+    let lowest_free = (0..).find(|n| !held.contains(n)).unwrap();
+    limit_open_files(pid, lowest_free);
+    // Waits in the backlog while the node cannot accept it.
+    let _waiting = std::net::TcpStream::connect(a_addr).unwrap();
     let complaint = a.line_with("accepting connections");
     assert!(
         complaint.contains("Too many open files") && complaint.contains("trying again in"),
         "{complaint}"
     );
-    drop(flood);
+    limit_open_files(pid, 1024);
     let mut b = Proc::start(
         NODE_BIN,
         &node_args("B", &taddr, &["--download", "f.bin", "--exit-when-done"]),
