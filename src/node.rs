@@ -11,6 +11,7 @@
 //! end). With a [`NetworkKey`], `serve` and `peer` run every connection
 //! through the crate's session layer (a Noise handshake, then encrypted records).
 
+mod bitfield;
 mod download;
 mod limit;
 mod part;
