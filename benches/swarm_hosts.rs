@@ -62,14 +62,22 @@ fn main() {
         "swarm_hosts: {mib} MiB file, every host's upload capped at {rate_mib} MiB/s, S/R = {ideal:.1} s, default settings"
     );
     println!(
-        "{:>5} {:>8} {:>8} {:>8} {:>9} {:>14} {:>9} {:>12}",
-        "N", "p50", "p90", "last", "finished", "seeder copies", "exact", "CPU (2 cores)"
+        "{:>5} {:>8} {:>8} {:>8} {:>9} {:>14} {:>9} {:>10} {:>13}",
+        "N",
+        "p50",
+        "p90",
+        "last",
+        "finished",
+        "seeder copies",
+        "exact",
+        "CPU nodes",
+        "machine busy"
     );
     for n in ns {
         let r = run(n, size, rate);
         let x = |d: Option<f64>| d.map_or("-".into(), |d| format!("{:.2}x", d / ideal));
         println!(
-            "{n:>5} {:>8} {:>8} {:>8} {:>9} {:>14.2} {:>9} {:>11.0}%",
+            "{n:>5} {:>8} {:>8} {:>8} {:>9} {:>14.2} {:>9} {:>9.0}% {:>12.0}%",
             x(r.percentile(0.5)),
             x(r.percentile(0.9)),
             x(if r.finished.len() == n {
@@ -81,6 +89,7 @@ fn main() {
             r.seeder_sent as f64 / size as f64,
             format!("{}/{n}", r.exact),
             r.cpu_share * 100.0,
+            r.machine_busy * 100.0,
         );
     }
 }
@@ -93,6 +102,10 @@ struct Run {
     exact: usize,
     /// CPU seconds of every process over wall seconds × cores.
     cpu_share: f64,
+    /// The machine's busy share while the leechers downloaded, kernel work included
+    /// (softirq: the switch forwarding packets), from `/proc/stat`. Near 100 %, the
+    /// machine, not the swarm, set the pace.
+    machine_busy: f64,
 }
 
 impl Run {
@@ -205,6 +218,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
     });
 
     let cpu_before = children_cpu_secs();
+    let machine_before = machine_ticks();
     let began = Instant::now();
     for host in &mut procs[2..] {
         host.stdin.write_all(b"download f.bin\n").unwrap();
@@ -251,6 +265,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         }
     }
     let wall = began.elapsed().as_secs_f64();
+    let machine_busy = machine_ticks().busy_since(&machine_before);
 
     // The seeder's counters, then everyone leaves.
     procs[1].stdin.write_all(b"status\n").unwrap();
@@ -294,6 +309,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         seeder_sent,
         exact,
         cpu_share: cpu / (wall * cores),
+        machine_busy,
     }
 }
 
@@ -333,6 +349,38 @@ fn children_cpu_secs() -> f64 {
     };
     // After the name: state is field 3, so field k is at index k - 3.
     (ticks(16 - 3) + ticks(17 - 3)) / 100.0
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks.
+struct Ticks {
+    total: u64,
+    idle: u64,
+}
+
+fn machine_ticks() -> Ticks {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let counts: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    Ticks {
+        total: counts.iter().take(8).sum(),
+        idle: counts.get(3).copied().unwrap_or(0) + counts.get(4).copied().unwrap_or(0),
+    }
+}
+
+impl Ticks {
+    /// The busy share of the ticks since `before`.
+    fn busy_since(&self, before: &Ticks) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        1.0 - idle / total
+    }
 }
 
 fn file_hash(path: &Path) -> Option<blake3::Hash> {

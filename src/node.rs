@@ -20,6 +20,7 @@ mod schedule;
 mod seeding;
 mod send;
 mod serve;
+mod sockopt;
 mod store;
 
 use std::collections::HashMap;

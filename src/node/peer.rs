@@ -6,20 +6,22 @@
 //! the owner sends, each on its own thread. Every read has the node's peer timeout, so an
 //! owner that stops answering fails the worker instead of hanging it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 
 use crate::error::{Error, KeyProblem, Result};
 use crate::messages::{
-    ContentId, MAGIC, Message, PROTOCOL_VERSION, SizeInformation, read_frame, read_payload,
-    write_frame,
+    ContentId, MAGIC, Message, PROTOCOL_VERSION, SizeInformation, read_frame, write_frame,
 };
 
 use crate::session::{self, LinkReader, LinkWriter};
 
 use super::schedule::Bitfield;
 use super::serve::kind;
-use super::{ConnGuard, Ctx};
+use super::{ConnGuard, Ctx, sockopt};
+
+/// A piece's payload is read in wakeups of at most this many bytes.
+const WAKE_BYTES: usize = 64 * 1024;
 
 /// A connection to an owner.
 pub(super) struct PeerConn<'a> {
@@ -102,6 +104,7 @@ impl<'a> PeerConn<'a> {
         let reader = PeerReader {
             addr: self.addr,
             reader: self.reader,
+            waking_at: 1,
             _guard: self._guard,
         };
         let writer = PeerWriter {
@@ -220,6 +223,8 @@ pub(super) enum Incoming {
 pub(super) struct PeerReader<'a> {
     addr: SocketAddr,
     reader: BufReader<LinkReader<TcpStream>>,
+    /// The bytes a read of the socket waits for now (`SO_RCVLOWAT`).
+    waking_at: usize,
     _guard: ConnGuard<'a>,
 }
 
@@ -284,7 +289,42 @@ impl PeerReader<'_> {
     /// [`Error::PeerIo`] on a timeout or a broken connection, [`Error::PeerClosed`] if it
     /// ends first.
     pub fn payload(&mut self, buf: &mut [u8]) -> Result<()> {
-        read_payload(&mut self.reader, buf).map_err(|e| frame_err(self.addr, e, "reading data"))
+        let mut filled = 0;
+        let result = loop {
+            let left = buf.len() - filled;
+            if left == 0 {
+                break Ok(());
+            }
+            // Woken when a good share of the piece is in, not at each segment: every byte
+            // asked for is one the owner has begun to send.
+            self.wake_after(left.min(WAKE_BYTES));
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => break Err(Error::PeerClosed { addr: self.addr }),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(source) => {
+                    break Err(Error::PeerIo {
+                        addr: self.addr,
+                        op: "reading data",
+                        source,
+                    });
+                }
+            }
+        };
+        // Frames are read as they come again.
+        self.wake_after(1);
+        result
+    }
+
+    /// Sets how many bytes a read waits for. Best effort: without it reads only wake
+    /// more often.
+    fn wake_after(&mut self, bytes: usize) {
+        if self.waking_at != bytes {
+            let stream = self.reader.get_mut().stream_mut();
+            if sockopt::wake_after(stream, bytes).is_ok() {
+                self.waking_at = bytes;
+            }
+        }
     }
 }
 

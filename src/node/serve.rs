@@ -23,7 +23,7 @@ use crate::messages::{
 use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened};
 
 use super::send::{Job, Outbox};
-use super::{Ctx, Event};
+use super::{Ctx, Event, sockopt};
 
 /// How long a peer connection may sit idle before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -39,7 +39,7 @@ pub(super) const JOBS_QUEUED: usize = 64;
 /// what has been queued, not on what was sent, and every connection shares the uplink at
 /// once again. With it, a piece counts as sent when it is on the wire (or in flight), and
 /// the next turn starts when the last one's bytes have left.
-const UNSENT_MAX: libc::c_int = 64 * 1024;
+const UNSENT_MAX: usize = 64 * 1024;
 
 /// The first wait after `accept` fails for want of descriptors or memory; doubled each
 /// time it fails again, up to [`ACCEPT_BACKOFF_MAX`].
@@ -165,7 +165,7 @@ impl<'a> Server<'a> {
         stream.set_nodelay(true).map_err(io)?;
         stream.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
-        limit_unsent(stream, UNSENT_MAX).map_err(io)?;
+        sockopt::limit_unsent(stream, UNSENT_MAX).map_err(io)?;
         let guard = ctx.conns.register(stream)?;
         // The key handshake and the hello must arrive within the handshake timeout,
         // however they trickle; `run` clears the deadline after the hello.
@@ -404,38 +404,6 @@ impl Read for DeadlineStream {
         }
         self.stream.read(buf)
     }
-}
-
-/// Bounds the bytes `stream` holds unsent in the kernel (`TCP_NOTSENT_LOWAT`): a write
-/// blocks while more than `bytes` wait to go out.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn limit_unsent(stream: &TcpStream, bytes: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len =
-        libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).map_err(io::Error::other)?;
-    // SAFETY: the descriptor is a live TCP socket owned by `stream` for the whole call,
-    // and the option value points at a `c_int` of the length given, as
-    // `TCP_NOTSENT_LOWAT` expects; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&raw const bytes).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Elsewhere the kernel's own buffering stands.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn limit_unsent(_stream: &TcpStream, _bytes: libc::c_int) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]
