@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use p2ptorrent::tracker::{Rates, TableLimits};
 use p2ptorrent::{Node, NodeConfig, Tracker, TrackerConfig};
 use support::{bench_dir, env_or, generate};
 
@@ -39,8 +40,19 @@ fn main() {
     );
     for n in ns {
         let work = tempfile::tempdir_in(&base).unwrap();
-        let config =
-            TrackerConfig::new("127.0.0.1:0".parse().unwrap()).interval(Duration::from_secs(1));
+        // Every node is 127.0.0.1 here: the tracker's per-address caps and rates, meant
+        // for the internet, are lifted to fit the whole swarm.
+        let config = TrackerConfig::new("127.0.0.1:0".parse().unwrap())
+            .interval(Duration::from_secs(1))
+            .limits(TableLimits {
+                nodes_per_address: n + 1,
+                ..TableLimits::default()
+            })
+            .rates(Rates {
+                announces: 1e6,
+                lookups: 1e6,
+                searches: 1e6,
+            });
         let (tracker, _events) = Tracker::start(config).unwrap();
         // Every node is 127.0.0.1 here: lift the per-address cap meant for the internet.
         let node = |name: &str| {

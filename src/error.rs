@@ -51,6 +51,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// The tracker kept answering that this address asks too often, through every try.
+    #[error("tracker {addr} is busy: this address asks more often than it serves")]
+    TrackerBusy {
+        /// The tracker's address.
+        addr: SocketAddr,
+    },
+
     /// No node owns the file, or every owner failed.
     #[error("no node owns {file}")]
     NoOwners {

@@ -217,6 +217,13 @@ pub enum TrackerToNode {
         /// Whether the tracker has a network key.
         has_key: bool,
     },
+    /// The sender's address has made more requests of this kind than the tracker serves
+    /// per second: try again after `retry_ms`. Sent at most once a second per address;
+    /// other requests over the rate get no answer.
+    Busy {
+        /// How long to wait before asking again, in milliseconds.
+        retry_ms: u32,
+    },
 }
 
 /// A datagram from a node to the tracker.

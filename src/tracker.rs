@@ -9,15 +9,18 @@
 //! datagrams sealed under it are answered, each once ([`crate::key`]); others get a plain
 //! `KeyRefused`, smaller than what they sent, and change nothing.
 
+mod budget;
 mod client;
 mod registry;
 mod token;
+
+pub use budget::Rates;
 
 pub(crate) use client::is_timeout;
 pub use client::{Owners, TrackerClient};
 pub use registry::{
     EXPIRY_INTERVALS, FileRow, MAX_OWNERS_LISTED, MAX_OWNERS_PER_HIT, MAX_SEARCH_HITS, NodeRow,
-    OwnerRow, Snapshot,
+    OwnerRow, Snapshot, TableLimits,
 };
 
 use std::io;
@@ -39,6 +42,7 @@ use crate::messages::{
     MAX_DATAGRAM_LEN, NodeToTracker, PROTOCOL_VERSION, TrackerReply, TrackerToNode, decode_request,
     encode_reply,
 };
+use budget::{Budgets, Verdict};
 use registry::Registry;
 pub use token::TOKEN_EPOCH;
 use token::Tokens;
@@ -62,6 +66,10 @@ pub struct TrackerConfig {
     /// The network key: with one, only datagrams sealed under it are answered, and every
     /// reply is sealed. Without one, datagrams are plain.
     pub key: Option<NetworkKey>,
+    /// How large the table may grow, per address and in all.
+    pub limits: TableLimits,
+    /// How many requests of each kind one address may make per second.
+    pub rates: Rates,
 }
 
 impl TrackerConfig {
@@ -72,7 +80,21 @@ impl TrackerConfig {
             interval: Duration::from_secs(30),
             threads: thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             key: None,
+            limits: TableLimits::default(),
+            rates: Rates::default(),
         }
+    }
+
+    /// Sets how large the table may grow, per address and in all.
+    pub fn limits(mut self, limits: TableLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets how many requests of each kind one address may make per second.
+    pub fn rates(mut self, rates: Rates) -> Self {
+        self.rates = rates;
+        self
     }
 
     /// Sets the network key: only nodes holding it are answered.
@@ -118,6 +140,11 @@ pub enum TrackerEvent {
         /// Who sent it.
         from: SocketAddr,
     },
+    /// A request over its sender's rate was not served (see [`Rates`]).
+    Throttled {
+        /// Who sent it.
+        from: SocketAddr,
+    },
 }
 
 /// A running tracker. Dropping it shuts it down.
@@ -155,7 +182,8 @@ impl Tracker {
         let seal = config.key.as_ref().map(DatagramSeal::new);
         let replay = Arc::new(ReplayGuard::new());
         let started = Instant::now();
-        let registry = Arc::new(Mutex::new(Registry::new(config.interval)));
+        let registry = Arc::new(Mutex::new(Registry::new(config.interval, config.limits)));
+        let budgets = Arc::new(Budgets::new(config.rates));
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let (events_tx, events_rx) = bounded(1024);
@@ -180,6 +208,7 @@ impl Tracker {
                 started,
                 seal: seal.clone(),
                 replay: Arc::clone(&replay),
+                budgets: Arc::clone(&budgets),
             };
             // On failure, dropping `tracker` stops the threads already started.
             let handle = thread::Builder::new()
@@ -252,6 +281,17 @@ impl Drop for Tracker {
     }
 }
 
+/// The budget a request is charged to.
+fn budget_kind(body: &NodeToTracker) -> budget::Kind {
+    match body {
+        NodeToTracker::Need { .. } => budget::Kind::Lookup,
+        NodeToTracker::Search { .. } => budget::Kind::Search,
+        NodeToTracker::Have(_) | NodeToTracker::Exit { .. } | NodeToTracker::Connect => {
+            budget::Kind::Announce
+        }
+    }
+}
+
 /// Returns an address a local socket can send to in order to reach `addr`.
 pub(crate) fn wake_addr(addr: SocketAddr) -> SocketAddr {
     match addr {
@@ -279,6 +319,8 @@ struct Service {
     seal: Option<DatagramSeal>,
     /// The salts of sealed requests already answered, shared by all threads.
     replay: Arc<ReplayGuard>,
+    /// What each address may still ask for.
+    budgets: Arc<Budgets>,
 }
 
 impl Service {
@@ -432,7 +474,21 @@ impl Service {
             // Smaller than any request that could have earned it: no amplification.
             (TrackerToNode::BadToken, false)
         } else {
-            self.apply(req.body, from)
+            match self
+                .budgets
+                .charge(from.ip(), budget_kind(&req.body), Instant::now())
+            {
+                Verdict::Serve => self.apply(req.body, from),
+                Verdict::TellBusy(wait) => {
+                    self.emit(TrackerEvent::Throttled { from });
+                    let retry_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+                    (TrackerToNode::Busy { retry_ms }, false)
+                }
+                Verdict::Drop => {
+                    self.emit(TrackerEvent::Throttled { from });
+                    return;
+                }
+            }
         };
         if let TrackerToNode::Reject { reason } = &body {
             self.emit(TrackerEvent::Rejected {
@@ -491,7 +547,11 @@ impl Service {
                 (body, false)
             }
             NodeToTracker::Search { pattern } => {
-                let hits = self.registry.lock().search(&pattern);
+                // The scan runs on a shared copy of the names, without the lock: a
+                // search of a large table never holds up announces and look-ups.
+                let names = self.registry.lock().names();
+                let found = registry::matching(&names, &pattern);
+                let hits = self.registry.lock().hits(&found);
                 (TrackerToNode::SearchResults { hits }, false)
             }
             NodeToTracker::Exit { port } => {

@@ -246,3 +246,236 @@ fn a_forged_exit_from_another_address_removes_nobody() {
     a.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// A raw UDP sender holding a token, for floods: sends requests without waiting.
+struct Flooder {
+    socket: std::net::UdpSocket,
+    token: p2ptorrent::messages::Token,
+}
+
+impl Flooder {
+    fn new(bind: &str, tracker: std::net::SocketAddr) -> Self {
+        use p2ptorrent::messages::{NodeToTracker, TrackerToNode};
+        let socket = std::net::UdpSocket::bind(bind).unwrap();
+        socket.connect(tracker).unwrap();
+        let mut f = Self {
+            socket,
+            token: [0; 16],
+        };
+        f.send(0, NodeToTracker::Connect);
+        match f.reply(0) {
+            TrackerToNode::Token { token } => f.token = token,
+            other => panic!("expected a token, got {other:?}"),
+        }
+        f
+    }
+
+    fn send(&self, txid: u64, body: p2ptorrent::messages::NodeToTracker) {
+        use p2ptorrent::messages::{PROTOCOL_VERSION, TrackerRequest, encode_request};
+        let bytes = encode_request(&TrackerRequest {
+            version: PROTOCOL_VERSION,
+            txid,
+            token: self.token,
+            body,
+        })
+        .unwrap();
+        // A full socket buffer drops the datagram, as the network would.
+        let _ = self.socket.send(&bytes);
+    }
+
+    /// Waits for the reply to `txid`.
+    fn reply(&self, txid: u64) -> p2ptorrent::messages::TrackerToNode {
+        self.reply_within(txid, Duration::from_secs(10))
+            .expect("no reply within 10 s")
+    }
+
+    /// Waits up to `wait` for the reply to `txid`.
+    fn reply_within(
+        &self,
+        txid: u64,
+        wait: Duration,
+    ) -> Option<p2ptorrent::messages::TrackerToNode> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            let n = self.socket.recv(&mut buf).ok()?;
+            let reply = p2ptorrent::messages::decode_reply(&buf[..n]).unwrap();
+            if reply.txid == txid {
+                return Some(reply.body);
+            }
+        }
+    }
+
+    /// Counts replies on another thread until `stop` says so and 200 ms pass quietly;
+    /// returns how many came and how many were `Busy`.
+    fn count_replies(
+        &self,
+        stop: crossbeam_channel::Receiver<()>,
+    ) -> std::thread::JoinHandle<(usize, usize)> {
+        let socket = self.socket.try_clone().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let (mut all, mut busy) = (0, 0);
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                match socket.recv(&mut buf) {
+                    Ok(n) => {
+                        all += 1;
+                        if let Ok(r) = p2ptorrent::messages::decode_reply(&buf[..n]) {
+                            busy += usize::from(matches!(
+                                r.body,
+                                p2ptorrent::messages::TrackerToNode::Busy { .. }
+                            ));
+                        }
+                    }
+                    Err(_) if stop.try_recv().is_ok() => return (all, busy),
+                    Err(_) => {}
+                }
+            }
+        })
+    }
+}
+
+fn flood_announce(i: u64) -> p2ptorrent::messages::NodeToTracker {
+    p2ptorrent::messages::NodeToTracker::Have(Announce {
+        node: "flood".into(),
+        port: 1,
+        file: format!("f{i}"),
+        content: ContentId([7; 32]),
+        size: 1,
+        pieces: 1,
+        complete: true,
+        counters: Counters::default(),
+    })
+}
+
+fn rows_from(tracker: &Tracker, ip: std::net::IpAddr) -> usize {
+    tracker
+        .snapshot()
+        .nodes
+        .iter()
+        .filter(|n| n.addr.ip() == ip)
+        .map(|n| n.files.len())
+        .sum()
+}
+
+#[test]
+fn a_flood_from_one_address_is_served_at_its_rate_and_others_are_answered() {
+    let (tracker, _events) = start_tracker();
+    let flooder = Flooder::new("127.0.0.1:0", tracker.local_addr());
+    let started = std::time::Instant::now();
+    // An honest host on another address asks for owners throughout.
+    let honest = std::thread::spawn({
+        let tracker = tracker.local_addr();
+        move || {
+            let me = Flooder::new("127.0.0.2:0", tracker);
+            (1..=20u64)
+                .map(|txid| {
+                    let t = std::time::Instant::now();
+                    let need = p2ptorrent::messages::NodeToTracker::Need {
+                        file: "wanted.bin".into(),
+                        numwant: 10,
+                    };
+                    // Sent again every 250 ms, as a node does: the flood fills the
+                    // tracker's socket buffer, and the kernel drops what does not fit.
+                    let answered = (0..40).any(|_| {
+                        me.send(txid, need.clone());
+                        matches!(
+                            me.reply_within(txid, Duration::from_millis(250)),
+                            Some(p2ptorrent::messages::TrackerToNode::NotFound { .. })
+                        )
+                    });
+                    (answered, t.elapsed())
+                })
+                .collect::<Vec<_>>()
+        }
+    });
+    let (stop, stopped) = crossbeam_channel::bounded(1);
+    let counter = flooder.count_replies(stopped);
+    // P2P_FLOOD sets the flood's size, to measure a larger one by hand.
+    let sent: u64 = std::env::var("P2P_FLOOD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    for i in 0..sent {
+        flooder.send(i + 1, flood_announce(i));
+    }
+    let honest = honest.join().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    stop.send(()).unwrap();
+    let (replies, busy) = counter.join().unwrap();
+    let rows = rows_from(&tracker, "127.0.0.1".parse().unwrap());
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "sent {sent} announces in {secs:.2} s: {rows} rows listed, {replies} replies ({busy} busy); \
+         peak RSS of this process {peak} kB"
+    );
+    // The default rate is 200 a second with a burst of 400.
+    let allowed = 400 + (200.0 * (secs + 1.0)) as usize;
+    assert!(
+        rows <= allowed,
+        "{rows} rows listed, at most {allowed} allowed"
+    );
+    assert!(
+        replies <= allowed + secs as usize + 2,
+        "{replies} replies to a flood: the tracker answers what it serves, and Busy once a second"
+    );
+    assert!(busy >= 1, "the flooder is told it is over its rate");
+    let mut waits: Vec<Duration> = honest.iter().map(|(_, t)| *t).collect();
+    waits.sort();
+    eprintln!(
+        "the honest host's look-ups took {:?} (median)",
+        waits[waits.len() / 2]
+    );
+    assert!(honest.iter().all(|(ok, _)| *ok), "{honest:?}");
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn one_address_cannot_fill_the_table_however_slowly_it_announces() {
+    let limits = p2ptorrent::tracker::TableLimits {
+        rows_per_address: 1_000,
+        ..Default::default()
+    };
+    let rates = p2ptorrent::tracker::Rates {
+        announces: 1e9,
+        ..Default::default()
+    };
+    let (tracker, _events) =
+        Tracker::start(TrackerConfig::new(localhost()).limits(limits).rates(rates)).unwrap();
+    let flooder = Flooder::new("127.0.0.1:0", tracker.local_addr());
+    for i in 0..1_000 {
+        flooder.send(i + 1, flood_announce(i));
+        if i % 100 == 99 {
+            flooder.reply(i + 1);
+        }
+    }
+    flooder.send(5_000, flood_announce(5_000));
+    match flooder.reply(5_000) {
+        p2ptorrent::messages::TrackerToNode::Reject { reason } => {
+            assert!(reason.contains("from one address"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(rows_from(&tracker, "127.0.0.1".parse().unwrap()), 1_000);
+    // Another address still gets in.
+    let second = Flooder::new("127.0.0.2:0", tracker.local_addr());
+    second.send(1, flood_announce(1));
+    assert!(matches!(
+        second.reply(1),
+        p2ptorrent::messages::TrackerToNode::Ack { .. }
+    ));
+    tracker.shutdown().unwrap();
+}

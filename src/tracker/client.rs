@@ -228,6 +228,7 @@ impl TrackerClient {
         let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
         let mut wait = self.first_timeout;
         let mut refused = None;
+        let mut busy = false;
         for _ in 0..self.tries {
             // Sealed afresh each try: the tracker answers each sealed datagram only once.
             let datagram = match &self.seal {
@@ -252,6 +253,14 @@ impl TrackerClient {
                     problem: KeyProblem::seen_by_sender(self.seal.is_some(), tracker_has_key),
                 });
             }
+            if let Some(TrackerToNode::Busy { retry_ms }) = reply.as_ref().map(|r| &r.body) {
+                // Throttled: asked again after the pause the tracker names, within this
+                // try's time, as if the answer had been lost.
+                busy = true;
+                std::thread::sleep(Duration::from_millis((*retry_ms).into()).min(wait));
+                wait *= 2;
+                continue;
+            }
             if let Some(reply) = reply {
                 return match reply.body {
                     TrackerToNode::Reject { reason } => Err(Error::TrackerRejected {
@@ -272,6 +281,9 @@ impl TrackerClient {
                 };
             }
             wait *= 2;
+        }
+        if busy {
+            return Err(Error::TrackerBusy { addr: self.addr });
         }
         Err(Error::TrackerUnreachable {
             addr: self.addr,

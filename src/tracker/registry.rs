@@ -8,7 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::budget::address_key;
 
 use crate::messages::{
     Announce, ContentId, Counters, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit, check_file_name,
@@ -23,6 +26,34 @@ pub const MAX_OWNERS_PER_HIT: usize = 8;
 /// An owner that has not re-announced for this many intervals is dropped.
 pub const EXPIRY_INTERVALS: u32 = 3;
 
+/// How large the table may grow, per address and in all. An announce that would pass a
+/// limit is refused with the limit named; what is already in the table stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLimits {
+    /// Nodes (serving ports) on one address (an IPv6 /64).
+    pub nodes_per_address: usize,
+    /// Files one node may own.
+    pub files_per_node: usize,
+    /// Rows (a node owning a file) from one address.
+    pub rows_per_address: usize,
+    /// Rows in the whole table.
+    pub rows: usize,
+}
+
+impl Default for TableLimits {
+    /// 64 nodes per address, 10,000 files per node, 100,000 rows per address and
+    /// 1,000,000 in all: a few hundred bytes a row, so one address can take tens of
+    /// megabytes at most.
+    fn default() -> Self {
+        Self {
+            nodes_per_address: 64,
+            files_per_node: 10_000,
+            rows_per_address: 100_000,
+            rows: 1_000_000,
+        }
+    }
+}
+
 /// The owner table.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -31,6 +62,21 @@ pub(crate) struct Registry {
     /// disagree, and `need` answers with the one most owners hold.
     files: BTreeMap<String, HashMap<ContentId, Swarm>>,
     nodes: HashMap<SocketAddr, NodeEntry>,
+    limits: TableLimits,
+    /// Nodes and rows per address, as [`TableLimits`] counts them.
+    usage: HashMap<IpAddr, Usage>,
+    /// Rows in the whole table: every node's files.
+    rows: usize,
+    /// Every file name, lowercased, shared with searches so they scan without the lock.
+    names: Arc<Vec<(String, String)>>,
+    /// Whether names were added or removed since `names` was built.
+    names_stale: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    nodes: usize,
+    rows: usize,
 }
 
 #[derive(Debug)]
@@ -64,12 +110,65 @@ pub(crate) struct Found {
 
 impl Registry {
     /// Creates an empty table whose owners expire after `EXPIRY_INTERVALS × interval`.
-    pub fn new(interval: Duration) -> Self {
+    pub fn new(interval: Duration, limits: TableLimits) -> Self {
         Self {
             expiry: interval * EXPIRY_INTERVALS,
             files: BTreeMap::new(),
             nodes: HashMap::new(),
+            limits,
+            usage: HashMap::new(),
+            rows: 0,
+            names: Arc::default(),
+            names_stale: false,
         }
+    }
+
+    /// Refuses an announce that would take `addr` (new to the table if `new_node`) past a
+    /// limit by adding a row (`new_row`).
+    fn check_limits(&self, addr: SocketAddr, new_node: bool, new_row: bool) -> Result<(), String> {
+        let use_ = self
+            .usage
+            .get(&address_key(addr.ip()))
+            .copied()
+            .unwrap_or_default();
+        let l = &self.limits;
+        if new_node && use_.nodes >= l.nodes_per_address {
+            return Err(format!(
+                "at most {} nodes per address are listed",
+                l.nodes_per_address
+            ));
+        }
+        if !new_row {
+            return Ok(());
+        }
+        let files = self.nodes.get(&addr).map_or(0, |n| n.files.len());
+        if files >= l.files_per_node {
+            Err(format!(
+                "at most {} files per node are listed",
+                l.files_per_node
+            ))
+        } else if use_.rows >= l.rows_per_address {
+            Err(format!(
+                "at most {} files are listed from one address",
+                l.rows_per_address
+            ))
+        } else if self.rows >= l.rows {
+            Err(format!("the table is full ({} rows)", l.rows))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts a node (`nodes`) or a row (`rows`) in or out for `addr`.
+    fn count(&mut self, addr: SocketAddr, nodes: isize, rows: isize) {
+        let key = address_key(addr.ip());
+        let use_ = self.usage.entry(key).or_default();
+        use_.nodes = use_.nodes.saturating_add_signed(nodes);
+        use_.rows = use_.rows.saturating_add_signed(rows);
+        if use_.nodes == 0 && use_.rows == 0 {
+            self.usage.remove(&key);
+        }
+        self.rows = self.rows.saturating_add_signed(rows);
     }
 
     /// Records that the node at `ip` (serving on `ann.port`) owns a file.
@@ -85,6 +184,16 @@ impl Registry {
             return Err("port 0 cannot be served on".into());
         }
         let addr = SocketAddr::new(ip, ann.port);
+        let new_node = !self.nodes.contains_key(&addr);
+        let new_row = self
+            .nodes
+            .get(&addr)
+            .is_none_or(|n| !n.files.contains_key(&ann.file));
+        self.check_limits(addr, new_node, new_row)?;
+        self.count(addr, isize::from(new_node), isize::from(new_row));
+        if !self.files.contains_key(&ann.file) {
+            self.names_stale = true;
+        }
         let node = self.nodes.entry(addr).or_insert_with(|| NodeEntry {
             name: String::new(),
             counters: Counters::default(),
@@ -97,6 +206,7 @@ impl Registry {
         if let Some(old) = node.files.insert(ann.file.clone(), ann.content)
             && old != ann.content
         {
+            // The name itself stays: this node's new content is added under it below.
             remove_owner(&mut self.files, &ann.file, old, addr);
             changed = true;
         }
@@ -140,13 +250,27 @@ impl Registry {
         })
     }
 
-    /// Returns the files whose names contain `pattern`, ignoring case, with their best
-    /// owners, capped at [`MAX_SEARCH_HITS`] files of [`MAX_OWNERS_PER_HIT`] owners.
-    pub fn search(&self, pattern: &str) -> Vec<SearchHit> {
-        let pattern = pattern.to_lowercase();
-        self.files
+    /// Every file name with its lowercase form, rebuilt only when names came or went:
+    /// a search scans this copy without holding the table's lock.
+    pub fn names(&mut self) -> Arc<Vec<(String, String)>> {
+        if self.names_stale {
+            self.names_stale = false;
+            self.names = Arc::new(
+                self.files
+                    .keys()
+                    .map(|n| (n.clone(), n.to_lowercase()))
+                    .collect(),
+            );
+        }
+        Arc::clone(&self.names)
+    }
+
+    /// Returns the files named in `names` (found by [`matching`]) with their best owners,
+    /// capped at [`MAX_SEARCH_HITS`] files of [`MAX_OWNERS_PER_HIT`] owners.
+    pub fn hits(&self, names: &[&str]) -> Vec<SearchHit> {
+        names
             .iter()
-            .filter(|(name, _)| name.to_lowercase().contains(&pattern))
+            .filter_map(|name| self.files.get_key_value(*name))
             .flat_map(|(name, swarms)| {
                 swarms
                     .iter()
@@ -163,13 +287,25 @@ impl Registry {
             .collect()
     }
 
+    /// Returns the files whose names contain `pattern`, ignoring case, with their best
+    /// owners: [`names`](Self::names), [`matching`], then [`hits`](Self::hits), in one
+    /// call (the tracker runs the middle step without the lock).
+    #[cfg(test)]
+    pub fn search(&mut self, pattern: &str) -> Vec<SearchHit> {
+        let names = self.names();
+        let found = matching(&names, pattern);
+        self.hits(&found)
+    }
+
     /// Removes the node serving at `addr` from every file. Returns whether it was known.
     pub fn exit(&mut self, addr: SocketAddr) -> bool {
         let Some(node) = self.nodes.remove(&addr) else {
             return false;
         };
+        let rows = isize::try_from(node.files.len()).unwrap_or(isize::MAX);
+        self.count(addr, -1, -rows);
         for (file, content) in node.files {
-            remove_owner(&mut self.files, &file, content, addr);
+            self.names_stale |= remove_owner(&mut self.files, &file, content, addr);
         }
         true
     }
@@ -191,15 +327,27 @@ impl Registry {
             }
             swarms.retain(|_, s| !s.owners.is_empty());
         }
+        let names = self.files.len();
         self.files.retain(|_, swarms| !swarms.is_empty());
+        self.names_stale |= self.files.len() != names;
         for (addr, file, content) in &dropped {
             if let Some(node) = self.nodes.get_mut(addr)
                 && node.files.get(file) == Some(content)
             {
                 node.files.remove(file);
+                self.count(*addr, 0, -1);
             }
         }
-        self.nodes.retain(|_, n| !n.files.is_empty());
+        let empty: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.files.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in empty {
+            self.nodes.remove(&addr);
+            self.count(addr, -1, 0);
+        }
         !dropped.is_empty()
     }
 
@@ -306,23 +454,36 @@ enum Order {
     Shuffled(u64),
 }
 
+/// The names in `names` that contain `pattern`, ignoring case, in order, at most
+/// [`MAX_SEARCH_HITS`] of them: the scan stops there.
+pub(crate) fn matching<'a>(names: &'a [(String, String)], pattern: &str) -> Vec<&'a str> {
+    let pattern = pattern.to_lowercase();
+    names
+        .iter()
+        .filter(|(_, lower)| lower.contains(&pattern))
+        .map(|(name, _)| name.as_str())
+        .take(MAX_SEARCH_HITS)
+        .collect()
+}
+
+/// Removes `addr` from the swarm of `content` under `file`, and what it leaves empty.
+/// Returns whether the name left the table.
 fn remove_owner(
     files: &mut BTreeMap<String, HashMap<ContentId, Swarm>>,
     file: &str,
     content: ContentId,
     addr: SocketAddr,
-) {
-    if let Some(swarms) = files.get_mut(file) {
-        if let Some(swarm) = swarms.get_mut(&content) {
-            swarm.owners.remove(&addr);
-            if swarm.owners.is_empty() {
-                swarms.remove(&content);
-            }
-        }
-        if swarms.is_empty() {
-            files.remove(file);
+) -> bool {
+    let Some(swarms) = files.get_mut(file) else {
+        return false;
+    };
+    if let Some(swarm) = swarms.get_mut(&content) {
+        swarm.owners.remove(&addr);
+        if swarm.owners.is_empty() {
+            swarms.remove(&content);
         }
     }
+    swarms.is_empty() && files.remove(file).is_some()
 }
 
 /// A copy of the tracker's table at one moment.
@@ -450,7 +611,10 @@ mod tests {
     }
 
     fn registry() -> (Registry, Instant) {
-        (Registry::new(Duration::from_secs(10)), Instant::now())
+        (
+            Registry::new(Duration::from_secs(10), TableLimits::default()),
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -558,5 +722,61 @@ mod tests {
         assert_eq!(hits[0].file, "Movie.bin");
         assert_eq!(hits[0].owner_count, 1);
         assert_eq!(r.search("").len(), 2);
+    }
+
+    #[test]
+    fn one_address_cannot_grow_the_table_past_its_limits() {
+        let limits = TableLimits {
+            nodes_per_address: 2,
+            files_per_node: 3,
+            rows_per_address: 5,
+            rows: 7,
+        };
+        let mut r = Registry::new(Duration::from_secs(10), limits);
+        let now = Instant::now();
+        for f in 0..3 {
+            r.announce(IP, &ann("a", 1, &format!("f{f}"), 1, 0), now)
+                .unwrap();
+        }
+        let err = r.announce(IP, &ann("a", 1, "f3", 1, 0), now).unwrap_err();
+        assert!(err.contains("files per node"), "{err}");
+        // Re-announcing what is listed is never refused.
+        r.announce(IP, &ann("a", 1, "f0", 2, 0), now).unwrap();
+        r.announce(IP, &ann("b", 2, "g0", 1, 0), now).unwrap();
+        let err = r.announce(IP, &ann("c", 3, "h0", 1, 0), now).unwrap_err();
+        assert!(err.contains("nodes per address"), "{err}");
+        r.announce(IP, &ann("b", 2, "g1", 1, 0), now).unwrap();
+        let err = r.announce(IP, &ann("b", 2, "g2", 1, 0), now).unwrap_err();
+        assert!(err.contains("from one address"), "{err}");
+        // Other addresses fill the rest of the table, then nobody can add.
+        let other = IpAddr::from([10, 0, 0, 2]);
+        r.announce(other, &ann("d", 1, "x", 1, 0), now).unwrap();
+        r.announce(other, &ann("d", 1, "y", 1, 0), now).unwrap();
+        let err = r.announce(other, &ann("d", 1, "z", 1, 0), now).unwrap_err();
+        assert!(err.contains("table is full"), "{err}");
+        // Leaving frees the rows and the node's place.
+        assert!(r.exit(SocketAddr::new(IP, 1)));
+        r.announce(IP, &ann("c", 3, "h0", 1, 0), now).unwrap();
+        r.announce(other, &ann("d", 1, "z", 1, 0), now).unwrap();
+        // Expiry frees them too.
+        assert!(r.expire(now + Duration::from_secs(60)));
+        assert_eq!((r.rows, r.usage.len()), (0, 0));
+    }
+
+    #[test]
+    fn search_scans_a_copy_of_the_names_rebuilt_when_they_change() {
+        let (mut r, now) = registry();
+        r.announce(IP, &ann("a", 1, "Movie.bin", 1, 0), now)
+            .unwrap();
+        let before = r.names();
+        assert!(
+            Arc::ptr_eq(&before, &r.names()),
+            "unchanged names are not rebuilt"
+        );
+        r.announce(IP, &ann("a", 1, "movie-2.bin", 1, 0), now)
+            .unwrap();
+        assert_eq!(r.search("MOVIE").len(), 2);
+        assert!(r.exit(SocketAddr::new(IP, 1)));
+        assert!(r.search("movie").is_empty());
     }
 }
