@@ -27,15 +27,24 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::split::MAX_PIECE_SIZE;
+use crate::split::{MAX_PIECE_SIZE, MAX_PIECES};
 
 /// Version of the tracker and peer protocols; both sides must agree.
 pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every peer handshake.
 pub const MAGIC: [u8; 4] = *b"P2PT";
-/// Largest control frame (everything but raw piece data): room for the piece list of the
-/// largest file [`crate::split::Geometry`] allows.
-pub const MAX_FRAME_LEN: u32 = 8 * 1024 * 1024;
+/// Largest frame of all: a [`Message::SizeInfo`] carrying the piece hashes of the largest
+/// file [`crate::split::Geometry`] allows (32 bytes a piece), with room for the rest. Only
+/// that answer may be this large; see [`MAX_CONTROL_LEN`].
+pub const MAX_FRAME_LEN: u32 = MAX_PIECES * 32 + MAX_CONTROL_LEN;
+/// Largest frame other than a size answer with hashes: a full [`Message::Bitfield`] is
+/// 16 KiB, and a [`Message::Have`] is sent in lists of at most [`MAX_HAVE_LIST`] pieces. A
+/// node reads no larger frame from a peer unless it asked for the piece hashes, so what
+/// strangers can make it buffer is this much per connection.
+pub const MAX_CONTROL_LEN: u32 = 64 * 1024;
+/// Most pieces named in one `Have` or `Withdraw`: at most 5 bytes each, well within
+/// [`MAX_CONTROL_LEN`].
+pub const MAX_HAVE_LIST: usize = 8_192;
 /// Largest raw payload after a [`Message::Data`] header: one whole piece.
 pub const MAX_DATA_LEN: u32 = MAX_PIECE_SIZE;
 /// Largest tracker datagram, in either direction.
@@ -472,6 +481,16 @@ pub fn write_frame(w: &mut impl Write, msg: &Message) -> Result<()> {
 /// [`MAX_FRAME_LEN`] (and below it, memory grows only with the bytes that arrive), [`Error::Truncated`] if the stream ends inside a frame,
 /// [`Error::Decode`] if the body is not a valid message, [`Error::FrameIo`] otherwise.
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Message>> {
+    read_frame_within(r, MAX_FRAME_LEN)
+}
+
+/// Reads one frame, as [`read_frame`], refusing any longer than `max` before reading its
+/// body.
+///
+/// # Errors
+///
+/// As [`read_frame`], with [`Error::FrameTooLarge`] past `max`.
+pub fn read_frame_within(r: &mut impl Read, max: u32) -> Result<Option<Message>> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -483,7 +502,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Message>> {
             Err(e) => return Err(Error::FrameIo(e)),
         }
     }
-    read_frame_after(prefix, r).map(Some)
+    read_frame_after_within(prefix, r, max).map(Some)
 }
 
 /// Reads the rest of a frame whose 4-byte length prefix was already read.
@@ -492,11 +511,22 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Message>> {
 ///
 /// As [`read_frame`], and [`Error::Truncated`] if the stream ends before the body.
 pub fn read_frame_after(prefix: [u8; 4], r: &mut impl Read) -> Result<Message> {
+    read_frame_after_within(prefix, r, MAX_FRAME_LEN)
+}
+
+/// Reads the rest of a frame whose 4-byte length prefix was already read, refusing one
+/// longer than `max` (and than [`MAX_FRAME_LEN`]).
+///
+/// # Errors
+///
+/// As [`read_frame_after`].
+pub fn read_frame_after_within(prefix: [u8; 4], r: &mut impl Read, max: u32) -> Result<Message> {
     let len = u32::from_be_bytes(prefix);
-    if len > MAX_FRAME_LEN {
+    let max = max.min(MAX_FRAME_LEN);
+    if len > max {
         return Err(Error::FrameTooLarge {
             len: u64::from(len),
-            max: u64::from(MAX_FRAME_LEN),
+            max: u64::from(max),
         });
     }
     // Grown as bytes arrive, not allocated up front: a peer that announces a large frame

@@ -72,6 +72,11 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Most peer connections served at once from one IP address; more are refused.
     pub max_connections_per_ip: usize,
+    /// When a newcomer finds the node at either connection cap, the served connection
+    /// whose peer has been silent longest (from the newcomer's address, if that cap is
+    /// the one reached) is closed to make room, if it has been silent this long; else the
+    /// newcomer is refused. Idle peers cannot hold the slots honest ones need.
+    pub reap_idle_after: Duration,
     /// How long a peer has to complete its hello, and any later frame once it has begun:
     /// a peer trickling bytes to hold a connection open (slow loris) is dropped.
     pub handshake_timeout: Duration,
@@ -105,6 +110,7 @@ impl NodeConfig {
             announce_interval: Duration::from_secs(30),
             max_connections: 64,
             max_connections_per_ip: 16,
+            reap_idle_after: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             upload_slots: 4,
             upload_limit: None,
@@ -150,6 +156,13 @@ impl NodeConfig {
     pub fn max_connections(mut self, total: usize, per_ip: usize) -> Self {
         self.max_connections = total.max(1);
         self.max_connections_per_ip = per_ip.max(1);
+        self
+    }
+
+    /// Sets how long a served peer must have been silent before its connection may be
+    /// closed to make room for a newcomer (see [`NodeConfig::reap_idle_after`]).
+    pub fn reap_idle_after(mut self, silent: Duration) -> Self {
+        self.reap_idle_after = silent;
         self
     }
 
@@ -725,6 +738,13 @@ impl Conns {
         table.next += 1;
         table.open.insert(id, clone);
         Ok(ConnGuard { conns: self, id })
+    }
+
+    /// Breaks connection `id`, if still open: its threads see it end and leave.
+    fn shut(&self, id: u64) {
+        if let Some(stream) = self.inner.lock().open.get(&id) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn close_all(&self) {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use p2ptorrent::messages::{
-    Announce, ContentId, Counters, MAGIC, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, read_frame,
-    write_frame,
+    Announce, ContentId, Counters, MAGIC, MAX_CONTROL_LEN, MAX_FRAME_LEN, Message,
+    PROTOCOL_VERSION, read_frame, write_frame,
 };
 use p2ptorrent::{Error, Event, TrackerClient};
 
@@ -178,6 +178,102 @@ fn garbage_and_oversized_frames_drop_only_that_connection() {
         .filter(|e| matches!(e, Event::PeerError { .. }))
         .count();
     assert!(errors >= 4, "{errors} peer errors reported");
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+#[test]
+fn control_frames_are_capped_so_strangers_cannot_make_a_node_buffer_much() {
+    let (tracker, node) = victim();
+    let addr = node.node.local_addr();
+    // One byte past the control cap: refused before the body is read.
+    let mut s = connect(addr);
+    hello(&mut s);
+    s.write_all(&(MAX_CONTROL_LEN + 1).to_be_bytes()).unwrap();
+    assert_closed(&mut s);
+    // All but one of the connections one address may hold (the last is for the real
+    // download below, from the same address here), each one byte short of a full control
+    // frame, held open: the node buffers at most that much for each.
+    let before = rss();
+    let held: Vec<TcpStream> = (0..15)
+        .map(|_| {
+            let mut s = connect(addr);
+            hello(&mut s);
+            s.write_all(&MAX_CONTROL_LEN.to_be_bytes()).unwrap();
+            s.write_all(&vec![1u8; MAX_CONTROL_LEN as usize - 1])
+                .unwrap();
+            s
+        })
+        .collect();
+    // Every one of them is read (and refused when its deadline passes, or its body
+    // proves bad); meanwhile a real download is served.
+    still_serves(&tracker, &node);
+    let grown = rss().saturating_sub(before);
+    eprintln!(
+        "15 connections each holding a {MAX_CONTROL_LEN}-byte frame: RSS grew {} KiB",
+        grown / 1024
+    );
+    // Before the cap, each could have sent an 8 MiB frame: 120 MiB.
+    assert!(grown < 16 << 20, "RSS grew {grown} bytes");
+    drop(held);
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn idle_connections_are_closed_to_make_room_for_a_real_downloader() {
+    let (tracker, _te) = start_tracker();
+    let node = start_node_with("victim", tracker.local_addr(), |c| {
+        c.max_connections(4, 4)
+            .reap_idle_after(Duration::from_millis(500))
+    });
+    write_random(&node.path("f.bin"), 1, u64::from(VICTIM_SIZE));
+    node.node.share("f.bin").unwrap();
+    let addr = node.node.local_addr();
+    // Every slot taken by a peer that says hello and sits.
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = connect(addr);
+            hello(&mut s);
+            s
+        })
+        .collect();
+    // While they are fresh, a newcomer is refused.
+    let mut late = connect(addr);
+    let _ = late.write_all(b"x");
+    assert_closed(&mut late);
+    // A real download gets in once they have been silent long enough (it retries the
+    // refusing owner with backoff) and finishes byte-exact.
+    still_serves(&tracker, &node);
+    // The one closed for it was one of the idle peers.
+    let closed = idle
+        .iter_mut()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            match s.read(&mut [0u8; 64]) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .filter(|&closed| closed)
+        .count();
+    assert!(closed >= 1, "no idle peer was closed");
     node.shutdown();
     tracker.shutdown().unwrap();
 }

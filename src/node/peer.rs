@@ -11,7 +11,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 
 use crate::error::{Error, KeyProblem, Result};
 use crate::messages::{
-    ContentId, MAGIC, Message, PROTOCOL_VERSION, SizeInformation, read_frame, write_frame,
+    ContentId, MAGIC, MAX_CONTROL_LEN, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, SizeInformation,
+    read_frame_within, write_frame,
 };
 
 use crate::session::{self, LinkReader, LinkWriter};
@@ -146,7 +147,8 @@ impl<'a> PeerConn<'a> {
     ///
     /// As [`size_info`](Self::size_info).
     pub fn read_size_info(&mut self) -> Result<(SizeInformation, Bitfield)> {
-        let info = match self.read()? {
+        // The one frame that may be large: it carries the piece hashes when asked for.
+        let info = match self.read_within(MAX_FRAME_LEN)? {
             Message::SizeInfo(info) => info,
             Message::Refused { reason, .. } | Message::Reject { reason } => {
                 return Err(Error::Peer {
@@ -187,8 +189,14 @@ impl<'a> PeerConn<'a> {
         write_frame(&mut self.writer, msg).map_err(|e| self.frame_err(e, "writing frame"))
     }
 
+    /// Reads a control frame.
     fn read(&mut self) -> Result<Message> {
-        match read_frame(&mut self.reader) {
+        self.read_within(MAX_CONTROL_LEN)
+    }
+
+    /// Reads a frame of at most `max` bytes.
+    fn read_within(&mut self, max: u32) -> Result<Message> {
+        match read_frame_within(&mut self.reader, max) {
             Ok(Some(msg)) => Ok(msg),
             Ok(None) => Err(Error::PeerClosed { addr: self.addr }),
             Err(e) => Err(self.frame_err(e, "reading frame")),
@@ -256,7 +264,7 @@ impl PeerReader<'_> {
                 });
             }
         }
-        let msg = match read_frame(&mut self.reader) {
+        let msg = match read_frame_within(&mut self.reader, MAX_CONTROL_LEN) {
             Ok(Some(msg)) => msg,
             Ok(None) => return Err(Error::PeerClosed { addr: self.addr }),
             Err(e) => return Err(frame_err(self.addr, e, "reading frame")),

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select};
 
 use crate::error::{Error, Result};
-use crate::messages::{ContentId, Message, check_file_name, write_frame};
+use crate::messages::{ContentId, MAX_HAVE_LIST, Message, check_file_name, write_frame};
 use crate::session::LinkWriter;
 
 use super::schedule::Bitfield;
@@ -320,7 +320,12 @@ impl<'a> Outbox<'a> {
             }
         }
         for (content, pieces) in news {
-            self.send(&Message::Have { content, pieces })?;
+            for list in pieces.chunks(MAX_HAVE_LIST) {
+                self.send(&Message::Have {
+                    content,
+                    pieces: list.to_vec(),
+                })?;
+            }
         }
         // A turn handed over, or new pieces the peer may want.
         self.offer()

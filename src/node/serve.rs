@@ -11,6 +11,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,8 @@ use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 
 use crate::error::{Error, Result, report};
 use crate::messages::{
-    MAGIC, Message, PROTOCOL_VERSION, read_frame, read_frame_after, write_frame,
+    MAGIC, MAX_CONTROL_LEN, Message, PROTOCOL_VERSION, read_frame_after_within, read_frame_within,
+    write_frame,
 };
 use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened};
 
@@ -67,9 +69,54 @@ fn is_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// What the accept loop knows of a connection it serves.
+struct Handler {
+    ip: IpAddr,
+    handle: JoinHandle<()>,
+    seen: Arc<Seen>,
+    /// Closed to make room: no longer counted against the caps.
+    reaped: bool,
+}
+
+/// When a served connection last heard from its peer, and its id among the node's
+/// connections; written by its reading thread, read by the accept loop.
+#[derive(Debug)]
+pub(super) struct Seen {
+    base: Instant,
+    /// The connection's id once registered, `u64::MAX` until then.
+    id: AtomicU64,
+    /// Milliseconds from `base` to the last frame (or the start).
+    last_ms: AtomicU64,
+}
+
+impl Seen {
+    fn new(base: Instant) -> Self {
+        let seen = Self {
+            base,
+            id: AtomicU64::new(u64::MAX),
+            last_ms: AtomicU64::new(0),
+        };
+        seen.touch();
+        seen
+    }
+
+    /// Notes that the peer was heard from now.
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the peer has been silent.
+    fn silent(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
 /// The `node-accept` thread: accepts until shutdown, then waits for every connection.
 pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> {
-    let mut handlers: Vec<(IpAddr, JoinHandle<()>)> = Vec::new();
+    let base = Instant::now();
+    let mut handlers: Vec<Handler> = Vec::new();
     let mut exhausted = ACCEPT_BACKOFF_MIN;
     let mut last_exhausted: Option<Instant> = None;
     for stream in listener.incoming() {
@@ -99,40 +146,70 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
             Err(_) => continue,
         };
         let (finished, running): (Vec<_>, Vec<_>) =
-            handlers.into_iter().partition(|(_, h)| h.is_finished());
-        finished.into_iter().for_each(|(_, h)| {
-            let _ = h.join();
+            handlers.into_iter().partition(|h| h.handle.is_finished());
+        finished.into_iter().for_each(|h| {
+            let _ = h.handle.join();
         });
         handlers = running;
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
-        let from_ip = handlers.iter().filter(|(ip, _)| *ip == peer.ip()).count();
-        if handlers.len() >= ctx.config.max_connections
-            || from_ip >= ctx.config.max_connections_per_ip
-        {
+        if !make_room(ctx, &mut handlers, peer.ip()) {
             continue; // dropping the stream refuses the peer
         }
         let peer_ctx = Arc::clone(ctx);
+        let seen = Arc::new(Seen::new(base));
+        let peer_seen = Arc::clone(&seen);
         let spawned = thread::Builder::new()
             .name("node-peer".into())
-            .spawn(move || serve_peer(&peer_ctx, stream));
+            .spawn(move || serve_peer(&peer_ctx, stream, &peer_seen));
         if let Ok(handle) = spawned {
-            handlers.push((peer.ip(), handle));
+            handlers.push(Handler {
+                ip: peer.ip(),
+                handle,
+                seen,
+                reaped: false,
+            });
         }
     }
     ctx.conns.close_all();
-    for (_, handle) in handlers {
-        handle
+    for h in handlers {
+        h.handle
             .join()
             .map_err(|_| Error::ThreadPanicked("node-peer".into()))?;
     }
     Ok(())
 }
 
-fn serve_peer(ctx: &Ctx, stream: TcpStream) {
+/// Whether a connection from `ip` may be served: under both caps, or after closing the
+/// connection whose peer has been silent longest (from `ip`, if its cap is the one
+/// reached), when that peer has been silent for `reap_idle_after`.
+fn make_room(ctx: &Ctx, handlers: &mut [Handler], ip: IpAddr) -> bool {
+    let live = handlers.iter().filter(|h| !h.reaped);
+    let total = live.clone().count();
+    let from_ip = live.filter(|h| h.ip == ip).count();
+    let ip_full = from_ip >= ctx.config.max_connections_per_ip;
+    if total < ctx.config.max_connections && !ip_full {
+        return true;
+    }
+    let idlest = handlers
+        .iter_mut()
+        .filter(|h| !h.reaped && (!ip_full || h.ip == ip))
+        .filter(|h| h.seen.id.load(Ordering::Relaxed) != u64::MAX)
+        .max_by_key(|h| h.seen.silent());
+    match idlest {
+        Some(h) if h.seen.silent() >= ctx.config.reap_idle_after => {
+            ctx.conns.shut(h.seen.id.load(Ordering::Relaxed));
+            h.reaped = true;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn serve_peer(ctx: &Ctx, stream: TcpStream, seen: &Seen) {
     let Ok(addr) = stream.peer_addr() else { return };
-    let result = Server::new(ctx, addr, &stream).and_then(|s| s.run(&stream));
+    let result = Server::new(ctx, addr, &stream, seen).and_then(|s| s.run(&stream));
     match result {
         Ok(()) | Err(Error::Shutdown) => {}
         Err(_) if ctx.stopping() => {}
@@ -153,10 +230,11 @@ struct Server<'a> {
     /// The first frame's length prefix, when the key negotiation read it.
     prefix: Option<[u8; 4]>,
     guard: super::ConnGuard<'a>,
+    seen: &'a Seen,
 }
 
 impl<'a> Server<'a> {
-    fn new(ctx: &'a Ctx, addr: SocketAddr, stream: &TcpStream) -> Result<Self> {
+    fn new(ctx: &'a Ctx, addr: SocketAddr, stream: &TcpStream, seen: &'a Seen) -> Result<Self> {
         let io = |source| Error::PeerIo {
             addr,
             op: "setting up connection",
@@ -167,6 +245,7 @@ impl<'a> Server<'a> {
         stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
         sockopt::limit_unsent(stream, UNSENT_MAX).map_err(io)?;
         let guard = ctx.conns.register(stream)?;
+        seen.id.store(guard.id(), Ordering::Relaxed);
         // The key handshake and the hello must arrive within the handshake timeout,
         // however they trickle; `run` clears the deadline after the hello.
         let mut raw = DeadlineStream::new(stream.try_clone().map_err(io)?);
@@ -191,6 +270,7 @@ impl<'a> Server<'a> {
             )),
             prefix,
             guard,
+            seen,
         })
     }
 
@@ -202,7 +282,7 @@ impl<'a> Server<'a> {
         };
         // Still under the handshake deadline set in `new`.
         let hello = match self.prefix.take() {
-            Some(prefix) => read_frame_after(prefix, &mut self.reader)
+            Some(prefix) => read_frame_after_within(prefix, &mut self.reader, MAX_CONTROL_LEN)
                 .map(Some)
                 .map_err(|e| self.frame_err(e, "reading frame")),
             None => self.read_frame_now(),
@@ -268,6 +348,7 @@ impl<'a> Server<'a> {
     /// Reads frames and hands each to the sending thread, in order.
     fn forward(&mut self, jobs: &Sender<Job>) -> Result<()> {
         while let Some(msg) = self.read()? {
+            self.seen.touch();
             let job = match msg {
                 Message::SizeRequest { file, hashes } => Job::Size { file, hashes },
                 Message::Request {
@@ -316,7 +397,10 @@ impl<'a> Server<'a> {
     }
 
     fn read_frame_now(&mut self) -> Result<Option<Message>> {
-        read_frame(&mut self.reader).map_err(|e| self.frame_err(e, "reading frame"))
+        // A downloader never needs to send more than a control frame: what a stranger can
+        // make this node buffer is that much per connection, `max_connections` of them.
+        read_frame_within(&mut self.reader, MAX_CONTROL_LEN)
+            .map_err(|e| self.frame_err(e, "reading frame"))
     }
 
     fn frame_err(&self, e: Error, op: &'static str) -> Error {
@@ -412,6 +496,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::messages::read_frame;
 
     /// Out of descriptors, the accept loop waits 10 ms, then twice as long each time the
     /// failures go on, up to a second; after a quiet spell it starts short again.
