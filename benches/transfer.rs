@@ -28,6 +28,7 @@ use p2ptorrent::messages::{
     Announce, ContentId, Counters, MAX_DATAGRAM_LEN, NodeToTracker, PROTOCOL_VERSION,
     TrackerRequest, encode_request,
 };
+use p2ptorrent::tracker::{Rates, TableLimits};
 use p2ptorrent::{NetworkKey, Tracker, TrackerConfig};
 use support::{bench_dir, env_or, generate};
 
@@ -318,7 +319,19 @@ fn announce(file: u32, port: u16) -> NodeToTracker {
 
 /// Starts a tracker (under `key`, if given) and fills its table.
 fn fill(key: Option<&NetworkKey>) -> Tracker {
-    let mut config = TrackerConfig::new("127.0.0.1:0".parse().unwrap());
+    // Every request comes from 127.0.0.1 here: the per-address caps and rates, meant to
+    // stop one stranger, are lifted so the bench measures the table, not the throttle.
+    let mut config = TrackerConfig::new("127.0.0.1:0".parse().unwrap())
+        .limits(TableLimits {
+            nodes_per_address: usize::from(OWNERS),
+            rows_per_address: 1_000_000,
+            ..TableLimits::default()
+        })
+        .rates(Rates {
+            announces: 1e9,
+            lookups: 1e9,
+            searches: 1e9,
+        });
     if let Some(key) = key {
         config = config.key(key.clone());
     }
@@ -355,6 +368,7 @@ fn measure(tracker: &Tracker, key: Option<&NetworkKey>, duration: Duration) -> f
                                 NodeToTracker::Need {
                                     file: format!("file-{file}.bin"),
                                     numwant: 50,
+                                    content: None,
                                 }
                             } else {
                                 announce(file, rng.u16(1..=OWNERS))

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::split::{MAX_PIECE_SIZE, MAX_PIECES};
 
 /// Version of the tracker and peer protocols; both sides must agree.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// First bytes of every peer handshake.
 pub const MAGIC: [u8; 4] = *b"P2PT";
 /// Largest frame of all: a [`Message::SizeInfo`] carrying the piece hashes of the largest
@@ -63,6 +63,24 @@ pub struct ContentId(pub [u8; 32]);
 impl fmt::Display for ContentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for ContentId {
+    type Err = Error;
+
+    /// Parses the 64 hexadecimal digits [`Display`](fmt::Display) prints.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidParameter("a content id is 64 hexadecimal digits");
+        let s = s.trim();
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut id = [0u8; 32];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(id))
     }
 }
 
@@ -118,6 +136,9 @@ pub enum NodeToTracker {
         file: String,
         /// How many owners the node wants at most.
         numwant: u16,
+        /// Only this content: set when the downloader pinned one, or already holds part
+        /// of one. Without it the tracker chooses (see [`TrackerToNode::Owners`]).
+        content: Option<ContentId>,
     },
     /// Asks which files match a pattern, and who owns them.
     Search {
@@ -188,6 +209,10 @@ pub enum TrackerToNode {
         owners: Vec<OwnerInfo>,
         /// Seconds between re-announces.
         interval_secs: u32,
+        /// How many different contents are shared under this name. With several and no
+        /// pin, the tracker chose the one whose complete owners are on the most distinct
+        /// addresses: one host announcing from many ports counts once.
+        contents: u32,
     },
     /// No node owns the file asked for with `Need`.
     NotFound {
@@ -847,6 +872,7 @@ mod tests {
                     complete: true,
                 }],
                 interval_secs: 30,
+                contents: 1,
             },
         };
         assert_eq!(decode_reply(&encode_reply(&reply).unwrap()).unwrap(), reply);
@@ -928,5 +954,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_content_id_parses_back_from_what_it_prints() {
+        let id = ContentId([0xab; 32]);
+        assert_eq!(id.to_string().parse::<ContentId>().unwrap(), id);
+        assert!("ab".parse::<ContentId>().is_err());
+        assert!("zz".repeat(32).parse::<ContentId>().is_err());
+        assert!("é".repeat(32).parse::<ContentId>().is_err());
     }
 }

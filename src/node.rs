@@ -199,6 +199,17 @@ pub enum Event {
         /// How many pieces it has.
         pieces: u32,
     },
+    /// Several contents are shared under the name asked for, and none was pinned: the
+    /// download takes `chosen`, the one whose complete owners are on the most distinct
+    /// addresses. Pin another with [`Node::download_content`].
+    SeveralContents {
+        /// The file name.
+        file: String,
+        /// The content downloaded.
+        chosen: ContentId,
+        /// How many contents are shared under the name.
+        contents: u32,
+    },
     /// A download found its owners and its piece list.
     DownloadStarted {
         /// The file.
@@ -359,6 +370,7 @@ enum Command {
     },
     Download {
         file: String,
+        content: Option<ContentId>,
         reply: Sender<Result<DownloadReport>>,
     },
     Search {
@@ -518,9 +530,27 @@ impl Node {
     /// [`Error::Shutdown`] if the node has stopped; everything else comes from
     /// [`Download::wait`].
     pub fn download(&self, file: &str) -> Result<Download> {
+        self.start_download(file, None)
+    }
+
+    /// Starts downloading the content `content` shared as `file`, and no other: when
+    /// several contents are shared under one name (a file changed, or someone shares their
+    /// own under a popular name), this is how a user who knows which one they want gets
+    /// it. The content id is what `share` and `search` show.
+    ///
+    /// # Errors
+    ///
+    /// As [`download`](Self::download); [`Error::NoOwners`] if nobody shares that content
+    /// under that name.
+    pub fn download_content(&self, file: &str, content: ContentId) -> Result<Download> {
+        self.start_download(file, Some(content))
+    }
+
+    fn start_download(&self, file: &str, content: Option<ContentId>) -> Result<Download> {
         let (reply, rx) = bounded(1);
         self.send(Command::Download {
             file: file.into(),
+            content,
             reply,
         })?;
         Ok(Download {
@@ -857,7 +887,11 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
         Command::Share { file, reply } => {
             let _ = reply.send(share(ctx, &file));
         }
-        Command::Download { file, reply } => {
+        Command::Download {
+            file,
+            content,
+            reply,
+        } => {
             if !ctx.downloading.lock().insert(file.clone()) {
                 let _ = reply.send(Err(Error::AlreadyDownloading { file }));
                 return;
@@ -867,7 +901,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let spawned = thread::Builder::new()
                 .name("node-download".into())
                 .spawn(move || {
-                    download::run(&dl_ctx, &name, |result| {
+                    download::run(&dl_ctx, &name, content, |result| {
                         dl_ctx.downloading.lock().remove(&name);
                         match &result {
                             Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),

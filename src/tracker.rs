@@ -532,8 +532,15 @@ impl Service {
                     Err(reason) => (TrackerToNode::Reject { reason }, false),
                 }
             }
-            NodeToTracker::Need { file, numwant } => {
-                let found = self.registry.lock().need(&file, numwant, fastrand::u64(..));
+            NodeToTracker::Need {
+                file,
+                numwant,
+                content,
+            } => {
+                let found = self
+                    .registry
+                    .lock()
+                    .need(&file, numwant, fastrand::u64(..), content);
                 let body = match found {
                     Some(f) => TrackerToNode::Owners {
                         file,
@@ -541,6 +548,7 @@ impl Service {
                         size: f.size,
                         owners: f.owners,
                         interval_secs: self.interval_secs,
+                        contents: f.contents,
                     },
                     None => TrackerToNode::NotFound { file },
                 };

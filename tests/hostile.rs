@@ -279,6 +279,54 @@ fn idle_connections_are_closed_to_make_room_for_a_real_downloader() {
 }
 
 #[test]
+fn a_name_shared_with_several_contents_is_downloaded_as_chosen_or_as_pinned() {
+    let (tracker, _te) = start_tracker();
+    let genuine = start_node("genuine", tracker.local_addr());
+    let other = start_node("other", tracker.local_addr());
+    write_random(&genuine.path("movie.bin"), 1, 300_000);
+    write_random(&other.path("movie.bin"), 2, 300_000);
+    genuine.node.share("movie.bin").unwrap();
+    let theirs = other.node.share("movie.bin").unwrap().content;
+    // Not pinned: the content shared first under the name (owned alike otherwise: both
+    // from one address here), and the downloader is told there were two.
+    let plain = start_node("plain", tracker.local_addr());
+    plain.node.download("movie.bin").unwrap().wait().unwrap();
+    assert_same_file(&genuine.path("movie.bin"), &plain.path("movie.bin"));
+    assert!(
+        plain
+            .events
+            .try_iter()
+            .any(|e| matches!(e, Event::SeveralContents { contents: 2, .. })),
+        "the downloader is told of the other content"
+    );
+    // Pinned: that content and no other.
+    let pinned = start_node("pinned", tracker.local_addr());
+    let report = pinned
+        .node
+        .download_content("movie.bin", theirs)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(report.content, theirs);
+    assert_same_file(&other.path("movie.bin"), &pinned.path("movie.bin"));
+    // A pin nobody shares finds nobody.
+    let nobody = start_node("nobody", tracker.local_addr());
+    let missing = ContentId([3; 32]);
+    assert!(matches!(
+        nobody
+            .node
+            .download_content("movie.bin", missing)
+            .unwrap()
+            .wait(),
+        Err(Error::NoOwners { .. })
+    ));
+    for n in [genuine, other, plain, pinned, nobody] {
+        n.shutdown();
+    }
+    tracker.shutdown().unwrap();
+}
+
+#[test]
 fn out_of_range_requests_are_rejected() {
     let (tracker, node) = victim();
     let content = node.node.status().unwrap().shared[0].content;

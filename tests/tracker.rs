@@ -186,6 +186,7 @@ fn requests_without_a_valid_token_change_nothing_and_get_a_small_reply() {
         NodeToTracker::Need {
             file: "f.bin".into(),
             numwant: 50,
+            content: None,
         },
         NodeToTracker::Search {
             pattern: String::new(),
@@ -382,6 +383,7 @@ fn a_flood_from_one_address_is_served_at_its_rate_and_others_are_answered() {
                     let need = p2ptorrent::messages::NodeToTracker::Need {
                         file: "wanted.bin".into(),
                         numwant: 10,
+                        content: None,
                     };
                     // Sent again every 250 ms, as a node does: the flood fills the
                     // tracker's socket buffer, and the kernel drops what does not fit.

@@ -56,6 +56,9 @@ pub struct Owners {
     pub owners: Vec<OwnerInfo>,
     /// How often the tracker wants owners to re-announce.
     pub interval: Duration,
+    /// How many different contents are shared under the name (see
+    /// [`TrackerToNode::Owners`]).
+    pub contents: u32,
 }
 
 impl TrackerClient {
@@ -102,27 +105,45 @@ impl TrackerClient {
         }
     }
 
-    /// Asks for the owners of `file`.
+    /// Asks for the owners of `file`, under whichever content the tracker chooses.
     ///
     /// # Errors
     ///
     /// [`Error::NoOwners`] if nobody owns it, and as [`request`](Self::request).
     pub fn need(&self, file: &str, numwant: u16) -> Result<Owners> {
+        self.need_content(file, numwant, None)
+    }
+
+    /// Asks for the owners of `file`; with `content`, of that content only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoOwners`] if nobody owns it (or that content of it), and as
+    /// [`request`](Self::request).
+    pub fn need_content(
+        &self,
+        file: &str,
+        numwant: u16,
+        content: Option<ContentId>,
+    ) -> Result<Owners> {
         match self.request(NodeToTracker::Need {
             file: file.into(),
             numwant,
+            content,
         })? {
             TrackerToNode::Owners {
                 content,
                 size,
                 owners,
                 interval_secs,
+                contents,
                 ..
             } => Ok(Owners {
                 content,
                 size,
                 owners,
                 interval: Duration::from_secs(interval_secs.into()),
+                contents,
             }),
             TrackerToNode::NotFound { .. } => Err(Error::NoOwners { file: file.into() }),
             other => Err(self.unexpected(other)),

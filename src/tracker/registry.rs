@@ -83,6 +83,9 @@ struct Usage {
 struct Swarm {
     size: u64,
     owners: HashMap<SocketAddr, Ownership>,
+    /// When this content was first announced under its name: of two contents owned
+    /// alike, the older one is listed (a newcomer cannot take over a name by matching it).
+    since: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,12 +103,30 @@ struct NodeEntry {
     files: HashMap<String, ContentId>,
 }
 
-/// What a `Need` finds: the content most owners hold under a name, and its best owners.
+/// What a `Need` finds: the content chosen under a name, its best owners, and how many
+/// contents the name has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Found {
     pub content: ContentId,
     pub size: u64,
     pub owners: Vec<OwnerInfo>,
+    pub contents: u32,
+}
+
+impl Swarm {
+    /// How many distinct addresses (IPv6 /64s) its owners are on, only complete ones if
+    /// `complete`.
+    fn addresses(&self, complete: bool) -> usize {
+        let mut ips: Vec<IpAddr> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| o.complete || !complete)
+            .map(|(a, _)| address_key(a.ip()))
+            .collect();
+        ips.sort_unstable();
+        ips.dedup();
+        ips.len()
+    }
 }
 
 impl Registry {
@@ -218,6 +239,7 @@ impl Registry {
             .or_insert_with(|| Swarm {
                 size: ann.size,
                 owners: HashMap::new(),
+                since: now,
             });
         let new = Ownership {
             pieces: ann.pieces,
@@ -229,24 +251,41 @@ impl Registry {
         Ok(changed)
     }
 
-    /// Returns the content most owners hold under `file`, with up to `numwant` owners
-    /// (capped at [`MAX_OWNERS_LISTED`]), or `None` if nobody owns it.
+    /// Returns the content to download under `file` (`pin`, if given), with up to
+    /// `numwant` owners (capped at [`MAX_OWNERS_LISTED`]), or `None` if nobody owns it.
+    ///
+    /// Without a pin, the content whose complete owners are on the most distinct
+    /// addresses wins, then the one with owners on the most addresses, then the one
+    /// announced first: one host
+    /// announcing its own file from many ports counts once, and partial owners of a stale
+    /// content do not outvote the complete owners of the current one.
     ///
     /// Complete owners come first; within each group the order is a random permutation
     /// drawn from `seed` (the tracker passes a fresh one per request). Handing every
     /// downloader the same ranked list made every downloader pick the same few early
     /// holders and froze the swarm into a star; a random subset spreads the load.
-    pub fn need(&self, file: &str, numwant: u16, seed: u64) -> Option<Found> {
+    pub fn need(
+        &self,
+        file: &str,
+        numwant: u16,
+        seed: u64,
+        pin: Option<ContentId>,
+    ) -> Option<Found> {
         let swarms = self.files.get(file)?;
-        let (content, swarm) = swarms
-            .iter()
-            .filter(|(_, s)| !s.owners.is_empty())
-            .max_by_key(|(c, s)| (s.owners.len(), std::cmp::Reverse(**c)))?;
+        let live = swarms.iter().filter(|(_, s)| !s.owners.is_empty());
+        let (content, swarm) = match pin {
+            Some(pin) => live.into_iter().find(|(c, _)| **c == pin)?,
+            None => live.max_by_key(|(c, s)| {
+                let older = std::cmp::Reverse((s.since, **c));
+                (s.addresses(true), s.addresses(false), older)
+            })?,
+        };
         let want = usize::from(numwant).min(MAX_OWNERS_LISTED);
         Some(Found {
             content: *content,
             size: swarm.size,
             owners: self.ranked_owners(swarm, want, Order::Shuffled(seed)),
+            contents: u32::try_from(swarms.len()).unwrap_or(u32::MAX),
         })
     }
 
@@ -629,7 +668,7 @@ mod tests {
         let mut firsts = std::collections::HashSet::new();
         let mut listed = std::collections::HashSet::new();
         for seed in 0..50 {
-            let found = r.need("f", 8, seed).unwrap();
+            let found = r.need("f", 8, seed, None).unwrap();
             assert_eq!(found.owners.len(), 8);
             assert!(
                 found.owners[..3].iter().all(|o| o.complete),
@@ -643,11 +682,11 @@ mod tests {
         assert!(listed.len() > 30, "{} owners listed", listed.len());
         assert!(firsts.len() > 10);
         assert_eq!(
-            r.need("f", 8, 7),
-            r.need("f", 8, 7),
+            r.need("f", 8, 7, None),
+            r.need("f", 8, 7, None),
             "a seed is one permutation"
         );
-        assert!(r.need("g", 5, 0).is_none());
+        assert!(r.need("g", 5, 0, None).is_none());
         // Search still ranks the original's best node first.
         assert_eq!(r.search("f")[0].owners[0].node, "n3");
     }
@@ -661,15 +700,20 @@ mod tests {
     }
 
     #[test]
-    fn need_answers_with_the_content_most_owners_hold() {
+    fn need_answers_with_the_content_owned_from_most_addresses() {
         let (mut r, now) = registry();
         r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
-        r.announce(IP, &ann("B", 2, "f", 2, 0), now).unwrap();
-        r.announce(IP, &ann("C", 3, "f", 2, 0), now).unwrap();
-        assert_eq!(r.need("f", 10, 0).unwrap().content, ContentId([2; 32]));
+        r.announce(IpAddr::from([10, 0, 0, 2]), &ann("B", 2, "f", 2, 0), now)
+            .unwrap();
+        r.announce(IpAddr::from([10, 0, 0, 3]), &ann("C", 3, "f", 2, 0), now)
+            .unwrap();
+        assert_eq!(
+            r.need("f", 10, 0, None).unwrap().content,
+            ContentId([2; 32])
+        );
         // A changes its file to content 2: content 1 has no owner left.
         r.announce(IP, &ann("A", 1, "f", 2, 0), now).unwrap();
-        assert_eq!(r.need("f", 10, 0).unwrap().owners.len(), 3);
+        assert_eq!(r.need("f", 10, 0, None).unwrap().owners.len(), 3);
         assert_eq!(r.snapshot().files.len(), 1);
     }
 
@@ -681,8 +725,8 @@ mod tests {
         r.announce(IP, &ann("B", 2, "g", 3, 0), now).unwrap();
         assert!(r.exit(SocketAddr::new(IP, 1)));
         assert!(!r.exit(SocketAddr::new(IP, 1)));
-        assert!(r.need("f", 5, 0).is_none());
-        assert_eq!(r.need("g", 5, 0).unwrap().owners.len(), 1);
+        assert!(r.need("f", 5, 0, None).is_none());
+        assert_eq!(r.need("g", 5, 0, None).unwrap().owners.len(), 1);
         assert_eq!(r.snapshot().nodes.len(), 1);
     }
 
@@ -694,7 +738,7 @@ mod tests {
             .unwrap();
         assert!(!r.expire(now + Duration::from_secs(29)));
         assert!(r.expire(now + Duration::from_secs(30)));
-        let found = r.need("f", 5, 0).unwrap();
+        let found = r.need("f", 5, 0, None).unwrap();
         assert_eq!(found.owners.len(), 1);
         assert_eq!(found.owners[0].node, "B");
         assert!(r.expire(now + Duration::from_secs(50)));
@@ -778,5 +822,45 @@ mod tests {
         assert_eq!(r.search("MOVIE").len(), 2);
         assert!(r.exit(SocketAddr::new(IP, 1)));
         assert!(r.search("movie").is_empty());
+    }
+
+    #[test]
+    fn need_prefers_complete_owners_on_distinct_addresses_then_the_older_content() {
+        let (mut r, now) = registry();
+        let genuine = IpAddr::from([10, 0, 0, 1]);
+        let squatter = IpAddr::from([10, 0, 0, 2]);
+        r.announce(genuine, &ann("real", 1, "movie.bin", 1, 0), now)
+            .unwrap();
+        // One host announcing its own file from three ports is one address.
+        for port in 1..=3 {
+            r.announce(squatter, &ann("fake", port, "movie.bin", 2, 0), now)
+                .unwrap();
+        }
+        let found = r.need("movie.bin", 10, 1, None).unwrap();
+        assert_eq!(found.content, ContentId([1; 32]));
+        assert_eq!(found.contents, 2);
+        // A pin gets the pinned content, and only it.
+        let pinned = r
+            .need("movie.bin", 10, 1, Some(ContentId([2; 32])))
+            .unwrap();
+        assert_eq!(pinned.content, ContentId([2; 32]));
+        assert_eq!(pinned.owners.len(), 3);
+        assert!(
+            r.need("movie.bin", 10, 1, Some(ContentId([9; 32])))
+                .is_none()
+        );
+        // Partial owners of a stale content do not outvote a complete owner of the new.
+        let mut stale = ann("leech", 1, "doc.bin", 3, 0);
+        stale.complete = false;
+        for last in 10..20 {
+            r.announce(IpAddr::from([10, 0, 1, last]), &stale, now)
+                .unwrap();
+        }
+        r.announce(genuine, &ann("real", 1, "doc.bin", 4, 0), now)
+            .unwrap();
+        assert_eq!(
+            r.need("doc.bin", 10, 1, None).unwrap().content,
+            ContentId([4; 32])
+        );
     }
 }

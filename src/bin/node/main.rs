@@ -152,7 +152,7 @@ fn main() -> ExitCode {
         session.run(Command::Upload(file.clone()));
     }
     for file in &args.downloads {
-        session.run(Command::Download(file.clone()));
+        session.run(Command::Download(file.clone(), None));
     }
     let mut lines = if args.no_prompt {
         never()
@@ -218,13 +218,22 @@ impl Session {
         self.progress.clear();
         match cmd {
             Command::Upload(file) => match self.node.share(&file) {
-                Ok(r) => say!("sharing {} ({} bytes, {} pieces)", r.file, r.size, r.pieces),
+                Ok(r) => say!(
+                    "sharing {} ({} bytes, {} pieces, content {})",
+                    r.file,
+                    r.size,
+                    r.pieces,
+                    r.content
+                ),
                 Err(e) => {
                     self.failures += 1;
                     esay!("upload {file}: {}", report(&e));
                 }
             },
-            Command::Download(file) => match self.node.download(&file) {
+            Command::Download(file, pin) => match match pin {
+                Some(content) => self.node.download_content(&file, content),
+                None => self.node.download(&file),
+            } {
                 Ok(d) => {
                     self.started += 1;
                     self.pending.push(d);
@@ -241,11 +250,12 @@ impl Session {
                             .map(|o| format!("{}@{}", o.node, o.addr))
                             .collect();
                         say!(
-                            "{}  {} bytes  {}: {}",
+                            "{}  {} bytes  {}: {}\n  content {}",
                             h.file,
                             h.size,
                             plural(h.owner_count as usize, "owner"),
-                            owners.join(", ")
+                            owners.join(", "),
+                            h.content
                         );
                     }
                 }
@@ -320,6 +330,17 @@ impl Session {
 
     fn show(&mut self, event: &Event) {
         match event {
+            Event::SeveralContents {
+                file,
+                chosen,
+                contents,
+            } => {
+                say!(
+                    "note: {contents} different files are shared as {file}; taking content \
+                     {chosen}, whose complete owners are on the most addresses \
+                     (`search {file}` lists them; `download --content ID {file}` picks one)"
+                );
+            }
             Event::DownloadStarted {
                 file,
                 size,

@@ -1,10 +1,13 @@
 //! The node's stdin commands, in the original's words and short.
 
+use p2ptorrent::messages::ContentId;
+
 /// One command typed at the prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Upload(String),
-    Download(String),
+    /// A file, and the content to take if pinned.
+    Download(String, Option<ContentId>),
     Search(String),
     Status,
     Help,
@@ -16,6 +19,7 @@ pub const HELP: &str = "\
 commands:
   torrent -setMode upload FILE    | upload FILE     share FILE from this node's folder
   torrent -setMode download FILE  | download FILE   fetch FILE from the nodes that own it
+  download --content ID FILE                        fetch only the content ID (as search shows)
   torrent -search PATTERN         | search PATTERN  list files matching PATTERN and their owners
   status                                            what this node shares and downloads
   torrent exit                    | exit            leave the network";
@@ -37,8 +41,13 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ["-setMode", "upload", rest @ ..] | ["upload", rest @ ..] => {
             Command::Upload(arg(rest, "upload")?)
         }
+        ["-setMode", "download", "--content", id, rest @ ..]
+        | ["download", "--content", id, rest @ ..] => {
+            let id = id.parse().map_err(|e| format!("download --content: {e}"))?;
+            Command::Download(arg(rest, "download")?, Some(id))
+        }
         ["-setMode", "download", rest @ ..] | ["download", rest @ ..] => {
-            Command::Download(arg(rest, "download")?)
+            Command::Download(arg(rest, "download")?, None)
         }
         ["-setMode", mode, ..] => return Err(format!("unknown mode {mode:?}: upload or download")),
         ["-search", rest @ ..] | ["search", rest @ ..] => Command::Search(rest.join(" ")),
@@ -59,9 +68,15 @@ mod tests {
         let up = Some(Command::Upload("movie.bin".into()));
         assert_eq!(parse("torrent -setMode upload movie.bin"), Ok(up.clone()));
         assert_eq!(parse("  upload   movie.bin "), Ok(up));
-        let down = Some(Command::Download("a b.txt".into()));
+        let down = Some(Command::Download("a b.txt".into(), None));
         assert_eq!(parse("torrent -setMode download a b.txt"), Ok(down.clone()));
         assert_eq!(parse("download a b.txt"), Ok(down));
+        let id = ContentId([0x5a; 32]);
+        assert_eq!(
+            parse(&format!("download --content {id} a b.txt")),
+            Ok(Some(Command::Download("a b.txt".into(), Some(id))))
+        );
+        assert!(parse("download --content 12 a.txt").is_err());
         assert_eq!(
             parse("torrent -search mov"),
             Ok(Some(Command::Search("mov".into())))

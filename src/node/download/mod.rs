@@ -51,9 +51,14 @@ const REPORTS_QUEUED: usize = 1024;
 /// [`Error::NoOwners`], [`Error::OwnersExhausted`] if every owner failed, [`Error::NotOurs`]
 /// if a `.part` in the way is not this node's, [`Error::File`] for local I/O, and
 /// [`Error::Shutdown`] if the node stopped first.
-pub(super) fn run(ctx: &Ctx, file: &str, deliver: impl FnOnce(Result<DownloadReport>)) {
+pub(super) fn run(
+    ctx: &Ctx,
+    file: &str,
+    pin: Option<ContentId>,
+    deliver: impl FnOnce(Result<DownloadReport>),
+) {
     let started = Instant::now();
-    let prepared = prepare(ctx, file);
+    let prepared = prepare(ctx, file, pin);
     let (listed_owners, manifest, first, book) = match prepared {
         Ok(p) => p,
         Err(e) => return deliver(Err(e)),
@@ -104,7 +109,9 @@ pub(super) fn run(ctx: &Ctx, file: &str, deliver: impl FnOnce(Result<DownloadRep
     thread::scope(|s| {
         let lookup = thread::Builder::new()
             .name("node-lookup".into())
-            .spawn_scoped(s, || look_up(ctx, file, &lookups, &job.reports));
+            .spawn_scoped(s, || {
+                look_up(ctx, file, manifest.content(), &lookups, &job.reports);
+            });
         if let Err(source) = lookup {
             return deliver(Err(Error::Spawn {
                 name: "node-lookup",
@@ -145,7 +152,7 @@ type Prepared<'a> = (
 );
 
 /// Asks the tracker for owners and one of them for the piece list.
-fn prepare<'a>(ctx: &'a Ctx, file: &str) -> Result<Prepared<'a>> {
+fn prepare<'a>(ctx: &'a Ctx, file: &str, pin: Option<ContentId>) -> Result<Prepared<'a>> {
     let final_path = ctx.store.path_of(file)?;
     if final_path.symlink_metadata().is_ok() {
         return Err(Error::AlreadyExists {
@@ -153,8 +160,15 @@ fn prepare<'a>(ctx: &'a Ctx, file: &str) -> Result<Prepared<'a>> {
             dir: ctx.store.dir().into(),
         });
     }
-    let listed = ctx.tracker.need(file, numwant(ctx))?;
+    let listed = ctx.tracker.need_content(file, numwant(ctx), pin)?;
     ctx.learn_interval(listed.interval);
+    if listed.contents > 1 && pin.is_none() {
+        ctx.emit(Event::SeveralContents {
+            file: file.into(),
+            chosen: listed.content,
+            contents: listed.contents,
+        });
+    }
     let mut book = OwnerBook::new(ctx, listed.owners);
     if book.candidates.is_empty() {
         return Err(Error::NoOwners { file: file.into() });
@@ -217,6 +231,7 @@ fn finish(
 fn look_up(
     ctx: &Ctx,
     file: &str,
+    content: ContentId,
     lookups: &Receiver<Lookup>,
     reports: &crossbeam_channel::Sender<Report>,
 ) {
@@ -227,7 +242,8 @@ fn look_up(
     for lookup in lookups {
         match lookup {
             Lookup::Need => {
-                let listed = quick.need(file, numwant(ctx));
+                // Owners of this content only, whatever else is shared under the name.
+                let listed = quick.need_content(file, numwant(ctx), Some(content));
                 if reports.send(Report::Listed(listed)).is_err() {
                     return;
                 }
