@@ -80,10 +80,12 @@ pub enum Error {
         last: String,
     },
 
-    /// A file name is not a plain name: it has a separator, `..`, a NUL or is empty.
-    #[error("{name:?} is not a plain file name")]
+    /// A file name is not a plain name: it has a separator, `..`, a control or direction
+    /// character, is empty, or is too long.
+    #[error("\"{name}\" is not a plain file name")]
     InvalidName {
-        /// The name as given.
+        /// The name, with control and direction characters escaped and cut to 64
+        /// characters (a stranger's name is never echoed whole).
         name: String,
     },
 

@@ -462,9 +462,30 @@ pub fn check_file_name(name: &str) -> Result<()> {
             .chars()
             .any(|c| c == '/' || c == '\\' || c.is_control() || is_bidi_control(c));
     if bad {
-        return Err(Error::InvalidName { name: name.into() });
+        return Err(Error::InvalidName { name: shown(name) });
     }
     Ok(())
+}
+
+/// A name as an error may show it: control and direction characters escaped (so it cannot
+/// rewrite a terminal or reorder the line), and past 64 characters cut, with its length.
+pub(crate) fn shown(name: &str) -> String {
+    const KEEP: usize = 64;
+    let escaped: String = name
+        .chars()
+        .take(KEEP)
+        .flat_map(|c| {
+            let plain = !(c.is_control() || is_bidi_control(c));
+            let one = plain.then_some(c).into_iter();
+            let esc = (!plain).then(|| c.escape_unicode()).into_iter().flatten();
+            one.chain(esc)
+        })
+        .collect();
+    if name.chars().nth(KEEP).is_some() {
+        format!("{escaped}… ({} bytes)", name.len())
+    } else {
+        escaped
+    }
 }
 
 /// Returns whether `c` changes the direction text is shown in (U+200E, U+200F, U+202A to
@@ -963,5 +984,21 @@ mod tests {
         assert!("ab".parse::<ContentId>().is_err());
         assert!("zz".repeat(32).parse::<ContentId>().is_err());
         assert!("é".repeat(32).parse::<ContentId>().is_err());
+    }
+
+    #[test]
+    fn bad_names_are_shown_short_and_escaped() {
+        let long = "a".repeat(10_000);
+        let Err(Error::InvalidName { name }) = check_file_name(&long) else {
+            panic!("a 10,000-byte name is refused");
+        };
+        assert!(
+            name.len() < 100 && name.ends_with("(10000 bytes)"),
+            "{name}"
+        );
+        let Err(Error::InvalidName { name }) = check_file_name("evil\u{202e}txt.exe\n") else {
+            panic!("direction and control characters are refused");
+        };
+        assert_eq!(name, "evil\\u{202e}txt.exe\\u{a}");
     }
 }

@@ -89,6 +89,33 @@ impl Part {
         }
     }
 
+    /// Removes what a publish cut short leaves: publishing hard-links `NAME.part` to
+    /// `NAME`, then unlinks the `.part`; killed in between, both names lead to one file.
+    /// Such a `.part` is removed (the file stays, under its name), with its record if the
+    /// record names that file. Anything else is left alone. Returns whether it removed it.
+    pub fn clear_published(dir: &Path, name: &str) -> bool {
+        let path = dir.join(format!("{name}.part"));
+        let record = dir.join(format!("{name}.part.state"));
+        let (Ok(part), Ok(published)) = (
+            std::fs::symlink_metadata(&path),
+            std::fs::symlink_metadata(dir.join(name)),
+        ) else {
+            return false;
+        };
+        let same = part.file_type().is_file()
+            && published.file_type().is_file()
+            && (part.dev(), part.ino()) == (published.dev(), published.ino());
+        if !same || std::fs::remove_file(&path).is_err() {
+            return false;
+        }
+        if let Ok(Some(rec)) = read_record(&record)
+            && (rec.dev, rec.ino) == (part.dev(), part.ino())
+        {
+            let _ = std::fs::remove_file(&record);
+        }
+        true
+    }
+
     fn create(path: PathBuf, record: PathBuf, manifest: &Manifest) -> Result<Opened> {
         let file = OpenOptions::new()
             .read(true)
@@ -521,6 +548,25 @@ mod tests {
             Err(Publish::Failed(Error::NotOurs { .. }))
         ));
         assert!(target.symlink_metadata().is_err(), "nothing published");
+    }
+
+    #[test]
+    fn a_publish_cut_short_is_finished_on_the_next_try_and_nothing_else_is_touched() {
+        let (dir, m, _) = setup();
+        let opened = Part::open(dir.path(), "f", &m).unwrap();
+        opened.part.save_record(&zero_bitfield(&m)).unwrap();
+        // Killed between the hard link and the unlink.
+        std::fs::hard_link(dir.path().join("f.part"), dir.path().join("f")).unwrap();
+        drop(opened);
+        assert!(Part::clear_published(dir.path(), "f"));
+        assert!(dir.path().join("f").exists());
+        assert!(!dir.path().join("f.part").exists());
+        assert!(!dir.path().join("f.part.state").exists());
+        // A `.part` that is another file than the one published is left alone.
+        std::fs::write(dir.path().join("g"), b"published").unwrap();
+        std::fs::write(dir.path().join("g.part"), b"mine").unwrap();
+        assert!(!Part::clear_published(dir.path(), "g"));
+        assert_eq!(std::fs::read(dir.path().join("g.part")).unwrap(), b"mine");
     }
 
     #[test]

@@ -155,6 +155,8 @@ type Prepared<'a> = (
 fn prepare<'a>(ctx: &'a Ctx, file: &str, pin: Option<ContentId>) -> Result<Prepared<'a>> {
     let final_path = ctx.store.path_of(file)?;
     if final_path.symlink_metadata().is_ok() {
+        // A publish cut short by a kill leaves the `.part` as a second name of the file.
+        Part::clear_published(ctx.store.dir(), file);
         return Err(Error::AlreadyExists {
             file: file.into(),
             dir: ctx.store.dir().into(),
