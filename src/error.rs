@@ -105,6 +105,24 @@ pub enum Error {
         file: String,
     },
 
+    /// The download was cancelled ([`crate::Download::cancel`]). What was verified stays in
+    /// `NAME.part`, and downloading the file again resumes from it.
+    #[error("download of {file} cancelled; the partial file is kept and a new download resumes it")]
+    Cancelled {
+        /// The file name.
+        file: String,
+    },
+
+    /// A download's failure, as a second [`crate::Download::wait`] returns it: the first
+    /// returned the error itself.
+    #[error("download of {file} failed: {error}")]
+    DownloadFailed {
+        /// The file name.
+        file: String,
+        /// The first error, with its causes.
+        error: String,
+    },
+
     /// A download found a `.part` or resume record in its way that it cannot prove a
     /// download of this crate made; the file is left untouched.
     #[error(

@@ -371,6 +371,7 @@ enum Command {
     Download {
         file: String,
         content: Option<ContentId>,
+        cancelled: Receiver<()>,
         reply: Sender<Result<DownloadReport>>,
     },
     Search {
@@ -383,11 +384,19 @@ enum Command {
 }
 
 /// A download running in the background.
+///
+/// Dropping the handle leaves the download running (its end is still reported as
+/// [`Event::DownloadFinished`] or [`Event::DownloadFailed`]); [`cancel`](Self::cancel)
+/// stops it.
 #[derive(Debug)]
 #[must_use = "a download reports its result only through wait"]
 pub struct Download {
     file: String,
     reply: Receiver<Result<DownloadReport>>,
+    cancel: Sender<()>,
+    /// The outcome once received: the report, or the error's text after the error itself
+    /// was returned.
+    outcome: Mutex<Option<std::result::Result<DownloadReport, String>>>,
 }
 
 impl Download {
@@ -396,22 +405,54 @@ impl Download {
         &self.file
     }
 
-    /// Waits for the download to finish.
+    /// Waits for the download to finish. May be called again: a success returns the same
+    /// report each time, a failure returns the error the first time and
+    /// [`Error::DownloadFailed`] with its text after.
     ///
     /// # Errors
     ///
-    /// Why the download failed, or [`Error::Shutdown`] if the node stopped first.
-    pub fn wait(self) -> Result<DownloadReport> {
-        self.reply.recv().unwrap_or(Err(Error::Shutdown))
+    /// Why the download failed, [`Error::Cancelled`] after [`cancel`](Self::cancel), or
+    /// [`Error::Shutdown`] if the node stopped first.
+    pub fn wait(&self) -> Result<DownloadReport> {
+        let mut outcome = self.outcome.lock();
+        if let Some(done) = outcome.as_ref() {
+            return self.again(done);
+        }
+        let result = self.reply.recv().unwrap_or(Err(Error::Shutdown));
+        *outcome = Some(result.as_ref().map(Clone::clone).map_err(|e| report(e)));
+        result
     }
 
-    /// Waits at most `timeout`; returns `None` if the download is still running.
+    /// Waits at most `timeout`; returns `None` if the download is still running. May be
+    /// called again, as [`wait`](Self::wait).
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<DownloadReport>> {
-        match self.reply.recv_timeout(timeout) {
-            Ok(r) => Some(r),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(Error::Shutdown)),
+        let mut outcome = self.outcome.lock();
+        if let Some(done) = outcome.as_ref() {
+            return Some(self.again(done));
         }
+        let result = match self.reply.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::Shutdown),
+        };
+        *outcome = Some(result.as_ref().map(Clone::clone).map_err(|e| report(e)));
+        Some(result)
+    }
+
+    /// Stops the download: what is verified stays in `NAME.part` with its resume record,
+    /// this node stops serving it, and a later download of the file resumes from it.
+    /// Returns at once; [`wait`](Self::wait) then returns [`Error::Cancelled`] (or the
+    /// result, if the download ended first).
+    pub fn cancel(&self) {
+        // Full: already asked. Disconnected: already over.
+        let _ = self.cancel.try_send(());
+    }
+
+    fn again(&self, done: &std::result::Result<DownloadReport, String>) -> Result<DownloadReport> {
+        done.clone().map_err(|error| Error::DownloadFailed {
+            file: self.file.clone(),
+            error,
+        })
     }
 }
 
@@ -548,14 +589,18 @@ impl Node {
 
     fn start_download(&self, file: &str, content: Option<ContentId>) -> Result<Download> {
         let (reply, rx) = bounded(1);
+        let (cancel, cancelled) = bounded(1);
         self.send(Command::Download {
             file: file.into(),
             content,
             reply,
+            cancelled,
         })?;
         Ok(Download {
             file: file.into(),
             reply: rx,
+            cancel,
+            outcome: Mutex::new(None),
         })
     }
 
@@ -891,6 +936,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             file,
             content,
             reply,
+            cancelled,
         } => {
             if !ctx.downloading.lock().insert(file.clone()) {
                 let _ = reply.send(Err(Error::AlreadyDownloading { file }));
@@ -901,7 +947,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let spawned = thread::Builder::new()
                 .name("node-download".into())
                 .spawn(move || {
-                    download::run(&dl_ctx, &name, content, |result| {
+                    download::run(&dl_ctx, &name, content, &cancelled, |result| {
                         dl_ctx.downloading.lock().remove(&name);
                         match &result {
                             Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),

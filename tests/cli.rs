@@ -268,3 +268,64 @@ fn a_tracker_whose_stdout_is_gone_keeps_tracking() {
         "the tracker died writing to a closed stdout: {status}"
     );
 }
+
+/// At the prompt: `share` prints the full content id, `search` shows it, `cancel` stops a
+/// download and keeps its `.part`, and `download --content ID` resumes it byte-exact.
+#[test]
+fn cancel_and_resume_at_the_prompt_with_the_content_named() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (_tracker, addr) = tracker_process(cwd, 2);
+    let tracker_arg = addr.to_string();
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    let original = cwd.join("node_files/A/movie.bin");
+    write_random(&original, 65, 16 * 1024 * 1024);
+    // Capped, so the download is still running when it is cancelled.
+    let a_args = node_args(
+        "A",
+        &tracker_arg,
+        &["--upload", "movie.bin", "--upload-limit", "4MiB"],
+    );
+    let mut a = Proc::start(NODE, &a_args, cwd, Stdio::null());
+    let shared = a.line_with("sharing movie.bin");
+    let content = shared
+        .split("content ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(content.len(), 64, "{shared}");
+
+    let b_args = [
+        "-n",
+        "B",
+        "-p",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--tracker",
+        &tracker_arg,
+        "-v",
+    ];
+    let mut b = Proc::start(NODE, &b_args, cwd, Stdio::piped());
+    let mut stdin = b.child.stdin.take().unwrap();
+    writeln!(stdin, "search movie").unwrap();
+    let id_line = b.line_with("content ");
+    assert!(id_line.contains(&content), "{id_line}");
+    writeln!(stdin, "download movie.bin").unwrap();
+    b.line_with("received piece");
+    writeln!(stdin, "cancel movie.bin").unwrap();
+    let cancelled = b.line_with("cancelled");
+    assert!(cancelled.contains("kept"), "{cancelled}");
+    assert!(cwd.join("node_files/B/movie.bin.part").exists());
+    writeln!(stdin, "download --content {content} movie.bin").unwrap();
+    let done = b.line_with("downloaded movie.bin");
+    assert!(done.contains("resumed"), "{done}");
+    writeln!(stdin, "exit").unwrap();
+    assert!(b.wait(PATIENCE).success());
+    drop(stdin);
+    assert_same_file(&original, &cwd.join("node_files/B/movie.bin"));
+    assert!(part_files(&cwd.join("node_files/B")).is_empty());
+    a.signal("-TERM");
+    assert!(a.wait(PATIENCE).success());
+}

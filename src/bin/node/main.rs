@@ -240,6 +240,11 @@ impl Session {
                 }
                 Err(e) => esay!("download {file}: {}", report(&e)),
             },
+            Command::Cancel(file) => match self.pending.iter().find(|d| d.file() == file) {
+                // Reported when it has stopped, by `reap`.
+                Some(d) => d.cancel(),
+                None => esay!("cancel {file}: not being downloaded"),
+            },
             Command::Search(pattern) => match self.node.search(&pattern) {
                 Ok(hits) if hits.is_empty() => say!("no file matches {pattern:?}"),
                 Ok(hits) => {
@@ -317,6 +322,10 @@ impl Session {
                     for (owner, why) in &r.failed {
                         say!("  dropped owner {owner}: {why}");
                     }
+                }
+                Some(Err(e @ p2ptorrent::Error::Cancelled { .. })) => {
+                    self.progress.finish(d.file());
+                    say!("{e}");
                 }
                 Some(Err(e)) => {
                     self.progress.finish(d.file());

@@ -9,6 +9,8 @@ pub enum Command {
     /// A file, and the content to take if pinned.
     Download(String, Option<ContentId>),
     Search(String),
+    /// Stop a running download, keeping what it has for a later resume.
+    Cancel(String),
     Status,
     Help,
     Exit,
@@ -21,6 +23,7 @@ commands:
   torrent -setMode download FILE  | download FILE   fetch FILE from the nodes that own it
   download --content ID FILE                        fetch only the content ID (as search shows)
   torrent -search PATTERN         | search PATTERN  list files matching PATTERN and their owners
+  cancel FILE                                       stop downloading FILE; `download FILE` resumes it
   status                                            what this node shares and downloads
   torrent exit                    | exit            leave the network";
 
@@ -51,6 +54,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         }
         ["-setMode", mode, ..] => return Err(format!("unknown mode {mode:?}: upload or download")),
         ["-search", rest @ ..] | ["search", rest @ ..] => Command::Search(rest.join(" ")),
+        ["cancel", rest @ ..] => Command::Cancel(arg(rest, "cancel")?),
         ["exit"] | ["-exit"] | ["quit"] => Command::Exit,
         ["status"] => Command::Status,
         ["help"] | ["-help"] | ["?"] => Command::Help,
@@ -83,6 +87,11 @@ mod tests {
         );
         assert_eq!(parse("search"), Ok(Some(Command::Search(String::new()))));
         assert_eq!(parse("torrent exit"), Ok(Some(Command::Exit)));
+        assert_eq!(
+            parse("cancel a b.txt"),
+            Ok(Some(Command::Cancel("a b.txt".into())))
+        );
+        assert!(parse("cancel").is_err());
         assert_eq!(parse("exit"), Ok(Some(Command::Exit)));
         assert_eq!(parse("status"), Ok(Some(Command::Status)));
         assert_eq!(parse(""), Ok(None));

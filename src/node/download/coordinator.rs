@@ -88,6 +88,8 @@ pub(super) struct Coordinator<'s, 'd> {
     job: &'s Job<'d>,
     scope: &'s Scope<'s, 'd>,
     reports: Receiver<Report>,
+    /// Signalled by [`crate::Download::cancel`].
+    cancelled: &'s Receiver<()>,
     lookups: Sender<Lookup>,
     sched: Schedule,
     pub book: OwnerBook,
@@ -115,6 +117,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         job: &'s Job<'d>,
         scope: &'s Scope<'s, 'd>,
         reports: Receiver<Report>,
+        cancelled: &'s Receiver<()>,
         lookups: Sender<Lookup>,
         done: &Bitfield,
         book: OwnerBook,
@@ -126,6 +129,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             job,
             scope,
             reports,
+            cancelled,
             lookups,
             sched: Schedule::new(done, first_slots, fastrand::u32(..)),
             book,
@@ -155,7 +159,8 @@ impl<'s, 'd> Coordinator<'s, 'd> {
     /// # Errors
     ///
     /// [`Error::OwnersExhausted`] when no owner is left to try, [`Error::File`] if the
-    /// `.part` cannot be written, [`Error::Shutdown`] if the node stops.
+    /// `.part` cannot be written, [`Error::Shutdown`] if the node stops,
+    /// [`Error::Cancelled`] if the download is cancelled.
     pub fn run(&mut self, first: Option<(SocketAddr, PeerConn<'d>, Bitfield)>) -> Result<()> {
         let result = self.drive(first);
         self.stop_all();
@@ -190,6 +195,11 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 }
                 recv(ticks) -> _ => self.on_tick()?,
                 recv(stop) -> _ => return Err(Error::Shutdown),
+                recv(self.cancelled) -> _ => {
+                    return Err(Error::Cancelled {
+                        file: self.job.file.into(),
+                    });
+                }
             }
         }
         Ok(())

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
+use crossbeam_channel::{Receiver, bounded, select};
 
 use crate::error::{Error, Result, report};
 use crate::manifest::Manifest;
@@ -55,10 +55,11 @@ pub(super) fn run(
     ctx: &Ctx,
     file: &str,
     pin: Option<ContentId>,
+    cancelled: &Receiver<()>,
     deliver: impl FnOnce(Result<DownloadReport>),
 ) {
     let started = Instant::now();
-    let prepared = prepare(ctx, file, pin);
+    let prepared = prepare(ctx, file, pin, cancelled);
     let (listed_owners, manifest, first, book) = match prepared {
         Ok(p) => p,
         Err(e) => return deliver(Err(e)),
@@ -123,6 +124,7 @@ pub(super) fn run(
             &job,
             s,
             reports,
+            cancelled,
             lookups_tx,
             &done,
             book,
@@ -152,7 +154,12 @@ type Prepared<'a> = (
 );
 
 /// Asks the tracker for owners and one of them for the piece list.
-fn prepare<'a>(ctx: &'a Ctx, file: &str, pin: Option<ContentId>) -> Result<Prepared<'a>> {
+fn prepare<'a>(
+    ctx: &'a Ctx,
+    file: &str,
+    pin: Option<ContentId>,
+    cancelled: &Receiver<()>,
+) -> Result<Prepared<'a>> {
     let final_path = ctx.store.path_of(file)?;
     if final_path.symlink_metadata().is_ok() {
         // A publish cut short by a kill leaves the `.part` as a second name of the file.
@@ -176,7 +183,7 @@ fn prepare<'a>(ctx: &'a Ctx, file: &str, pin: Option<ContentId>) -> Result<Prepa
         return Err(Error::NoOwners { file: file.into() });
     }
     let count = book.candidates.len();
-    let (manifest, first) = fetch_manifest(ctx, file, listed.content, &mut book)?;
+    let (manifest, first) = fetch_manifest(ctx, file, listed.content, &mut book, cancelled)?;
     Ok((count, manifest, Some(first), book))
 }
 
@@ -274,8 +281,12 @@ fn fetch_manifest<'a>(
     file: &str,
     content: ContentId,
     owners: &mut OwnerBook,
+    cancelled: &Receiver<()>,
 ) -> Result<Found<'a>> {
     loop {
+        if cancelled.try_recv().is_ok() {
+            return Err(Error::Cancelled { file: file.into() });
+        }
         if let Some(found) = ask_for_manifest(ctx, file, content, owners)? {
             return Ok(found);
         }
@@ -287,12 +298,10 @@ fn fetch_manifest<'a>(
                 last: owners.last_reason(),
             });
         };
-        match ctx
-            .stop
-            .recv_timeout(at.saturating_duration_since(Instant::now()))
-        {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return Err(Error::Shutdown),
+        select! {
+            recv(ctx.stop) -> _ => return Err(Error::Shutdown),
+            recv(cancelled) -> _ => return Err(Error::Cancelled { file: file.into() }),
+            default(at.saturating_duration_since(Instant::now())) => {}
         }
     }
 }

@@ -1,0 +1,72 @@
+//! Control over a running download, as an embedder has it: cancel and resume, and a
+//! handle whose `wait` can be asked again.
+
+mod common;
+
+use common::*;
+use p2ptorrent::{Error, Event};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_cancelled_download_keeps_its_part_and_a_new_download_resumes_it() {
+    let (tracker, _te) = start_tracker();
+    // Capped, so the download is still running when it is cancelled.
+    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
+        c.upload_limit = Some(4 * MIB);
+        c
+    });
+    write_random(&seeder.path("f.bin"), 11, 8 * MIB);
+    seeder.node.share("f.bin").unwrap();
+    let leech = start_node("leech", tracker.local_addr());
+    let download = leech.node.download("f.bin").unwrap();
+    wait_event(&leech.events, PATIENCE, |e| match e {
+        Event::PieceReceived { done, .. } if *done >= 16 => Some(()),
+        _ => None,
+    });
+    download.cancel();
+    let err = download.wait().unwrap_err();
+    assert!(matches!(err, Error::Cancelled { .. }), "{err}");
+    // Asked again, the same failure, as text.
+    assert!(matches!(download.wait(), Err(Error::DownloadFailed { .. })));
+    assert!(!leech.path("f.bin").exists());
+    assert!(
+        leech.path("f.bin.part").exists(),
+        "the partial file is kept"
+    );
+    assert!(leech.node.status().unwrap().downloading.is_empty());
+    // Not "already being downloaded": a new download resumes what was verified.
+    let report = leech.node.download("f.bin").unwrap().wait().unwrap();
+    assert!(report.resumed >= 16, "resumed {} pieces", report.resumed);
+    assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
+    assert!(part_files(leech.dir.path()).is_empty());
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn wait_can_be_asked_again_and_gives_the_same_report() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    write_random(&seeder.path("f.bin"), 12, MIB);
+    seeder.node.share("f.bin").unwrap();
+    let leech = start_node("leech", tracker.local_addr());
+    let download = leech.node.download("f.bin").unwrap();
+    let first = download.wait().unwrap();
+    assert_eq!(download.wait().unwrap(), first);
+    assert_eq!(
+        download
+            .wait_timeout(std::time::Duration::ZERO)
+            .unwrap()
+            .unwrap(),
+        first
+    );
+    // Cancelling a finished download changes nothing.
+    download.cancel();
+    assert_eq!(download.wait().unwrap(), first);
+    assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
