@@ -329,3 +329,34 @@ fn cancel_and_resume_at_the_prompt_with_the_content_named() {
     a.signal("-TERM");
     assert!(a.wait(PATIENCE).success());
 }
+
+/// Host names where addresses go: `--tracker localhost:PORT`, `--bind localhost`.
+#[test]
+fn host_names_are_resolved() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (_tracker, addr) = tracker_process(cwd, 2);
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    write_random(&cwd.join("node_files/A/f.bin"), 66, 1000);
+    let by_name = format!("localhost:{}", addr.port());
+    let args = [
+        "-n",
+        "A",
+        "-p",
+        "0",
+        "--bind",
+        "localhost",
+        "--tracker",
+        &by_name,
+        "--upload",
+        "f.bin",
+        "--no-prompt",
+    ];
+    let mut a = Proc::start(NODE, &args, cwd, Stdio::null());
+    a.line_with("sharing f.bin");
+    let owners = TrackerClient::new(addr).need("f.bin", 10).unwrap().owners;
+    assert_eq!(owners.len(), 1);
+    assert!(owners[0].addr.ip().is_loopback());
+    a.signal("-TERM");
+    assert!(a.wait(PATIENCE).success());
+}

@@ -1,5 +1,7 @@
 //! `tracker`: runs a p2ptorrent tracker and prints its table whenever it changes.
 
+#[path = "common/addr.rs"]
+mod addr;
 #[path = "common/keyflags.rs"]
 mod keyflags;
 #[macro_use]
@@ -27,8 +29,8 @@ const MAX_PRINTED_ROWS: usize = 40;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// UDP address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:12340")]
+    /// UDP address to listen on, HOST:PORT (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:12340", value_parser = addr::socket_addr)]
     listen: SocketAddr,
     /// Seconds between a node's announces; silent owners expire after three.
     #[arg(long, default_value_t = 30)]

@@ -1,6 +1,8 @@
 //! `node`: runs a p2ptorrent node that shares and downloads files, driven by flags and by
 //! commands typed on stdin.
 
+#[path = "../common/addr.rs"]
+mod addr;
 #[path = "../common/keyflags.rs"]
 mod keyflags;
 #[macro_use]
@@ -38,14 +40,14 @@ struct Args {
         required_unless_present = "make_key"
     )]
     ports: Vec<u16>,
-    /// IP address to serve peers on.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// IP address (or host name) to serve peers on.
+    #[arg(long, default_value = "0.0.0.0", value_parser = addr::ip)]
     bind: IpAddr,
     /// Folder holding the files [default: node_files/NAME].
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// The tracker's UDP address.
-    #[arg(long, default_value = "127.0.0.1:12340")]
+    /// The tracker's UDP address: HOST:PORT, a host name or an IP ([v6] in brackets).
+    #[arg(long, default_value = "127.0.0.1:12340", value_parser = addr::socket_addr)]
     tracker: SocketAddr,
     /// Share this file at start (repeatable).
     #[arg(long = "upload", value_name = "FILE")]
