@@ -360,3 +360,16 @@ fn host_names_are_resolved() {
     a.signal("-TERM");
     assert!(a.wait(PATIENCE).success());
 }
+
+/// A share given on the command line that cannot start fails the process at once.
+#[test]
+fn a_share_that_cannot_start_fails_the_node() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (_tracker, addr) = tracker_process(cwd, 2);
+    let tracker_arg = addr.to_string();
+    let args = node_args("A", &tracker_arg, &["--upload", "missing.bin"]);
+    let a = Proc::start(NODE, &args, cwd, Stdio::null());
+    let status = a.wait(PATIENCE);
+    assert!(!status.success(), "{status:?}");
+}

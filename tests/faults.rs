@@ -127,6 +127,10 @@ fn an_owner_trickling_bytes_does_not_hold_the_download() {
         .wait_timeout(PATIENCE)
         .expect("the trickler held the download")
         .unwrap();
+    eprintln!(
+        "{SIZE} bytes beside a trickling owner in {:?}",
+        report.elapsed
+    );
     assert_same_file(&honest.path("f.bin"), &leech.path("f.bin"));
     let honest_port = honest.node.local_addr().port();
     assert_eq!(report.from.len(), 1, "{:?}", report.from);

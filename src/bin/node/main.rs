@@ -46,7 +46,7 @@ struct Args {
     /// Folder holding the files [default: node_files/NAME].
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// The tracker's UDP address: HOST:PORT, a host name or an IP ([v6] in brackets).
+    /// The tracker's UDP address: HOST:PORT, with a host name or an IP (IPv6 in brackets).
     #[arg(long, default_value = "127.0.0.1:12340", value_parser = addr::socket_addr)]
     tracker: SocketAddr,
     /// Share this file at start (repeatable).
@@ -152,6 +152,15 @@ fn main() -> ExitCode {
     }
     for file in &args.uploads {
         session.run(Command::Upload(file.clone()));
+    }
+    if session.failures > 0 {
+        // A share asked for on the command line that cannot start is a failed start: a
+        // service manager must not see a healthy node that shares nothing.
+        esay!("node {name}: not started: a file given with --upload cannot be shared");
+        if let Err(e) = session.node.shutdown() {
+            esay!("node {name}: {}", report(&e));
+        }
+        return ExitCode::FAILURE;
     }
     for file in &args.downloads {
         session.run(Command::Download(file.clone(), None));
