@@ -105,6 +105,14 @@ pub enum Error {
         file: String,
     },
 
+    /// Another node (in this process or another) is running on the folder: two nodes on
+    /// one folder would download into the same `.part`.
+    #[error("another node is running on {}; give each node its own folder", dir.display())]
+    FolderInUse {
+        /// The folder.
+        dir: std::path::PathBuf,
+    },
+
     /// The download was cancelled ([`crate::Download::cancel`]). What was verified stays in
     /// `NAME.part`, and downloading the file again resumes from it.
     #[error("download of {file} cancelled; the partial file is kept and a new download resumes it")]

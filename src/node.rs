@@ -474,7 +474,8 @@ impl Node {
     /// # Errors
     ///
     /// [`Error::InvalidParameter`] for a bad node name, [`Error::File`] if the folder cannot
-    /// be created, [`Error::Bind`] if the address cannot be bound.
+    /// be created, [`Error::FolderInUse`] if another node runs on it, [`Error::Bind`] if
+    /// the address cannot be bound.
     pub fn start(config: NodeConfig) -> Result<(Self, Receiver<Event>)> {
         if config.name.is_empty() || config.name.len() > MAX_NODE_NAME_LEN {
             return Err(Error::InvalidParameter("node names are 1 to 64 bytes"));
@@ -484,6 +485,7 @@ impl Node {
             path: config.dir.clone(),
             source,
         })?;
+        let folder_lock = lock_folder(&config.dir)?;
         let bind_err = |source| Error::Bind {
             addr: config.listen,
             source,
@@ -504,6 +506,7 @@ impl Node {
             config.upload_slots,
         );
         let ctx = Arc::new(Ctx {
+            _folder_lock: folder_lock,
             store: Store::new(config.dir.clone()),
             config,
             local_addr,
@@ -683,6 +686,8 @@ impl Drop for Node {
 /// What every thread of one node shares.
 #[derive(Debug)]
 pub(crate) struct Ctx {
+    /// Held locked while the node runs: one node per folder.
+    _folder_lock: std::fs::File,
     config: NodeConfig,
     local_addr: SocketAddr,
     store: Store,
@@ -850,6 +855,36 @@ impl ConnGuard<'_> {
 impl Drop for ConnGuard<'_> {
     fn drop(&mut self) {
         self.conns.inner.lock().open.remove(&self.id);
+    }
+}
+
+/// The file in a node's folder that a running node holds locked.
+pub const LOCK_FILE: &str = ".p2ptorrent.lock";
+
+/// Takes the folder's lock (an advisory lock on [`LOCK_FILE`], released when the process
+/// ends, however it ends), so a second node never downloads into the same `.part`.
+fn lock_folder(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|source| Error::File {
+            op: "opening the folder's lock",
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::FolderInUse { dir: dir.into() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::File {
+            op: "locking",
+            path,
+            source,
+        }),
     }
 }
 

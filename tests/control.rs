@@ -70,3 +70,21 @@ fn wait_can_be_asked_again_and_gives_the_same_report() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+#[test]
+fn a_second_node_on_a_folder_is_refused_until_the_first_leaves() {
+    let (tracker, _te) = start_tracker();
+    let first = start_node("first", tracker.local_addr());
+    let again = p2ptorrent::Node::start(config("second", first.dir.path(), tracker.local_addr()));
+    let err = again.map(|_| ()).unwrap_err();
+    assert!(matches!(err, Error::FolderInUse { .. }), "{err}");
+    assert!(err.to_string().contains("its own folder"), "{err}");
+    // Once the first has left, the folder is free.
+    let dir = first.dir.path().to_path_buf();
+    first.node.shutdown().unwrap();
+    let (second, _events) =
+        p2ptorrent::Node::start(config("second", &dir, tracker.local_addr())).unwrap();
+    second.shutdown().unwrap();
+    drop(first.dir);
+    tracker.shutdown().unwrap();
+}

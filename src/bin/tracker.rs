@@ -27,7 +27,7 @@ const MAX_PRINTED_ROWS: usize = 40;
 
 /// Keeps which nodes own which files, and answers nodes over UDP.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// UDP address to listen on, HOST:PORT (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:12340", value_parser = addr::socket_addr)]

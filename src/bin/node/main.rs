@@ -24,9 +24,14 @@ use p2ptorrent::{Download, Event, Node, NodeConfig};
 use progress::Progress;
 use prompt::Command;
 
-/// Shares files from a folder and downloads files from other nodes.
+/// A p2ptorrent node: shares files from its folder and downloads files from other nodes,
+/// coordinated by a tracker. Type commands on stdin (listed below) unless --no-prompt.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    override_usage = "node -n NAME -p PORT [PORT2] [OPTIONS]\n       node --make-key FILE",
+    after_help = prompt::HELP
+)]
 struct Args {
     /// The node's name, shown in the tracker's table.
     #[arg(short = 'n', long = "name", required_unless_present = "make_key")]
