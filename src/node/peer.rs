@@ -21,8 +21,14 @@ use super::schedule::Bitfield;
 use super::serve::kind;
 use super::{ConnGuard, Ctx, sockopt};
 
-/// A piece's payload is read in wakeups of at most this many bytes.
+/// A trickling piece payload is read in wakeups of this many bytes. Only trickling ones:
+/// Linux clamps the receive window to an `SO_RCVLOWAT` this large while the receive
+/// buffer is still small, and one fast stream read this way crawled at 126 MB/s; a flow a
+/// capped uplink feeds never needs a larger window.
 const WAKE_BYTES: usize = 64 * 1024;
+/// A payload read returning less than this (and less than what was left) marks the
+/// connection as trickling: its data arrives a segment or two at a time.
+const TRICKLE_READ: usize = 8 * 1024;
 
 /// A connection to an owner.
 pub(super) struct PeerConn<'a> {
@@ -106,6 +112,7 @@ impl<'a> PeerConn<'a> {
             addr: self.addr,
             reader: self.reader,
             waking_at: 1,
+            trickling: false,
             _guard: self._guard,
         };
         let writer = PeerWriter {
@@ -233,6 +240,9 @@ pub(super) struct PeerReader<'a> {
     reader: BufReader<LinkReader<TcpStream>>,
     /// The bytes a read of the socket waits for now (`SO_RCVLOWAT`).
     waking_at: usize,
+    /// Whether payloads arrive a segment or two at a time (a capped or distant owner), so
+    /// reads should wait for more.
+    trickling: bool,
     _guard: ConnGuard<'a>,
 }
 
@@ -303,12 +313,26 @@ impl PeerReader<'_> {
             if left == 0 {
                 break Ok(());
             }
-            // Woken when a good share of the piece is in, not at each segment: every byte
-            // asked for is one the owner has begun to send.
-            self.wake_after(left.min(WAKE_BYTES));
+            // A trickling payload is read in wakeups of WAKE_BYTES, not one per segment;
+            // every byte waited for is one the owner has begun to send. A fast one is read
+            // as it comes: it arrives in large reads anyway.
+            let wait_for = if self.trickling {
+                left.min(WAKE_BYTES)
+            } else {
+                1
+            };
+            self.wake_after(wait_for);
             match self.reader.read(&mut buf[filled..]) {
                 Ok(0) => break Err(Error::PeerClosed { addr: self.addr }),
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    filled += n;
+                    if self.trickling {
+                        // Twice what was waited for had piled up: the flow is fast.
+                        self.trickling = !(wait_for == WAKE_BYTES && n >= 2 * WAKE_BYTES);
+                    } else {
+                        self.trickling = n < TRICKLE_READ && n < left;
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(source) => {
                     break Err(Error::PeerIo {
