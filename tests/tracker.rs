@@ -263,12 +263,20 @@ impl Flooder {
             socket,
             token: [0; 16],
         };
-        f.send(0, NodeToTracker::Connect);
-        match f.reply(0) {
-            TrackerToNode::Token { token } => f.token = token,
-            other => panic!("expected a token, got {other:?}"),
+        // Asked again every 250 ms, as a node does: during a flood the tracker's socket
+        // buffer is full and the kernel drops what does not fit.
+        for _ in 0..40 {
+            f.send(0, NodeToTracker::Connect);
+            match f.reply_within(0, Duration::from_millis(250)) {
+                Some(TrackerToNode::Token { token }) => {
+                    f.token = token;
+                    return f;
+                }
+                Some(other) => panic!("expected a token, got {other:?}"),
+                None => {}
+            }
         }
-        f
+        panic!("no token within 10 s");
     }
 
     fn send(&self, txid: u64, body: p2ptorrent::messages::NodeToTracker) {
