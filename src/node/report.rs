@@ -1,0 +1,185 @@
+//! What a node reports: its events, and the results of sharing, downloading and asking
+//! for its status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::messages::{ContentId, Counters};
+
+/// What a running node reports. Events are informational: a full queue drops them (see
+/// [`Node::dropped_events`](crate::Node::dropped_events)); results come back from the handle's methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A file is being served and was announced.
+    Shared {
+        /// Its name.
+        file: String,
+        /// Its size.
+        size: u64,
+        /// How many pieces it has.
+        pieces: u32,
+    },
+    /// Several contents are shared under the name asked for, and none was pinned: the
+    /// download takes `chosen`, the one whose complete owners are on the most distinct
+    /// addresses. Pin another with [`Node::download_content`](crate::Node::download_content).
+    SeveralContents {
+        /// The file name.
+        file: String,
+        /// The content downloaded.
+        chosen: ContentId,
+        /// How many contents are shared under the name.
+        contents: u32,
+    },
+    /// A download found its owners and its piece list.
+    DownloadStarted {
+        /// The file.
+        file: String,
+        /// Its size.
+        size: u64,
+        /// Its piece count.
+        pieces: u32,
+        /// Pieces already verified in a `.part` file from an earlier run.
+        resumed: u32,
+        /// How many owners the tracker listed.
+        owners: usize,
+    },
+    /// A piece arrived and verified, and was written.
+    PieceReceived {
+        /// The file.
+        file: String,
+        /// The piece index.
+        piece: u32,
+        /// Its length.
+        bytes: u32,
+        /// The owner that sent it.
+        from: SocketAddr,
+        /// Pieces verified so far.
+        done: u32,
+        /// Pieces in the file.
+        total: u32,
+    },
+    /// A piece was sent to a peer.
+    PieceSent {
+        /// The file.
+        file: String,
+        /// The piece index.
+        piece: u32,
+        /// The peer.
+        to: SocketAddr,
+    },
+    /// A piece failed verification and was thrown away.
+    PieceRejected {
+        /// The file.
+        file: String,
+        /// The piece index.
+        piece: u32,
+        /// The owner that sent it.
+        from: SocketAddr,
+    },
+    /// An owner failed during a download; its work went to the others.
+    OwnerFailed {
+        /// The file.
+        file: String,
+        /// The owner.
+        owner: SocketAddr,
+        /// What went wrong.
+        error: String,
+    },
+    /// A download finished: the file is complete, verified and served.
+    DownloadFinished(DownloadReport),
+    /// A download failed.
+    DownloadFailed {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// A download could not save its resume record; a restart then verifies its `.part`
+    /// again instead of trusting the record.
+    RecordFailed {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// A shared file changed on disk and is no longer served.
+    FileChanged {
+        /// The file.
+        file: String,
+    },
+    /// A connection from a peer was dropped for breaking the protocol or failing.
+    PeerError {
+        /// The peer.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: String,
+    },
+    /// A periodic re-announce to the tracker failed; it is tried again next interval.
+    TrackerError {
+        /// What went wrong.
+        error: String,
+    },
+    /// Accepting a connection failed for want of file descriptors or memory; the node
+    /// waits `wait` before accepting again (longer each time, up to a second), and keeps
+    /// serving the connections it has.
+    AcceptFailed {
+        /// What went wrong.
+        error: String,
+        /// How long the node waits before it accepts again.
+        wait: Duration,
+    },
+}
+
+/// What a finished download did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// The file.
+    pub file: String,
+    /// Where it was written.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its content id.
+    pub content: ContentId,
+    /// Its piece count.
+    pub pieces: u32,
+    /// Pieces found already verified in a `.part` file.
+    pub resumed: u32,
+    /// Wall time from the request to the rename.
+    pub elapsed: Duration,
+    /// Bytes received from each owner that sent any, by address.
+    pub from: Vec<(SocketAddr, u64)>,
+    /// Owners dropped during the download, with the reason: the last 64, oldest first.
+    pub failed: Vec<(SocketAddr, String)>,
+}
+
+/// A file the node shares, as [`Node::share`](crate::Node::share) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareReport {
+    /// The file.
+    pub file: String,
+    /// Its size.
+    pub size: u64,
+    /// Its piece count.
+    pub pieces: u32,
+    /// Its content id.
+    pub content: ContentId,
+}
+
+/// A node's state, as [`Node::status`](crate::Node::status) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The node's name.
+    pub name: String,
+    /// Where it serves peers.
+    pub addr: SocketAddr,
+    /// The complete files it shares (files being downloaded are served too, from their
+    /// verified pieces, and listed under `downloading`).
+    pub shared: Vec<ShareReport>,
+    /// The files it is downloading.
+    pub downloading: Vec<String>,
+    /// Its transfer counters.
+    pub counters: Counters,
+}
