@@ -17,7 +17,12 @@
 //! - [`tracker`]: the tracker's owner table, its UDP service and the [`TrackerClient`].
 //! - [`node`]: the node: serving peers, scheduling and verifying downloads.
 //! - [`key`]: the network key of a private network, and sealed tracker datagrams.
-//! - [`error`]: the one [`Error`] type.
+//! - [`error`]: the one [`Error`] type. `{e}` prints an error's own message; [`report`]
+//!   prints it with its chain of causes ("peer 10.0.0.7:7000: reading frame: connection
+//!   reset by peer"), as the binaries do.
+//!
+//! Events and results arrive on [`crossbeam_channel`] receivers, re-exported here so a
+//! program can `select!` over several nodes' events without naming the crate itself.
 //!
 //! # Example
 //!
@@ -61,8 +66,10 @@ mod session;
 pub mod split;
 pub mod tracker;
 
-pub use error::{Error, KeyProblem, Result};
+pub use crossbeam_channel;
+pub use error::{Error, KeyProblem, Result, report};
 pub use key::NetworkKey;
+pub use messages::{ContentId, Counters, SearchHit};
 pub use node::{
     Download, DownloadReport, Event, Node, NodeConfig, ShareReport, Status, parse_rate,
 };

@@ -65,6 +65,16 @@ fn wait_can_be_asked_again_and_gives_the_same_report() {
     // Cancelling a finished download changes nothing.
     download.cancel();
     assert_eq!(download.wait().unwrap(), first);
+    // The re-exported channel crate selects over two nodes' events.
+    use p2ptorrent::crossbeam_channel::{after, select};
+    let finished = loop {
+        select! {
+            recv(leech.events) -> e => if let Ok(Event::DownloadFinished(r)) = e { break r },
+            recv(seeder.events) -> _ => {}
+            recv(after(PATIENCE)) -> _ => panic!("no DownloadFinished event"),
+        }
+    };
+    assert_eq!(finished, first);
     assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
     leech.shutdown();
     seeder.shutdown();
