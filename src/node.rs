@@ -695,13 +695,22 @@ fn lock_folder(dir: &std::path::Path) -> Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        // Never through a link, and never blocking: a FIFO left under the name would
+        // hold the start for ever.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
         .map_err(|source| Error::File {
             op: "opening the folder's lock",
             path: path.clone(),
             source,
         })?;
+    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+        return Err(Error::File {
+            op: "opening the folder's lock",
+            path,
+            source: std::io::Error::other("it is not a regular file"),
+        });
+    }
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::FolderInUse { dir: dir.into() }),

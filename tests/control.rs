@@ -98,3 +98,22 @@ fn a_second_node_on_a_folder_is_refused_until_the_first_leaves() {
     drop(first.dir);
     tracker.shutdown().unwrap();
 }
+
+#[test]
+fn a_fifo_or_a_link_where_the_folder_lock_goes_fails_the_start_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join(p2ptorrent::node::LOCK_FILE);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&lock)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = p2ptorrent::Node::start(config("n", dir.path(), localhost()))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.to_string().contains("lock"), "{err}");
+    std::fs::remove_file(&lock).unwrap();
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::os::unix::fs::symlink(outside.path(), &lock).unwrap();
+    assert!(p2ptorrent::Node::start(config("n", dir.path(), localhost())).is_err());
+}
