@@ -58,6 +58,8 @@
 #![warn(missing_docs)]
 
 pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod key;
 pub mod manifest;
 pub mod messages;
@@ -71,6 +73,7 @@ pub use error::{Error, KeyProblem, Result, report};
 pub use key::NetworkKey;
 pub use messages::{ContentId, Counters, SearchHit};
 pub use node::{
-    Download, DownloadReport, Event, Node, NodeConfig, ShareReport, Status, parse_rate,
+    Download, DownloadProgress, DownloadReport, Event, Node, NodeConfig, NodeMetrics, ShareReport,
+    Status, parse_rate,
 };
-pub use tracker::{Snapshot, Tracker, TrackerClient, TrackerConfig, TrackerEvent};
+pub use tracker::{Snapshot, Tracker, TrackerClient, TrackerConfig, TrackerEvent, TrackerMetrics};

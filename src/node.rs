@@ -14,6 +14,7 @@
 mod bitfield;
 mod download;
 mod limit;
+mod metrics;
 mod part;
 mod peer;
 mod report;
@@ -37,11 +38,12 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result, report};
 use crate::key::NetworkKey;
-use crate::messages::{Announce, ContentId, Counters, MAX_NODE_NAME_LEN, SearchHit};
+use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, SearchHit};
 use crate::tracker::{DEFAULT_TRACKER_ADDR, TrackerClient, wake_addr};
 use limit::RateLimiter;
 pub use limit::parse_rate;
-pub use report::{DownloadReport, Event, ShareReport, Status};
+pub use metrics::NodeMetrics;
+pub use report::{DownloadProgress, DownloadReport, Event, ShareReport, Status};
 use store::{SharedFile, Store};
 
 /// How a node is started.
@@ -93,6 +95,9 @@ pub struct NodeConfig {
     /// runs a Noise handshake on it and is encrypted; peers and trackers without the same
     /// key are refused. Without one, traffic is plain (content is verified either way).
     pub key: Option<NetworkKey>,
+    /// Where to serve metrics, the JSON status and the page; `None` serves nothing.
+    #[cfg(feature = "http")]
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 impl NodeConfig {
@@ -118,7 +123,16 @@ impl NodeConfig {
             upload_limit: None,
             download_limit: None,
             key: None,
+            #[cfg(feature = "http")]
+            http: None,
         }
+    }
+
+    /// Serves `/metrics`, `/api/status` and a live page of the node (see [`crate::http`]).
+    #[cfg(feature = "http")]
+    pub fn http(mut self, http: crate::http::HttpConfig) -> Self {
+        self.http = Some(http);
+        self
     }
 
     /// Joins the private network of `key`.
@@ -288,6 +302,8 @@ pub struct Node {
     commands: Sender<Command>,
     /// Dropped to tell `node-control` to stop; its receivers then see a disconnect.
     stop: Option<Sender<()>>,
+    #[cfg(feature = "http")]
+    http: Option<crate::http::HttpServer>,
     threads: Vec<(&'static str, JoinHandle<Result<()>>)>,
 }
 
@@ -338,11 +354,11 @@ impl Node {
             tracker,
             events: events_tx,
             dropped_events: AtomicU64::new(0),
-            counters: CounterCells::default(),
+            counters: metrics::Cells::default(),
             conns: Conns::default(),
             stopping: AtomicBool::new(false),
             interval_secs: AtomicU32::new(0),
-            downloading: Mutex::new(std::collections::BTreeSet::new()),
+            downloading: Mutex::default(),
             upload_limit: config_upload_limit.map(RateLimiter::new),
             download_limit: config_download_limit.map(RateLimiter::new),
             turns: seeding::Turns::new(config_upload_slots),
@@ -361,9 +377,21 @@ impl Node {
             ctx,
             commands: commands_tx,
             stop: Some(stop_tx),
+            #[cfg(feature = "http")]
+            http: None,
             threads,
         };
         node.threads.push(control?);
+        #[cfg(feature = "http")]
+        if let Some(http) = &node.ctx.config.http {
+            let (a, b) = (Arc::clone(&node.ctx), Arc::clone(&node.ctx));
+            let views = crate::http::Views {
+                metrics: Box::new(move || crate::http::node_metrics(&a.metrics())),
+                status: Box::new(move || crate::http::node_status(&status_of(&b))),
+            };
+            let keyed = node.ctx.config.key.is_some();
+            node.http = Some(crate::http::HttpServer::start(http, keyed, views)?);
+        }
         Ok((node, events_rx))
     }
 
@@ -453,6 +481,18 @@ impl Node {
         self.ask(|reply| Command::Status { reply })
     }
 
+    /// Returns a copy of the node's counters: bytes, pieces, downloads, owners dropped,
+    /// connections, rate-limit waits. Cheap, and answered without the node's threads.
+    pub fn metrics(&self) -> NodeMetrics {
+        self.ctx.metrics()
+    }
+
+    /// Returns the address of the web side, with the real port, if it serves one.
+    #[cfg(feature = "http")]
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(crate::http::HttpServer::addr)
+    }
+
     /// Returns how many events were dropped because the event queue was full.
     pub fn dropped_events(&self) -> u64 {
         self.ctx.dropped_events.load(Ordering::Relaxed)
@@ -479,6 +519,8 @@ impl Node {
     }
 
     fn close(&mut self) -> Result<()> {
+        #[cfg(feature = "http")]
+        drop(self.http.take());
         let Some(stop) = self.stop.take() else {
             return Ok(());
         };
@@ -519,13 +561,14 @@ pub(crate) struct Ctx {
     tracker: TrackerClient,
     events: Sender<Event>,
     dropped_events: AtomicU64,
-    counters: CounterCells,
+    counters: metrics::Cells,
     conns: Conns,
     stopping: AtomicBool,
     /// The interval the tracker last asked for, in seconds; zero until it has answered.
     interval_secs: AtomicU32,
-    /// Files being downloaded; a download leaves this set before it reports its result.
-    downloading: Mutex<std::collections::BTreeSet<String>>,
+    /// Files being downloaded, with when each began and what it has fetched; a download
+    /// leaves this table before it reports its result.
+    downloading: Mutex<std::collections::BTreeMap<String, Arc<Running>>>,
     /// Shared by every connection this node serves.
     upload_limit: Option<RateLimiter>,
     /// Shared by every download worker.
@@ -543,6 +586,11 @@ impl Ctx {
         }
     }
 
+    fn metrics(&self) -> NodeMetrics {
+        let open = self.conns.inner.lock().open.len();
+        self.counters.snapshot(open as u64)
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -552,6 +600,13 @@ impl Ctx {
     fn throttle(&self, limit: Option<&RateLimiter>, bytes: u64) {
         let Some(limit) = limit else { return };
         let mut wait = limit.take(bytes);
+        if !wait.is_zero() {
+            let upload = self
+                .upload_limit
+                .as_ref()
+                .is_some_and(|u| std::ptr::eq(u, limit));
+            self.counters.waited(upload, wait);
+        }
         while !wait.is_zero() && !self.stopping() {
             let slice = wait.min(Duration::from_millis(50));
             thread::sleep(slice);
@@ -570,7 +625,7 @@ impl Ctx {
             size: m.size(),
             pieces,
             complete,
-            counters: self.counters.get(),
+            counters: self.counters.counters(),
         })?;
         self.learn_interval(interval);
         Ok(())
@@ -590,22 +645,19 @@ impl Ctx {
     }
 }
 
-/// The node's transfer counters.
-#[derive(Debug, Default)]
-struct CounterCells {
-    files_sent: AtomicU64,
-    files_received: AtomicU64,
-    bytes_sent: AtomicU64,
-    bytes_received: AtomicU64,
+/// One download while it runs, for [`Status`].
+#[derive(Debug)]
+pub(crate) struct Running {
+    started: Instant,
+    /// Verified bytes received this run, added by the download's coordinator.
+    fetched: AtomicU64,
 }
 
-impl CounterCells {
-    fn get(&self) -> Counters {
-        Counters {
-            files_sent: self.files_sent.load(Ordering::Relaxed),
-            files_received: self.files_received.load(Ordering::Relaxed),
-            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
-            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+impl Running {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            fetched: AtomicU64::new(0),
         }
     }
 }
@@ -650,6 +702,20 @@ impl Conns {
         if let Some(stream) = self.inner.lock().open.get(&id) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// The peers of the open connections, sorted, each once.
+    fn peers(&self) -> Vec<SocketAddr> {
+        let mut peers: Vec<SocketAddr> = self
+            .inner
+            .lock()
+            .open
+            .values()
+            .filter_map(|s| s.peer_addr().ok())
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
     }
 
     fn close_all(&self) {
@@ -807,10 +873,15 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             reply,
             cancelled,
         } => {
-            if !ctx.downloading.lock().insert(file.clone()) {
-                let _ = reply.send(Err(Error::AlreadyDownloading { file }));
-                return;
+            {
+                let mut downloading = ctx.downloading.lock();
+                if downloading.contains_key(&file) {
+                    let _ = reply.send(Err(Error::AlreadyDownloading { file }));
+                    return;
+                }
+                downloading.insert(file.clone(), Arc::new(Running::new()));
             }
+            ctx.counters.download_started();
             let dl_ctx = Arc::clone(ctx);
             let name = file.clone();
             let spawned = thread::Builder::new()
@@ -818,6 +889,11 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
                 .spawn(move || {
                     download::run(&dl_ctx, &name, content, &cancelled, |result| {
                         dl_ctx.downloading.lock().remove(&name);
+                        dl_ctx.counters.download_ended(match &result {
+                            Ok(_) => metrics::Ended::Finished,
+                            Err(Error::Cancelled { .. }) => metrics::Ended::Cancelled,
+                            Err(_) => metrics::Ended::Failed,
+                        });
                         match &result {
                             Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
                             Err(e) => dl_ctx.emit(Event::DownloadFailed {
@@ -831,6 +907,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             match spawned {
                 Ok(handle) => downloads.push(handle),
                 Err(e) => {
+                    ctx.counters.download_ended(metrics::Ended::Failed);
                     ctx.downloading.lock().remove(&file);
                     ctx.emit(Event::DownloadFailed {
                         file,
@@ -843,22 +920,53 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let _ = reply.send(ctx.tracker.search(&pattern));
         }
         Command::Status { reply } => {
-            let shared = ctx
-                .store
-                .list()
-                .iter()
-                .filter(|f| !f.is_partial())
-                .map(|f| share_report(f))
-                .collect();
-            let downloading = ctx.downloading.lock().iter().cloned().collect();
-            let _ = reply.send(Status {
-                name: ctx.config.name.clone(),
-                addr: ctx.local_addr,
-                shared,
-                downloading,
-                counters: ctx.counters.get(),
-            });
+            let _ = reply.send(status_of(ctx));
         }
+    }
+}
+
+/// What the node shares and downloads, and its counters.
+fn status_of(ctx: &Ctx) -> Status {
+    let shared = ctx
+        .store
+        .list()
+        .iter()
+        .filter(|f| !f.is_partial())
+        .map(|f| share_report(f))
+        .collect();
+    let running: Vec<(String, Arc<Running>)> = ctx
+        .downloading
+        .lock()
+        .iter()
+        .map(|(f, r)| (f.clone(), Arc::clone(r)))
+        .collect();
+    let downloading = running
+        .into_iter()
+        .map(|(file, run)| {
+            let (size, pieces, verified) = match ctx.store.get(&file) {
+                Some(f) if f.is_partial() => {
+                    (f.manifest.size(), f.manifest.piece_count(), f.progress().0)
+                }
+                _ => (0, 0, 0),
+            };
+            DownloadProgress {
+                file,
+                size,
+                pieces,
+                verified,
+                fetched: run.fetched.load(Ordering::Relaxed),
+                elapsed: run.started.elapsed(),
+            }
+        })
+        .collect();
+    let peers = ctx.conns.peers();
+    Status {
+        name: ctx.config.name.clone(),
+        addr: ctx.local_addr,
+        shared,
+        downloading,
+        peers,
+        counters: ctx.counters.counters(),
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod budget;
 mod client;
+mod metrics;
 mod registry;
 mod token;
 
@@ -18,6 +19,7 @@ pub use budget::Rates;
 
 pub(crate) use client::is_timeout;
 pub use client::{Owners, TrackerClient};
+pub use metrics::{LATENCY_BUCKETS_US, Outcome, RequestKind, TrackerMetrics};
 pub use registry::{
     EXPIRY_INTERVALS, FileRow, MAX_OWNERS_LISTED, MAX_OWNERS_PER_HIT, MAX_SEARCH_HITS, NodeRow,
     OwnerRow, Snapshot, TableLimits,
@@ -70,6 +72,9 @@ pub struct TrackerConfig {
     pub limits: TableLimits,
     /// How many requests of each kind one address may make per second.
     pub rates: Rates,
+    /// Where to serve metrics, the JSON status and the page; `None` serves nothing.
+    #[cfg(feature = "http")]
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 impl TrackerConfig {
@@ -82,7 +87,16 @@ impl TrackerConfig {
             key: None,
             limits: TableLimits::default(),
             rates: Rates::default(),
+            #[cfg(feature = "http")]
+            http: None,
         }
+    }
+
+    /// Serves `/metrics`, `/api/status` and a live page of the table (see [`crate::http`]).
+    #[cfg(feature = "http")]
+    pub fn http(mut self, http: crate::http::HttpConfig) -> Self {
+        self.http = Some(http);
+        self
     }
 
     /// Sets how large the table may grow, per address and in all.
@@ -154,6 +168,9 @@ pub struct Tracker {
     registry: Arc<Mutex<Registry>>,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
+    metrics: Arc<metrics::Cells>,
+    #[cfg(feature = "http")]
+    http: Option<crate::http::HttpServer>,
     threads: Vec<JoinHandle<Result<()>>>,
 }
 
@@ -192,6 +209,9 @@ impl Tracker {
             registry,
             stop,
             answered,
+            metrics: Arc::default(),
+            #[cfg(feature = "http")]
+            http: None,
             threads: Vec::new(),
         };
         for i in 0..config.threads.max(1) {
@@ -200,6 +220,7 @@ impl Tracker {
                 registry: Arc::clone(&tracker.registry),
                 stop: Arc::clone(&tracker.stop),
                 answered: Arc::clone(&tracker.answered),
+                metrics: Arc::clone(&tracker.metrics),
                 events: events_tx.clone(),
                 interval_secs: u32::try_from(config.interval.as_secs()).unwrap_or(u32::MAX),
                 sweep,
@@ -220,6 +241,25 @@ impl Tracker {
                 })?;
             tracker.threads.push(handle);
         }
+        #[cfg(feature = "http")]
+        if let Some(http) = &config.http {
+            let (registry, cells) = (Arc::clone(&tracker.registry), Arc::clone(&tracker.metrics));
+            let (registry2, cells2) = (Arc::clone(&registry), Arc::clone(&cells));
+            let views = crate::http::Views {
+                metrics: Box::new(move || {
+                    crate::http::tracker_metrics(&metrics_of(&registry, &cells))
+                }),
+                status: Box::new(move || {
+                    let snapshot = registry2.lock().snapshot();
+                    crate::http::tracker_status(&snapshot, &metrics_of(&registry2, &cells2))
+                }),
+            };
+            tracker.http = Some(crate::http::HttpServer::start(
+                http,
+                config.key.is_some(),
+                views,
+            )?);
+        }
         Ok((tracker, events_rx))
     }
 
@@ -238,6 +278,18 @@ impl Tracker {
         self.answered.load(Ordering::Relaxed)
     }
 
+    /// Returns a copy of the tracker's counters and the table's size. Cheap: the table is
+    /// locked only to count it.
+    pub fn metrics(&self) -> TrackerMetrics {
+        metrics_of(&self.registry, &self.metrics)
+    }
+
+    /// Returns the address of the web side, with the real port, if it serves one.
+    #[cfg(feature = "http")]
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(crate::http::HttpServer::addr)
+    }
+
     /// Stops the tracker and waits for its threads.
     ///
     /// # Errors
@@ -248,6 +300,8 @@ impl Tracker {
     }
 
     fn close(&mut self) -> Result<()> {
+        #[cfg(feature = "http")]
+        drop(self.http.take());
         if self.threads.is_empty() {
             return Ok(());
         }
@@ -281,6 +335,12 @@ impl Drop for Tracker {
     }
 }
 
+/// The counters, with the table's size.
+fn metrics_of(registry: &Mutex<Registry>, cells: &metrics::Cells) -> TrackerMetrics {
+    let (files, nodes, owners) = registry.lock().sizes();
+    cells.snapshot(files, nodes, owners)
+}
+
 /// The budget a request is charged to.
 fn budget_kind(body: &NodeToTracker) -> budget::Kind {
     match body {
@@ -307,6 +367,7 @@ struct Service {
     registry: Arc<Mutex<Registry>>,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
+    metrics: Arc<metrics::Cells>,
     events: Sender<TrackerEvent>,
     interval_secs: u32,
     sweep: Duration,
@@ -382,6 +443,9 @@ impl Service {
                 let admitted = id
                     .ok_or(Replay::Seen)
                     .and_then(|id| self.replay.admit(id, sent, now));
+                if admitted.is_err() {
+                    self.metrics.replayed.fetch_add(1, Ordering::Relaxed);
+                }
                 let reason = match admitted {
                     Ok(()) => return self.handle(body, from),
                     // No answer: a replay earns its sender nothing.
@@ -399,7 +463,7 @@ impl Service {
             }
             Err(Unsealed::Plain) => match decode_request(datagram) {
                 Ok(req) => self.refuse_key(from, req.txid, KeyProblem::TheyHaveNoKey, len),
-                Err(_) => self.emit(TrackerEvent::Malformed { from }),
+                Err(_) => self.malformed(from),
             },
             Err(Unsealed::Unopenable) => {
                 self.refuse_key(from, 0, KeyProblem::DifferentKey, len);
@@ -440,6 +504,7 @@ impl Service {
     /// if that is smaller than the datagram (it always is for a real request).
     fn refuse_key(&self, from: SocketAddr, txid: u64, problem: KeyProblem, request_len: usize) {
         let has_key = self.seal.is_some();
+        self.metrics.key_refused.fetch_add(1, Ordering::Relaxed);
         self.emit(TrackerEvent::Rejected {
             from,
             reason: format!("node {from} {problem}"),
@@ -458,9 +523,11 @@ impl Service {
 
     fn handle(&self, datagram: &[u8], from: SocketAddr) {
         let Ok(req) = decode_request(datagram) else {
-            self.emit(TrackerEvent::Malformed { from });
+            self.malformed(from);
             return;
         };
+        let began = Instant::now();
+        let kind = RequestKind::of(&req.body);
         let (body, changed) = if req.version != PROTOCOL_VERSION {
             let reason = format!("protocol version {} is not supported", req.version);
             (TrackerToNode::Reject { reason }, false)
@@ -486,6 +553,8 @@ impl Service {
                 }
                 Verdict::Drop => {
                     self.emit(TrackerEvent::Throttled { from });
+                    self.metrics
+                        .request(kind, Outcome::Throttled, began.elapsed());
                     return;
                 }
             }
@@ -496,6 +565,7 @@ impl Service {
                 reason: reason.clone(),
             });
         }
+        let outcome = Outcome::of(Some(&body));
         let reply = TrackerReply {
             version: PROTOCOL_VERSION,
             txid: req.txid,
@@ -511,9 +581,15 @@ impl Service {
         {
             self.answered.fetch_add(1, Ordering::Relaxed);
         }
+        self.metrics.request(kind, outcome, began.elapsed());
         if changed {
             self.emit(TrackerEvent::TableChanged);
         }
+    }
+
+    fn malformed(&self, from: SocketAddr) {
+        self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        self.emit(TrackerEvent::Malformed { from });
     }
 
     /// Applies one request to the table; returns the answer and whether the table changed.

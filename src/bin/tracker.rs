@@ -2,6 +2,8 @@
 
 #[path = "common/addr.rs"]
 mod addr;
+#[path = "common/httpflags.rs"]
+mod httpflags;
 #[path = "common/keyflags.rs"]
 mod keyflags;
 #[macro_use]
@@ -49,6 +51,15 @@ struct Args {
     /// every reply.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics), the status as JSON (/api/status) and a live
+    /// page (/) on HOST:PORT, read-only. Bind loopback unless the web side must be reached
+    /// from elsewhere: then, or with --key, it needs --http-token.
+    #[arg(long, value_name = "HOST:PORT", value_parser = addr::socket_addr)]
+    http: Option<SocketAddr>,
+    /// Require the bearer token in FILE (its first line) on every web request; a browser
+    /// opens the page as http://HOST:PORT/?token=TOKEN.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    http_token: Option<PathBuf>,
     /// Write a new network key (32 random bytes, mode 0600) to FILE, which must not exist,
     /// and exit.
     #[arg(long, value_name = "FILE", exclusive = true)]
@@ -79,6 +90,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    match httpflags::config(args.http, args.http_token.as_deref()) {
+        Ok(http) => config.http = http,
+        Err(e) => {
+            esay!("tracker: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let network = keyflags::describe(config.key.as_ref());
     let (tracker, events) = match Tracker::start(config) {
         Ok(started) => started,
@@ -88,9 +106,10 @@ fn main() -> ExitCode {
         }
     };
     say!(
-        "tracker listening on {} (announce interval {} s, {network})",
+        "tracker listening on {} (announce interval {} s, {network}){}",
         tracker.local_addr(),
-        args.interval.max(1)
+        args.interval.max(1),
+        httpflags::describe(tracker.http_addr())
     );
     let (stop_tx, stop_rx) = bounded(1);
     if let Err(e) = ctrlc::set_handler(move || {

@@ -178,8 +178,58 @@ pub struct Status {
     /// The complete files it shares (files being downloaded are served too, from their
     /// verified pieces, and listed under `downloading`).
     pub shared: Vec<ShareReport>,
-    /// The files it is downloading.
-    pub downloading: Vec<String>,
+    /// The files it is downloading, by name, with how far each is.
+    pub downloading: Vec<DownloadProgress>,
+    /// The peers it has a connection open with now, serving or fetching, by address.
+    pub peers: Vec<SocketAddr>,
     /// Its transfer counters.
     pub counters: Counters,
+}
+
+/// How far one download is, as [`Status::downloading`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadProgress {
+    /// The file.
+    pub file: String,
+    /// Its size; zero until an owner has told it.
+    pub size: u64,
+    /// Its piece count; zero until an owner has told it.
+    pub pieces: u32,
+    /// Pieces verified, those resumed from an earlier run included.
+    pub verified: u32,
+    /// Verified bytes received from owners since this run of the download began.
+    pub fetched: u64,
+    /// Time since this run of the download began.
+    pub elapsed: Duration,
+}
+
+impl DownloadProgress {
+    /// The share of the file verified, from 0 to 1 (0 while the size is unknown).
+    pub fn fraction(&self) -> f64 {
+        if self.pieces == 0 {
+            0.0
+        } else {
+            f64::from(self.verified) / f64::from(self.pieces)
+        }
+    }
+
+    /// Bytes per second received since this run began (resumed pieces do not count).
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.fetched as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The time left at [`rate`](Self::rate), if anything has been received yet.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        if rate <= 0.0 || self.pieces == 0 {
+            return None;
+        }
+        let left = self.size as f64 * (1.0 - self.fraction());
+        Some(Duration::from_secs_f64(left / rate))
+    }
 }

@@ -363,7 +363,7 @@ mod tests {
         copies.open[0] += 1;
         assert_eq!(
             pick_offers(&mut copies, &nothing, &nothing, 2, false, &mut rng),
-            []
+            Vec::<u32>::new()
         );
         copies.close(0, false);
         copies.close(0, false);

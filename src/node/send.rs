@@ -502,10 +502,12 @@ impl<'a> Outbox<'a> {
         })?;
         self.copy(&shared, &file, start, u64::from(len))?;
         self.last_active = Instant::now();
+        // The piece's last bytes went out: it counts as sent, and as an offer taken.
+        let finished =
+            u64::from(offset) + u64::from(len) == geometry.piece_len(piece).map_or(0, u64::from);
         if let Some(feed) = self.feeds.get_mut(&content) {
             feed.file = Some(file);
-            if u64::from(offset) + u64::from(len) == geometry.piece_len(piece).map_or(0, u64::from)
-            {
+            if finished {
                 if feed.open.remove(&piece) {
                     feed.shared.copies.lock().close(piece, true);
                 }
@@ -522,6 +524,9 @@ impl<'a> Outbox<'a> {
         counters
             .bytes_sent
             .fetch_add(u64::from(len), Ordering::Relaxed);
+        if finished {
+            counters.pieces_sent.fetch_add(1, Ordering::Relaxed);
+        }
         if self.sent_files.insert(content) {
             counters.files_sent.fetch_add(1, Ordering::Relaxed);
         }

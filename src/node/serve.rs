@@ -24,6 +24,7 @@ use crate::messages::{
 };
 use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened};
 
+use super::metrics::bump;
 use super::send::{Job, Outbox};
 use super::{Ctx, Event, sockopt};
 
@@ -155,6 +156,7 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
             continue;
         };
         if !make_room(ctx, &mut handlers, peer.ip()) {
+            bump(&ctx.counters.connections_refused, 1);
             continue; // dropping the stream refuses the peer
         }
         let peer_ctx = Arc::clone(ctx);
@@ -200,6 +202,7 @@ fn make_room(ctx: &Ctx, handlers: &mut [Handler], ip: IpAddr) -> bool {
     match idlest {
         Some(h) if h.seen.silent() >= ctx.config.reap_idle_after => {
             ctx.conns.shut(h.seen.id.load(Ordering::Relaxed));
+            bump(&ctx.counters.connections_reaped, 1);
             h.reaped = true;
             true
         }

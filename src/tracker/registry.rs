@@ -390,6 +390,12 @@ impl Registry {
         !dropped.is_empty()
     }
 
+    /// Returns how many files (name and content), nodes and owner rows the table holds.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let files = self.files.values().map(HashMap::len).sum();
+        (files, self.nodes.len(), self.rows)
+    }
+
     /// Returns a copy of the whole table, sorted for printing.
     pub fn snapshot(&self) -> Snapshot {
         let files = self

@@ -3,6 +3,8 @@
 
 #[path = "../common/addr.rs"]
 mod addr;
+#[path = "../common/httpflags.rs"]
+mod httpflags;
 #[path = "../common/keyflags.rs"]
 mod keyflags;
 #[macro_use]
@@ -93,6 +95,15 @@ struct Args {
     /// the key in FILE; peers and trackers without it are refused.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics), the status as JSON (/api/status) and a live
+    /// page (/) on HOST:PORT, read-only. Bind loopback unless the web side must be reached
+    /// from elsewhere: then, or with --key, it needs --http-token.
+    #[arg(long, value_name = "HOST:PORT", value_parser = addr::socket_addr)]
+    http: Option<SocketAddr>,
+    /// Require the bearer token in FILE (its first line) on every web request; a browser
+    /// opens the page as http://HOST:PORT/?token=TOKEN.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    http_token: Option<PathBuf>,
     /// Write a new network key (32 random bytes, mode 0600) to FILE, which must not exist,
     /// and exit.
     #[arg(long, value_name = "FILE", exclusive = true)]
@@ -127,6 +138,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    match httpflags::config(args.http, args.http_token.as_deref()) {
+        Ok(http) => config.http = http,
+        Err(e) => {
+            esay!("node {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let network = keyflags::describe(config.key.as_ref());
     let (node, events) = match Node::start(config) {
         Ok(started) => started,
@@ -136,10 +154,11 @@ fn main() -> ExitCode {
         }
     };
     say!(
-        "node {name} serving on {} from {}, tracker {} ({network})",
+        "node {name} serving on {} from {}, tracker {} ({network}){}",
         node.local_addr(),
         node.dir().display(),
-        args.tracker
+        args.tracker,
+        httpflags::describe(node.http_addr())
     );
     let mut session = Session {
         node,
@@ -293,9 +312,21 @@ impl Session {
                             f.pieces
                         );
                     }
-                    for f in &s.downloading {
-                        say!("  downloading {f}");
+                    for d in &s.downloading {
+                        let eta = d
+                            .eta()
+                            .map(|t| format!(", {} s left", t.as_secs()))
+                            .unwrap_or_default();
+                        say!(
+                            "  downloading {} ({:.1} %, {}/{} pieces, {:.1} MiB/s{eta})",
+                            d.file,
+                            100.0 * d.fraction(),
+                            d.verified,
+                            d.pieces,
+                            d.rate() / f64::from(1 << 20)
+                        );
                     }
+                    say!("  {} peers connected", s.peers.len());
                     let c = s.counters;
                     say!(
                         "  sent {} files / {} bytes, received {} files / {} bytes",

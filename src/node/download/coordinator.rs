@@ -33,10 +33,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, select, tick};
 use crate::error::{Error, Result, report};
 use crate::tracker::Owners as Listed;
 
+use super::super::metrics::Dropped;
 use super::super::peer::PeerConn;
 use super::super::schedule::{Bitfield, Schedule};
 use super::super::store::SharedFile;
-use super::super::{Ctx, Event};
+use super::super::{Ctx, Event, Running};
 use super::owners::OwnerBook;
 use super::pace::Pace;
 use super::worker::{Ask, Job, Report, Worker};
@@ -98,6 +99,8 @@ pub(super) struct Coordinator<'s, 'd> {
     partial: Option<Arc<SharedFile>>,
     /// Bytes received from each owner.
     pub received: HashMap<SocketAddr, u64>,
+    /// This download's entry in the node's table of downloads, for its status.
+    running: Option<Arc<Running>>,
     recorded: u32,
     last_record: Instant,
     next_poll: Instant,
@@ -137,6 +140,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             next_slot: 0,
             partial,
             received: HashMap::new(),
+            running: job.ctx.downloading.lock().get(job.file).cloned(),
             recorded: 0,
             last_record: now,
             next_poll: now + FIRST_POLL,
@@ -266,6 +270,10 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             ctx.counters
                 .bytes_received
                 .fetch_add(u64::from(bytes), Ordering::Relaxed);
+            ctx.counters.pieces_received.fetch_add(1, Ordering::Relaxed);
+            if let Some(run) = &self.running {
+                run.fetched.fetch_add(u64::from(bytes), Ordering::Relaxed);
+            }
             if let Some(addr) = addr {
                 *self.received.entry(addr).or_default() += u64::from(bytes);
                 ctx.emit(Event::PieceReceived {
@@ -306,6 +314,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             Some(e @ Error::File { .. }) => return Err(e),
             Some(Error::Shutdown) => return Err(Error::Shutdown),
             Some(e) if !live.leaving => {
+                self.ctx().counters.owner_dropped(Dropped::of(&e));
                 self.book.failed(addr, &e, Instant::now());
                 self.ctx().emit(Event::OwnerFailed {
                     file: self.job.file.into(),
@@ -500,6 +509,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 let addr = live.worker.addr;
                 let why =
                     format!("held a piece over {limit:?} while others sent them in {median:?}");
+                self.ctx().counters.owner_dropped(Dropped::Slow);
                 self.book.failed(
                     addr,
                     &Error::Slow {

@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 
+use super::super::metrics::bump;
 use super::super::part::Part;
 use super::super::peer::{Incoming, PeerConn, PeerReader, PeerWriter};
 use super::super::schedule::Bitfield;
@@ -236,6 +237,7 @@ impl<'d> Job<'d> {
                     self.receive(&mut reader, data)?;
                     owed.fetch_sub(1, Ordering::AcqRel);
                     if !self.manifest.verify(piece, data) {
+                        bump(&self.ctx.counters.pieces_rejected, 1);
                         self.ctx.emit(Event::PieceRejected {
                             file: self.file.into(),
                             piece,
