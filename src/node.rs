@@ -233,6 +233,9 @@ pub struct Download {
     file: String,
     reply: Receiver<Result<DownloadReport>>,
     cancel: Sender<()>,
+    /// The node, while it runs: for [`progress`](Self::progress). Weak, so a handle kept
+    /// after the node is gone holds nothing of it.
+    ctx: std::sync::Weak<Ctx>,
     /// The outcome once received: the report, or the error's text after the error itself
     /// was returned.
     outcome: Mutex<Option<std::result::Result<DownloadReport, String>>>,
@@ -276,6 +279,14 @@ impl Download {
         };
         *outcome = Some(result.as_ref().map(Clone::clone).map_err(|e| report(e)));
         Some(result)
+    }
+
+    /// Returns how far the download is: pieces verified of all, bytes fetched this run,
+    /// rate, ETA, owners in use. `None` once it has ended (or the node has stopped).
+    pub fn progress(&self) -> Option<DownloadProgress> {
+        let ctx = self.ctx.upgrade()?;
+        let run = ctx.downloading.lock().get(&self.file).cloned()?;
+        Some(progress_of(&ctx, self.file.clone(), &run))
     }
 
     /// Stops the download: what is verified stays in `NAME.part` with its resume record,
@@ -456,6 +467,7 @@ impl Node {
             file: file.into(),
             reply: rx,
             cancel,
+            ctx: Arc::downgrade(&self.ctx),
             outcome: Mutex::new(None),
         })
     }
@@ -649,15 +661,21 @@ impl Ctx {
 #[derive(Debug)]
 pub(crate) struct Running {
     started: Instant,
+    /// Pieces verified from an earlier run, set once the `.part` is opened.
+    resumed: AtomicU32,
     /// Verified bytes received this run, added by the download's coordinator.
     fetched: AtomicU64,
+    /// Owners being fetched from, as the coordinator last counted them.
+    owners: std::sync::atomic::AtomicUsize,
 }
 
 impl Running {
     fn new() -> Self {
         Self {
             started: Instant::now(),
+            resumed: AtomicU32::new(0),
             fetched: AtomicU64::new(0),
+            owners: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -942,22 +960,7 @@ fn status_of(ctx: &Ctx) -> Status {
         .collect();
     let downloading = running
         .into_iter()
-        .map(|(file, run)| {
-            let (size, pieces, verified) = match ctx.store.get(&file) {
-                Some(f) if f.is_partial() => {
-                    (f.manifest.size(), f.manifest.piece_count(), f.progress().0)
-                }
-                _ => (0, 0, 0),
-            };
-            DownloadProgress {
-                file,
-                size,
-                pieces,
-                verified,
-                fetched: run.fetched.load(Ordering::Relaxed),
-                elapsed: run.started.elapsed(),
-            }
-        })
+        .map(|(file, run)| progress_of(ctx, file, &run))
         .collect();
     let peers = ctx.conns.peers();
     Status {
@@ -967,6 +970,24 @@ fn status_of(ctx: &Ctx) -> Status {
         downloading,
         peers,
         counters: ctx.counters.counters(),
+    }
+}
+
+/// How far the download of `file` is.
+fn progress_of(ctx: &Ctx, file: String, run: &Running) -> DownloadProgress {
+    let (size, pieces, verified) = match ctx.store.get(&file) {
+        Some(f) if f.is_partial() => (f.manifest.size(), f.manifest.piece_count(), f.progress().0),
+        _ => (0, 0, 0),
+    };
+    DownloadProgress {
+        file,
+        size,
+        pieces,
+        verified,
+        resumed: run.resumed.load(Ordering::Relaxed),
+        fetched: run.fetched.load(Ordering::Relaxed),
+        owners: run.owners.load(Ordering::Relaxed),
+        elapsed: run.started.elapsed(),
     }
 }
 

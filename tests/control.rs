@@ -117,3 +117,42 @@ fn a_fifo_or_a_link_where_the_folder_lock_goes_fails_the_start_at_once() {
     std::os::unix::fs::symlink(outside.path(), &lock).unwrap();
     assert!(p2ptorrent::Node::start(config("n", dir.path(), localhost())).is_err());
 }
+
+#[test]
+fn a_download_answers_how_far_it_is_while_it_runs() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
+        c.upload_limit = Some(4 * MIB);
+        c
+    });
+    write_random(&seeder.path("f.bin"), 13, 8 * MIB);
+    seeder.node.share("f.bin").unwrap();
+    let leech = start_node("leech", tracker.local_addr());
+    let download = leech.node.download("f.bin").unwrap();
+    let done = wait_event(&leech.events, PATIENCE, |e| match e {
+        Event::PieceReceived { done, .. } if *done >= 8 => Some(*done),
+        _ => None,
+    });
+    let p = download.progress().expect("running");
+    assert_eq!(p.file, "f.bin");
+    assert_eq!(
+        (p.size, p.pieces),
+        (8 * MIB, (8 * MIB / u64::from(PIECE)) as u32)
+    );
+    assert!(p.verified >= done && p.verified < p.pieces, "{p:?}");
+    assert_eq!(p.resumed, 0);
+    assert!(
+        p.fetched >= u64::from(p.verified) * u64::from(PIECE),
+        "{p:?}"
+    );
+    assert!(p.fraction() > 0.0 && p.fraction() < 1.0);
+    // The same download, as the node's status lists it.
+    let listed = leech.node.status().unwrap().downloading;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].file, "f.bin");
+    download.wait().unwrap();
+    assert!(download.progress().is_none(), "ended");
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}

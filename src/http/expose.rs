@@ -245,6 +245,8 @@ pub(crate) fn node_status(s: &Status) -> String {
                 "size": d.size,
                 "pieces": d.pieces,
                 "verified": d.verified,
+                "resumed": d.resumed,
+                "owners": d.owners,
                 "fraction": d.fraction(),
                 "fetched": d.fetched,
                 "rate": d.rate(),

@@ -197,8 +197,12 @@ pub struct DownloadProgress {
     pub pieces: u32,
     /// Pieces verified, those resumed from an earlier run included.
     pub verified: u32,
+    /// Of those, pieces found verified in the `.part` of an earlier run.
+    pub resumed: u32,
     /// Verified bytes received from owners since this run of the download began.
     pub fetched: u64,
+    /// Owners being fetched from now.
+    pub owners: usize,
     /// Time since this run of the download began.
     pub elapsed: Duration,
 }

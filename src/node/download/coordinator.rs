@@ -343,6 +343,9 @@ impl<'s, 'd> Coordinator<'s, 'd> {
 
     fn on_tick(&mut self) -> Result<()> {
         let now = Instant::now();
+        if let Some(run) = &self.running {
+            run.owners.store(self.workers.len(), Ordering::Relaxed);
+        }
         if now.duration_since(self.last_record) >= RECORD_INTERVAL {
             self.last_record = now;
             self.record();

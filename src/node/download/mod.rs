@@ -82,6 +82,10 @@ pub(super) fn run(
         });
     }
     let resumed = done.count();
+    if let Some(run) = ctx.downloading.lock().get(file) {
+        run.resumed
+            .store(resumed, std::sync::atomic::Ordering::Relaxed);
+    }
     // Serve what we hold while we download; withdrawn if the download fails, replaced by
     // the finished file if it succeeds.
     let partial =
