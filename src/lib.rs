@@ -21,6 +21,11 @@
 //!   prints it with its chain of causes ("peer 10.0.0.7:7000: reading frame: connection
 //!   reset by peer"), as the binaries do.
 //!
+//! - `http` (cargo feature `http`, on by default): Prometheus metrics, a JSON status and a
+//!   live page for a tracker or node (`TrackerConfig::http`, `NodeConfig::http`). The
+//!   figures behind them are always there: [`Tracker::metrics`], [`Node::metrics`],
+//!   [`Node::status`], [`Download::progress`].
+//!
 //! Events and results arrive on [`crossbeam_channel`] receivers, re-exported here so a
 //! program can `select!` over several nodes' events without naming the crate itself.
 //!
