@@ -272,6 +272,10 @@ fn a_browser_shows_the_table_with_counts_and_a_download_moving() {
         c.download_limit = Some(2 * MIB);
         c.http(web())
     });
+    // A stranger's node name is markup: the page must show it as text.
+    let mallory = start_node("<em>mallory", tracker.local_addr());
+    write_random(&mallory.path("m.bin"), 33, 1000);
+    mallory.node.share("m.bin").unwrap();
     let download = leech.node.download("movie.bin").unwrap();
     let node_page = format!("http://{}/", leech.node.http_addr().unwrap());
     wait_event(&leech.events, PATIENCE, |e| match e {
@@ -312,7 +316,10 @@ fn a_browser_shows_the_table_with_counts_and_a_download_moving() {
     assert!(dom.contains("movie.bin"), "{dom}");
     for node in &snapshot.nodes {
         assert!(
-            dom.contains(&format!("<b>{}</b>", node.node)),
+            dom.contains(&format!(
+                "<b>{}</b>",
+                node.node.replace('<', "&lt;").replace('>', "&gt;")
+            )),
             "{} missing: {dom}",
             node.node
         );
@@ -322,6 +329,8 @@ fn a_browser_shows_the_table_with_counts_and_a_download_moving() {
             "{dom}"
         );
     }
+    assert!(dom.contains("&lt;em&gt;mallory"), "{dom}");
+    assert!(!dom.contains("<em>mallory"), "a name became markup: {dom}");
     for owner in snapshot.owners_of("movie.bin") {
         assert!(
             dom.contains(&owner.addr.to_string()),
@@ -332,6 +341,7 @@ fn a_browser_shows_the_table_with_counts_and_a_download_moving() {
     if let Ok(dir) = std::env::var("P2P_SCREENSHOTS") {
         render(browser, &page, Some(&Path::new(&dir).join("tracker.png")));
     }
+    mallory.shutdown();
     leech.shutdown();
     seeder.shutdown();
     tracker.shutdown().unwrap();
