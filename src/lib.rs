@@ -81,4 +81,6 @@ pub use node::{
     Download, DownloadProgress, DownloadReport, Event, Node, NodeConfig, NodeMetrics, ShareReport,
     Status, parse_rate,
 };
-pub use tracker::{Snapshot, Tracker, TrackerClient, TrackerConfig, TrackerEvent, TrackerMetrics};
+pub use tracker::{
+    Snapshot, Tracker, TrackerClient, TrackerConfig, TrackerEvent, TrackerMetrics, TrackerSet,
+};

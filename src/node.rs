@@ -39,7 +39,10 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result, report};
 use crate::key::NetworkKey;
 use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, SearchHit};
-use crate::tracker::{DEFAULT_TRACKER_ADDR, TrackerClient, wake_addr};
+use crate::tracker::{
+    DEFAULT_REPLICAS, DEFAULT_RETRY_AFTER, DEFAULT_TRACKER_ADDR, TrackerChange, TrackerSet,
+    wake_addr,
+};
 use limit::RateLimiter;
 pub use limit::parse_rate;
 pub use metrics::NodeMetrics;
@@ -56,8 +59,13 @@ pub struct NodeConfig {
     pub dir: PathBuf,
     /// The TCP address to serve peers on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// The tracker's UDP address.
-    pub tracker: SocketAddr,
+    /// The trackers' UDP addresses (at least one). Every node of a network should list the
+    /// same ones: each file's replica set is computed from the list (see [`TrackerSet`]).
+    pub trackers: Vec<SocketAddr>,
+    /// How many of the trackers hold each file (all, when fewer are listed).
+    pub tracker_replicas: usize,
+    /// How long a tracker that went silent is skipped before it is asked again.
+    pub tracker_retry_after: Duration,
     /// How many owners a download uses at once (the original used 2).
     pub max_owners: usize,
     /// Requests in flight per owner: deep enough to keep the link busy, and with one piece
@@ -108,7 +116,9 @@ impl NodeConfig {
             name: name.into(),
             dir: dir.into(),
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            tracker: DEFAULT_TRACKER_ADDR,
+            trackers: vec![DEFAULT_TRACKER_ADDR],
+            tracker_replicas: DEFAULT_REPLICAS,
+            tracker_retry_after: DEFAULT_RETRY_AFTER,
             max_owners: 16,
             pipeline_depth: 8,
             piece_size: None,
@@ -141,9 +151,27 @@ impl NodeConfig {
         self
     }
 
-    /// Sets the tracker's address.
+    /// Uses the one tracker at `addr`.
     pub fn tracker(mut self, addr: SocketAddr) -> Self {
-        self.tracker = addr;
+        self.trackers = vec![addr];
+        self
+    }
+
+    /// Uses the trackers at `addrs`, each file held by `replicas` of them (see
+    /// [`TrackerSet`]).
+    pub fn trackers(
+        mut self,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        replicas: usize,
+    ) -> Self {
+        self.trackers = addrs.into_iter().collect();
+        self.tracker_replicas = replicas;
+        self
+    }
+
+    /// Sets how long a tracker that went silent is skipped before it is asked again.
+    pub fn tracker_retry_after(mut self, wait: Duration) -> Self {
+        self.tracker_retry_after = wait;
         self
     }
 
@@ -347,11 +375,19 @@ impl Node {
         let (events_tx, events_rx) = bounded(4096);
         let (commands_tx, commands_rx) = bounded(64);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let mut tracker = TrackerClient::new(config.tracker)
-            .with_retries(config.tracker_tries, Duration::from_millis(250));
+        let mut trackers = TrackerSet::new(&config.trackers, config.tracker_replicas)?
+            .with_retries(config.tracker_tries, Duration::from_millis(250))
+            .with_retry_after(config.tracker_retry_after);
         if let Some(key) = &config.key {
-            tracker = tracker.with_key(key);
+            trackers = trackers.with_key(key);
         }
+        let tracker_events = events_tx.clone();
+        let trackers = trackers.on_change(move |change| {
+            let _ = tracker_events.try_send(match change {
+                TrackerChange::Silent { tracker, error } => Event::TrackerSilent { tracker, error },
+                TrackerChange::Back { tracker } => Event::TrackerBack { tracker },
+            });
+        });
         let (config_upload_limit, config_download_limit, config_upload_slots) = (
             config.upload_limit,
             config.download_limit,
@@ -362,7 +398,7 @@ impl Node {
             store: Store::new(config.dir.clone()),
             config,
             local_addr,
-            tracker,
+            trackers,
             events: events_tx,
             dropped_events: AtomicU64::new(0),
             counters: metrics::Cells::default(),
@@ -570,7 +606,7 @@ pub(crate) struct Ctx {
     config: NodeConfig,
     local_addr: SocketAddr,
     store: Store,
-    tracker: TrackerClient,
+    trackers: TrackerSet,
     events: Sender<Event>,
     dropped_events: AtomicU64,
     counters: metrics::Cells,
@@ -600,7 +636,7 @@ impl Ctx {
 
     fn metrics(&self) -> NodeMetrics {
         let open = self.conns.inner.lock().open.len();
-        self.counters.snapshot(open as u64)
+        self.counters.snapshot(open as u64, &self.trackers.health())
     }
 
     fn stopping(&self) -> bool {
@@ -626,10 +662,10 @@ impl Ctx {
         }
     }
 
-    fn announce(&self, tracker: &TrackerClient, file: &SharedFile) -> Result<()> {
+    fn announce(&self, trackers: &TrackerSet, file: &SharedFile) -> Result<()> {
         let m = &file.manifest;
         let (pieces, complete) = file.progress();
-        let interval = tracker.announce(Announce {
+        let interval = trackers.announce(&Announce {
             node: self.config.name.clone(),
             port: self.local_addr.port(),
             file: file.name.clone(),
@@ -868,7 +904,7 @@ fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()
     }
     // Shutting down: transfers are being broken by `close`; tell the tracker, then wait.
     let quick = ctx
-        .tracker
+        .trackers
         .clone()
         .with_retries(2, Duration::from_millis(200));
     let _ = quick.exit(ctx.local_addr.port());
@@ -935,7 +971,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             }
         }
         Command::Search { pattern, reply } => {
-            let _ = reply.send(ctx.tracker.search(&pattern));
+            let _ = reply.send(ctx.trackers.search(&pattern));
         }
         Command::Status { reply } => {
             let _ = reply.send(status_of(ctx));
@@ -999,7 +1035,7 @@ fn share(ctx: &Ctx, file: &str) -> Result<ShareReport> {
         size: report.size,
         pieces: report.pieces,
     });
-    ctx.announce(&ctx.tracker, &shared)?;
+    ctx.announce(&ctx.trackers, &shared)?;
     Ok(report)
 }
 
@@ -1012,17 +1048,21 @@ fn share_report(f: &SharedFile) -> ShareReport {
     }
 }
 
-/// Re-announces every shared file, with short retries so a dead tracker cannot stall
-/// the node's commands for long.
+/// Re-announces every shared file to the trackers of its set, with short retries so a
+/// dead tracker cannot stall the node's commands for long. A silent tracker due to be
+/// asked again is asked here, so one that came back is found within an interval.
 fn reannounce(ctx: &Ctx) {
     let quick = ctx
-        .tracker
+        .trackers
         .clone()
         .with_retries(2, Duration::from_millis(250));
     for file in ctx.store.list() {
         if let Err(e) = ctx.announce(&quick, &file) {
             ctx.emit(Event::TrackerError { error: report(&e) });
-            return;
+            if ctx.trackers.health().iter().all(|t| !t.up) {
+                // Every tracker is silent: the rest would only wait out the same tries.
+                return;
+            }
         }
     }
 }

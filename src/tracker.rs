@@ -13,6 +13,7 @@ mod budget;
 mod client;
 mod metrics;
 mod registry;
+mod set;
 mod token;
 
 pub use budget::Rates;
@@ -23,6 +24,9 @@ pub use metrics::{LATENCY_BUCKETS_US, Outcome, RequestKind, TrackerMetrics};
 pub use registry::{
     EXPIRY_INTERVALS, FileRow, MAX_OWNERS_LISTED, MAX_OWNERS_PER_HIT, MAX_SEARCH_HITS, NodeRow,
     OwnerRow, Snapshot, TableLimits,
+};
+pub use set::{
+    DEFAULT_REPLICAS, DEFAULT_RETRY_AFTER, MAX_TRACKERS, TrackerChange, TrackerHealth, TrackerSet,
 };
 
 use std::io;

@@ -11,7 +11,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 use serde_json::{Value, json};
 
@@ -109,6 +109,23 @@ pub(crate) fn node_metrics(m: &NodeMetrics) -> String {
         "Time spent waiting on a rate limit, summed over threads",
         Unit::Seconds,
         waits,
+    );
+    let trackers: Family<Labels, Gauge> = Family::default();
+    for (state, n) in [("up", m.trackers_up), ("silent", m.trackers_silent)] {
+        trackers
+            .get_or_create(&vec![("state", state)])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    r.register(
+        "trackers",
+        "Trackers by health: answering, or silent and skipped",
+        trackers,
+    );
+    count(
+        &mut r,
+        "tracker_silences",
+        "Times a tracker left a request unanswered through every try",
+        m.tracker_silences,
     );
     encode(&r)
 }

@@ -1,6 +1,6 @@
 //! What a node counts, for people watching it: bytes and pieces moved, pieces that failed
-//! verification, downloads by outcome, owners dropped by reason, connections, and time
-//! spent waiting on rate limits.
+//! verification, downloads by outcome, owners dropped by reason, connections, time spent
+//! waiting on rate limits, and the trackers' health.
 //!
 //! The counts are plain atomics, always kept (a relaxed add per piece, not per byte);
 //! [`Node::metrics`](crate::Node::metrics) copies them into a [`NodeMetrics`]. The `http`
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::messages::Counters;
+use crate::tracker::TrackerHealth;
 
 /// A copy of a node's counters at one moment, from [`Node::metrics`](crate::Node::metrics).
 ///
@@ -52,6 +53,12 @@ pub struct NodeMetrics {
     pub upload_limit_wait: Duration,
     /// Time spent waiting on the download limit, summed over the threads that waited.
     pub download_limit_wait: Duration,
+    /// Trackers answering now (or not asked yet).
+    pub trackers_up: u64,
+    /// Trackers silent now: skipped until they are due to be asked again.
+    pub trackers_silent: u64,
+    /// Times a tracker went silent.
+    pub tracker_silences: u64,
 }
 
 /// Why a download gave up on an owner.
@@ -116,7 +123,8 @@ impl Cells {
     }
 
     /// Everything, with `connections_open` as counted by the caller.
-    pub fn snapshot(&self, connections_open: u64) -> NodeMetrics {
+    pub fn snapshot(&self, connections_open: u64, trackers: &[TrackerHealth]) -> NodeMetrics {
+        let up = trackers.iter().filter(|t| t.up).count() as u64;
         NodeMetrics {
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
@@ -135,6 +143,9 @@ impl Cells {
             connections_reaped: get(&self.connections_reaped),
             upload_limit_wait: Duration::from_nanos(get(&self.upload_wait_ns)),
             download_limit_wait: Duration::from_nanos(get(&self.download_wait_ns)),
+            trackers_up: up,
+            trackers_silent: trackers.len() as u64 - up,
+            tracker_silences: trackers.iter().map(|t| t.silences).sum(),
         }
     }
 
@@ -203,7 +214,7 @@ mod tests {
         }));
         cells.waited(true, Duration::from_millis(3));
         bump(&cells.bytes_sent, 10);
-        let m = cells.snapshot(2);
+        let m = cells.snapshot(2, &[]);
         assert_eq!(
             (
                 m.downloads_started,

@@ -121,6 +121,20 @@ pub enum Event {
         /// What went wrong.
         error: String,
     },
+    /// A tracker left a request unanswered through every try: it is skipped, and the other
+    /// trackers of each file's set are used, until it is asked again (see
+    /// [`NodeConfig::tracker_retry_after`](crate::NodeConfig::tracker_retry_after)).
+    TrackerSilent {
+        /// The tracker's address.
+        tracker: SocketAddr,
+        /// What the request met.
+        error: String,
+    },
+    /// A tracker that had gone silent answered again, and is used again.
+    TrackerBack {
+        /// The tracker's address.
+        tracker: SocketAddr,
+    },
     /// Accepting a connection failed for want of file descriptors or memory; the node
     /// waits `wait` before accepting again (longer each time, up to a second), and keeps
     /// serving the connections it has.

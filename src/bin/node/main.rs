@@ -53,9 +53,14 @@ struct Args {
     /// Folder holding the files [default: node_files/NAME].
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// The tracker's UDP address: HOST:PORT, with a host name or an IP (IPv6 in brackets).
-    #[arg(long, default_value = "127.0.0.1:12340", value_parser = addr::socket_addr)]
-    tracker: SocketAddr,
+    /// A tracker's UDP address: HOST:PORT, with a host name or an IP (IPv6 in brackets).
+    /// Repeat for several trackers; every node should list the same ones.
+    #[arg(long = "tracker", value_name = "HOST:PORT", default_value = "127.0.0.1:12340",
+          value_parser = addr::socket_addr)]
+    trackers: Vec<SocketAddr>,
+    /// How many of the trackers hold each file (all, when fewer are listed).
+    #[arg(long, value_name = "K", default_value_t = p2ptorrent::tracker::DEFAULT_REPLICAS)]
+    tracker_replicas: usize,
     /// Share this file at start (repeatable).
     #[arg(long = "upload", value_name = "FILE")]
     uploads: Vec<String>,
@@ -125,7 +130,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from("node_files").join(&name));
     let mut config = NodeConfig::new(&name, dir)
         .listen(SocketAddr::new(args.bind, port))
-        .tracker(args.tracker)
+        .trackers(args.trackers.iter().copied(), args.tracker_replicas)
         .max_owners(args.owners)
         .upload_slots(args.upload_slots)
         .max_connections(args.max_connections, args.max_connections_per_ip);
@@ -154,10 +159,10 @@ fn main() -> ExitCode {
         }
     };
     say!(
-        "node {name} serving on {} from {}, tracker {} ({network}){}",
+        "node {name} serving on {} from {}, {} ({network}){}",
         node.local_addr(),
         node.dir().display(),
-        args.tracker,
+        describe_trackers(&args.trackers, args.tracker_replicas),
         httpflags::describe(node.http_addr())
     );
     let mut session = Session {
@@ -441,6 +446,14 @@ impl Session {
             }
             Event::FileChanged { file } => say!("{file} changed on disk; no longer shared"),
             Event::TrackerError { error } => esay!("re-announce failed: {error}"),
+            Event::TrackerSilent { tracker, error } => {
+                self.progress.clear();
+                esay!("tracker {tracker} is silent ({error}); using the others until it answers")
+            }
+            Event::TrackerBack { tracker } => {
+                self.progress.clear();
+                say!("tracker {tracker} answers again")
+            }
             Event::PeerError { addr, error } if self.verbose => esay!("peer {addr}: {error}"),
             Event::AcceptFailed { error, wait } => {
                 esay!("accepting connections: {error}; trying again in {wait:?}")
@@ -482,4 +495,17 @@ fn stdin_lines() -> Receiver<String> {
         esay!("node: cannot read commands from stdin");
     }
     rx
+}
+
+/// "tracker A" or "trackers A, B, C (each file on K)", for the start line.
+fn describe_trackers(trackers: &[SocketAddr], replicas: usize) -> String {
+    let list: Vec<String> = trackers.iter().map(ToString::to_string).collect();
+    match list.as_slice() {
+        [one] => format!("tracker {one}"),
+        _ => format!(
+            "trackers {} (each file on {})",
+            list.join(", "),
+            replicas.min(list.len())
+        ),
+    }
 }

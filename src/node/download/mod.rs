@@ -173,7 +173,7 @@ fn prepare<'a>(
             dir: ctx.store.dir().into(),
         });
     }
-    let listed = ctx.tracker.need_content(file, numwant(ctx), pin)?;
+    let listed = ctx.trackers.need_content(file, numwant(ctx), pin)?;
     ctx.learn_interval(listed.interval);
     if listed.contents > 1 && pin.is_none() {
         ctx.emit(Event::SeveralContents {
@@ -221,7 +221,7 @@ fn finish(
         .store
         .insert(file, final_path.clone(), manifest.clone())?;
     ctx.counters.files_received.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = ctx.announce(&ctx.tracker, &shared) {
+    if let Err(e) = ctx.announce(&ctx.trackers, &shared) {
         ctx.emit(Event::TrackerError { error: report(&e) });
     }
     let mut from: Vec<(SocketAddr, u64)> = received.into_iter().collect();
@@ -249,7 +249,7 @@ fn look_up(
     reports: &crossbeam_channel::Sender<Report>,
 ) {
     let quick = ctx
-        .tracker
+        .trackers
         .clone()
         .with_retries(2, Duration::from_millis(250));
     for lookup in lookups {
