@@ -26,7 +26,7 @@ mod sockopt;
 mod store;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -57,7 +57,8 @@ pub struct NodeConfig {
     pub name: String,
     /// The folder holding the files it shares and downloads.
     pub dir: PathBuf,
-    /// The TCP address to serve peers on; port 0 picks a free port.
+    /// The TCP address to serve peers on; port 0 picks a free port. The IPv4 wildcard
+    /// (the default) becomes the dual-stack `[::]` when a tracker is an IPv6 address.
     pub listen: SocketAddr,
     /// The trackers' UDP addresses (at least one). Every node of a network should list the
     /// same ones: each file's replica set is computed from the list (see [`TrackerSet`]).
@@ -370,7 +371,11 @@ impl Node {
             addr: config.listen,
             source,
         };
-        let listener = TcpListener::bind(config.listen).map_err(bind_err)?;
+        let listen = listen_addr(&config);
+        let listener = sockopt::bind_listener(listen).map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let (events_tx, events_rx) = bounded(4096);
         let (commands_tx, commands_rx) = bounded(64);
@@ -858,6 +863,18 @@ fn spawn(
         })
         .map_err(|source| Error::Spawn { name, source })?;
     Ok((name, handle))
+}
+
+/// Where the node listens: as configured, except that the IPv4 wildcard becomes the
+/// dual-stack IPv6 one when a tracker is reached over IPv6, since the trackers list the
+/// node at the address its announces come from.
+fn listen_addr(config: &NodeConfig) -> SocketAddr {
+    let v4_any = config.listen.is_ipv4() && config.listen.ip().is_unspecified();
+    if v4_any && config.trackers.iter().any(SocketAddr::is_ipv6) {
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), config.listen.port())
+    } else {
+        config.listen
+    }
 }
 
 /// Stops the whole node if the thread holding it panics.

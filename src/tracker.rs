@@ -192,7 +192,7 @@ impl Tracker {
             addr: config.listen,
             source,
         };
-        let socket = UdpSocket::bind(config.listen).map_err(bind_err)?;
+        let socket = bind_udp(config.listen).map_err(bind_err)?;
         let local_addr = socket.local_addr().map_err(bind_err)?;
         // Wake at least once a second to drop expired owners.
         let sweep = config.interval.min(Duration::from_secs(1));
@@ -354,6 +354,18 @@ fn budget_kind(body: &NodeToTracker) -> budget::Kind {
             budget::Kind::Announce
         }
     }
+}
+
+/// Binds the tracker's socket. On the IPv6 wildcard (`[::]`) it is dual-stack whatever
+/// the system's default: IPv4 nodes are served on it too.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Returns an address a local socket can send to in order to reach `addr`.
@@ -525,7 +537,10 @@ impl Service {
         }
     }
 
-    fn handle(&self, datagram: &[u8], from: SocketAddr) {
+    fn handle(&self, datagram: &[u8], reply_to: SocketAddr) {
+        // On a dual-stack socket an IPv4 node arrives as `::ffff:a.b.c.d`: it is keyed,
+        // listed and budgeted by its IPv4 address, and answered where it sent from.
+        let from = SocketAddr::new(reply_to.ip().to_canonical(), reply_to.port());
         let Ok(req) = decode_request(datagram) else {
             self.malformed(from);
             return;
@@ -581,7 +596,7 @@ impl Service {
             None => Ok(bytes),
         });
         if let Ok(bytes) = bytes
-            && self.socket.send_to(&bytes, from).is_ok()
+            && self.socket.send_to(&bytes, reply_to).is_ok()
         {
             self.answered.fetch_add(1, Ordering::Relaxed);
         }
@@ -617,10 +632,13 @@ impl Service {
                 numwant,
                 content,
             } => {
-                let found = self
-                    .registry
-                    .lock()
-                    .need(&file, numwant, fastrand::u64(..), content);
+                let found = self.registry.lock().need(
+                    &file,
+                    numwant,
+                    fastrand::u64(..),
+                    content,
+                    from.is_ipv6(),
+                );
                 let body = match found {
                     Some(f) => TrackerToNode::Owners {
                         file,
@@ -639,7 +657,7 @@ impl Service {
                 // search of a large table never holds up announces and look-ups.
                 let names = self.registry.lock().names();
                 let found = registry::matching(&names, &pattern);
-                let hits = self.registry.lock().hits(&found);
+                let hits = self.registry.lock().hits(&found, from.is_ipv6());
                 (TrackerToNode::SearchResults { hits }, false)
             }
             NodeToTracker::Exit { port } => {

@@ -7,7 +7,22 @@
 //! not the bytes, were what kept two cores busy. This is the crate's one `unsafe` block.
 
 use std::io;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+/// Binds the node's listening socket; on the IPv6 wildcard (`[::]`) dual-stack whatever the
+/// system's default, so IPv4 and IPv6 peers reach it alike.
+pub(super) fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    // As the standard library does: a restarted node may take its port back at once.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
 
 /// Bounds the bytes `stream` holds unsent in the kernel (`TCP_NOTSENT_LOWAT`): a write
 /// blocks while more than `bytes` wait to go out, so what a node queues for a slow peer is

@@ -264,12 +264,16 @@ impl Registry {
     /// drawn from `seed` (the tracker passes a fresh one per request). Handing every
     /// downloader the same ranked list made every downloader pick the same few early
     /// holders and froze the swarm into a star; a random subset spreads the load.
+    ///
+    /// Only owners of the asker's address family are listed (`v6`): those are the ones it
+    /// can reach, when the tracker serves IPv4 and IPv6 nodes on one socket.
     pub fn need(
         &self,
         file: &str,
         numwant: u16,
         seed: u64,
         pin: Option<ContentId>,
+        v6: bool,
     ) -> Option<Found> {
         let swarms = self.files.get(file)?;
         let live = swarms.iter().filter(|(_, s)| !s.owners.is_empty());
@@ -284,7 +288,7 @@ impl Registry {
         Some(Found {
             content: *content,
             size: swarm.size,
-            owners: self.ranked_owners(swarm, want, Order::Shuffled(seed)),
+            owners: self.ranked_owners(swarm, want, Order::Shuffled(seed), v6),
             contents: u32::try_from(swarms.len()).unwrap_or(u32::MAX),
         })
     }
@@ -305,8 +309,9 @@ impl Registry {
     }
 
     /// Returns the files named in `names` (found by [`matching`]) with their best owners,
-    /// capped at [`MAX_SEARCH_HITS`] files of [`MAX_OWNERS_PER_HIT`] owners.
-    pub fn hits(&self, names: &[&str]) -> Vec<SearchHit> {
+    /// capped at [`MAX_SEARCH_HITS`] files of [`MAX_OWNERS_PER_HIT`] owners of the asker's
+    /// address family (`v6`).
+    pub fn hits(&self, names: &[&str], v6: bool) -> Vec<SearchHit> {
         names
             .iter()
             .filter_map(|name| self.files.get_key_value(*name))
@@ -319,7 +324,7 @@ impl Registry {
                         content: *content,
                         size: swarm.size,
                         owner_count: u32::try_from(swarm.owners.len()).unwrap_or(u32::MAX),
-                        owners: self.ranked_owners(swarm, MAX_OWNERS_PER_HIT, Order::Best),
+                        owners: self.ranked_owners(swarm, MAX_OWNERS_PER_HIT, Order::Best, v6),
                     })
             })
             .take(MAX_SEARCH_HITS)
@@ -333,7 +338,7 @@ impl Registry {
     pub fn search(&mut self, pattern: &str) -> Vec<SearchHit> {
         let names = self.names();
         let found = matching(&names, pattern);
-        self.hits(&found)
+        self.hits(&found, false)
     }
 
     /// Removes the node serving at `addr` from every file. Returns whether it was known.
@@ -445,8 +450,9 @@ impl Registry {
         Snapshot { files, nodes }
     }
 
-    /// Returns up to `want` owners of `swarm`, complete ones first, then in `order`.
-    fn ranked_owners(&self, swarm: &Swarm, want: usize, order: Order) -> Vec<OwnerInfo> {
+    /// Returns up to `want` owners of `swarm` of one address family (`v6`), complete ones
+    /// first, then in `order`.
+    fn ranked_owners(&self, swarm: &Swarm, want: usize, order: Order, v6: bool) -> Vec<OwnerInfo> {
         use std::cmp::Reverse;
         use std::hash::{Hash, Hasher};
         // Each owner's node is looked up once, and its sort key computed once; only the
@@ -454,6 +460,7 @@ impl Registry {
         let mut ranked: Vec<_> = swarm
             .owners
             .iter()
+            .filter(|(addr, _)| addr.is_ipv6() == v6)
             .map(|(addr, o)| {
                 let node = self.nodes.get(addr);
                 let counters = node.map(|n| n.counters).unwrap_or_default();
@@ -674,7 +681,7 @@ mod tests {
         let mut firsts = std::collections::HashSet::new();
         let mut listed = std::collections::HashSet::new();
         for seed in 0..50 {
-            let found = r.need("f", 8, seed, None).unwrap();
+            let found = r.need("f", 8, seed, None, false).unwrap();
             assert_eq!(found.owners.len(), 8);
             assert!(
                 found.owners[..3].iter().all(|o| o.complete),
@@ -688,11 +695,11 @@ mod tests {
         assert!(listed.len() > 30, "{} owners listed", listed.len());
         assert!(firsts.len() > 10);
         assert_eq!(
-            r.need("f", 8, 7, None),
-            r.need("f", 8, 7, None),
+            r.need("f", 8, 7, None, false),
+            r.need("f", 8, 7, None, false),
             "a seed is one permutation"
         );
-        assert!(r.need("g", 5, 0, None).is_none());
+        assert!(r.need("g", 5, 0, None, false).is_none());
         // Search still ranks the original's best node first.
         assert_eq!(r.search("f")[0].owners[0].node, "n3");
     }
@@ -714,12 +721,12 @@ mod tests {
         r.announce(IpAddr::from([10, 0, 0, 3]), &ann("C", 3, "f", 2, 0), now)
             .unwrap();
         assert_eq!(
-            r.need("f", 10, 0, None).unwrap().content,
+            r.need("f", 10, 0, None, false).unwrap().content,
             ContentId([2; 32])
         );
         // A changes its file to content 2: content 1 has no owner left.
         r.announce(IP, &ann("A", 1, "f", 2, 0), now).unwrap();
-        assert_eq!(r.need("f", 10, 0, None).unwrap().owners.len(), 3);
+        assert_eq!(r.need("f", 10, 0, None, false).unwrap().owners.len(), 3);
         assert_eq!(r.snapshot().files.len(), 1);
     }
 
@@ -731,8 +738,8 @@ mod tests {
         r.announce(IP, &ann("B", 2, "g", 3, 0), now).unwrap();
         assert!(r.exit(SocketAddr::new(IP, 1)));
         assert!(!r.exit(SocketAddr::new(IP, 1)));
-        assert!(r.need("f", 5, 0, None).is_none());
-        assert_eq!(r.need("g", 5, 0, None).unwrap().owners.len(), 1);
+        assert!(r.need("f", 5, 0, None, false).is_none());
+        assert_eq!(r.need("g", 5, 0, None, false).unwrap().owners.len(), 1);
         assert_eq!(r.snapshot().nodes.len(), 1);
     }
 
@@ -744,7 +751,7 @@ mod tests {
             .unwrap();
         assert!(!r.expire(now + Duration::from_secs(29)));
         assert!(r.expire(now + Duration::from_secs(30)));
-        let found = r.need("f", 5, 0, None).unwrap();
+        let found = r.need("f", 5, 0, None, false).unwrap();
         assert_eq!(found.owners.len(), 1);
         assert_eq!(found.owners[0].node, "B");
         assert!(r.expire(now + Duration::from_secs(50)));
@@ -842,17 +849,17 @@ mod tests {
             r.announce(squatter, &ann("fake", port, "movie.bin", 2, 0), now)
                 .unwrap();
         }
-        let found = r.need("movie.bin", 10, 1, None).unwrap();
+        let found = r.need("movie.bin", 10, 1, None, false).unwrap();
         assert_eq!(found.content, ContentId([1; 32]));
         assert_eq!(found.contents, 2);
         // A pin gets the pinned content, and only it.
         let pinned = r
-            .need("movie.bin", 10, 1, Some(ContentId([2; 32])))
+            .need("movie.bin", 10, 1, Some(ContentId([2; 32])), false)
             .unwrap();
         assert_eq!(pinned.content, ContentId([2; 32]));
         assert_eq!(pinned.owners.len(), 3);
         assert!(
-            r.need("movie.bin", 10, 1, Some(ContentId([9; 32])))
+            r.need("movie.bin", 10, 1, Some(ContentId([9; 32])), false)
                 .is_none()
         );
         // Partial owners of a stale content do not outvote a complete owner of the new.
@@ -865,7 +872,7 @@ mod tests {
         r.announce(genuine, &ann("real", 1, "doc.bin", 4, 0), now)
             .unwrap();
         assert_eq!(
-            r.need("doc.bin", 10, 1, None).unwrap().content,
+            r.need("doc.bin", 10, 1, None, false).unwrap().content,
             ContentId([4; 32])
         );
     }
