@@ -199,6 +199,16 @@ impl<R: Read + Deadline> LinkReader<R> {
         }
     }
 
+    /// How many bytes were taken from the stream and not yet read: opened bytes waiting,
+    /// and sealed bytes not yet opened. What is still to come from the stream is at least
+    /// what a reader wants less this.
+    pub fn buffered(&self) -> usize {
+        match self {
+            Self::Plain(_) => 0,
+            Self::Sealed(s) => (s.plain.len() - s.pos) + (s.end - s.start),
+        }
+    }
+
     /// The stream underneath.
     pub fn stream_mut(&mut self) -> &mut R {
         match self {
@@ -652,6 +662,25 @@ mod tests {
         // Each direction has its own key: the client cannot read its own records.
         let mut r = LinkReader::new(wire.as_slice(), Some(client), None);
         assert!(r.read(&mut [0u8; 16]).is_err());
+    }
+
+    #[test]
+    fn what_is_read_ahead_is_counted_so_no_read_waits_for_bytes_already_here() {
+        let (client, server) = sessions();
+        let data = vec![9u8; 3 * MAX_PLAIN + 5];
+        let wire = seal_all(&client, &[&data]);
+        let mut r = LinkReader::new(wire.as_slice(), Some(server), None);
+        let mut taken = 0;
+        let mut buf = [0u8; 1000];
+        while taken < data.len() {
+            taken += r.read(&mut buf).unwrap();
+            // What is still wanted comes from the buffers or the stream: a reader waiting on
+            // the stream for all of it would wait for bytes that never come.
+            assert!(data.len() - taken <= r.buffered() + r.stream_mut().len());
+        }
+        assert_eq!(r.buffered(), 0);
+        let plain = LinkReader::new(&b"abc"[..], None, None);
+        assert_eq!(plain.buffered(), 0);
     }
 
     #[test]
