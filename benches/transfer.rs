@@ -1,8 +1,8 @@
 //! End-to-end transfer: a file from 1, 2 and 4 owners to one downloader over loopback,
 //! every owner and the downloader a separate `node` process, beside a plain single-stream
 //! TCP copy of the same file measured in the same run; each owner count once open and once
-//! with a network key (every peer connection encrypted), and the ratio of the two. Then
-//! the tracker's answered requests per second under a load generator, open and with a key.
+//! with a network key (every peer connection encrypted), and the ratio of the two. The
+//! tracker's own load is measured by `benches/tracker.rs`.
 //!
 //! ```text
 //! cargo bench --bench transfer
@@ -18,17 +18,11 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use p2ptorrent::key::{DatagramSeal, Direction};
-use p2ptorrent::messages::{
-    Announce, ContentId, Counters, MAX_DATAGRAM_LEN, NodeToTracker, PROTOCOL_VERSION,
-    TrackerRequest, encode_request,
-};
-use p2ptorrent::tracker::{Rates, TableLimits};
 use p2ptorrent::{NetworkKey, Tracker, TrackerConfig};
 use support::{bench_dir, env_or, generate};
 
@@ -100,7 +94,6 @@ fn main() {
             println!("{:<28} {:>19.2}", "  encrypted / open", open / sealed);
         }
     }
-    tracker_load(keyed.then(|| NetworkKey::load(&key_path).unwrap()));
 }
 
 /// One plain TCP copy, as `socat -b 131072` does it: 128 KiB read/write loops on both
@@ -264,179 +257,6 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-const FILES: u32 = 10_000;
-const OWNERS: u16 = 50;
-const WINDOW: usize = 64;
-
-/// Fills a tracker (and, with `key`, a second one under it) with 10,000 files × 50
-/// owners, then measures answered requests per second from two client threads keeping
-/// requests in flight (80 % `need`, 20 % `have`): five 2-second windows per tracker,
-/// alternating, reporting medians.
-fn tracker_load(key: Option<NetworkKey>) {
-    let mut trackers = vec![(fill(None), None)];
-    if let Some(key) = key {
-        trackers.push((fill(Some(&key)), Some(key)));
-    }
-    let mut rates = vec![Vec::new(); trackers.len()];
-    for _ in 0..5 {
-        for (i, (tracker, key)) in trackers.iter().enumerate() {
-            rates[i].push(measure(tracker, key.as_ref(), Duration::from_secs(2)));
-        }
-    }
-    let medians: Vec<f64> = rates.into_iter().map(median).collect();
-    println!(
-        "tracker: {:.0} requests/s answered (median of 5 windows of 2 s; 2 client threads; 80% need with 50 owners, 20% have)",
-        medians[0]
-    );
-    if let Some(sealed) = medians.get(1) {
-        println!(
-            "tracker, key: {sealed:.0} requests/s answered, {:.2} x open (clients seal, tracker opens and seals)",
-            sealed / medians[0]
-        );
-    }
-    for (tracker, _) in trackers {
-        tracker.shutdown().unwrap();
-    }
-}
-
-fn announce(file: u32, port: u16) -> NodeToTracker {
-    NodeToTracker::Have(Announce {
-        node: format!("n{port}"),
-        port,
-        file: format!("file-{file}.bin"),
-        content: ContentId(*blake3::hash(&file.to_le_bytes()).as_bytes()),
-        size: 1 << 30,
-        pieces: 1024,
-        complete: true,
-        counters: Counters {
-            files_sent: u64::from(port),
-            ..Counters::default()
-        },
-    })
-}
-
-/// Starts a tracker (under `key`, if given) and fills its table.
-fn fill(key: Option<&NetworkKey>) -> Tracker {
-    // Every request comes from 127.0.0.1 here: the per-address caps and rates, meant to
-    // stop one stranger, are lifted so the bench measures the table, not the throttle.
-    let mut config = TrackerConfig::new("127.0.0.1:0".parse().unwrap())
-        .limits(TableLimits {
-            nodes_per_address: usize::from(OWNERS),
-            rows_per_address: 1_000_000,
-            ..TableLimits::default()
-        })
-        .rates(Rates {
-            announces: 1e9,
-            lookups: 1e9,
-            searches: 1e9,
-        });
-    if let Some(key) = key {
-        config = config.key(key.clone());
-    }
-    let (tracker, _events) = Tracker::start(config).unwrap();
-    let started = Instant::now();
-    let fill: Vec<NodeToTracker> = (0..FILES)
-        .flat_map(|f| (1..=OWNERS).map(move |p| (f, p)))
-        .map(|(f, p)| announce(f, p))
-        .collect();
-    let filled = blast(tracker.local_addr(), fill, WINDOW, key);
-    println!(
-        "tracker{}: filled with {FILES} files x {OWNERS} owners ({filled} announces) in {:.1} s",
-        if key.is_some() { ", key" } else { "" },
-        started.elapsed().as_secs_f64()
-    );
-    tracker
-}
-
-/// Returns the requests per second `tracker` answers during `duration`.
-fn measure(tracker: &Tracker, key: Option<&NetworkKey>, duration: Duration) -> f64 {
-    let addr = tracker.local_addr();
-    let answered_before = tracker.answered();
-    let started = Instant::now();
-    let threads: Vec<_> = (0..2)
-        .map(|c| {
-            let key = key.cloned();
-            std::thread::spawn(move || {
-                let mut rng = fastrand::Rng::with_seed(c);
-                while started.elapsed() < duration {
-                    let batch: Vec<NodeToTracker> = (0..1000)
-                        .map(|_| {
-                            let file = rng.u32(..FILES);
-                            if rng.u8(..10) < 8 {
-                                NodeToTracker::Need {
-                                    file: format!("file-{file}.bin"),
-                                    numwant: 50,
-                                    content: None,
-                                }
-                            } else {
-                                announce(file, rng.u16(1..=OWNERS))
-                            }
-                        })
-                        .collect();
-                    blast(addr, batch, WINDOW, key.as_ref());
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    (tracker.answered() - answered_before) as f64 / started.elapsed().as_secs_f64()
-}
-
-/// Sends `requests` keeping up to `window` unanswered, each sealed under `key` if given;
-/// returns how many replies came back (a lost datagram is given up after 200 ms).
-fn blast(
-    addr: SocketAddr,
-    requests: Vec<NodeToTracker>,
-    window: usize,
-    key: Option<&NetworkKey>,
-) -> usize {
-    // One token serves every request from this host for a minute or more.
-    let mut client = p2ptorrent::TrackerClient::new(addr);
-    if let Some(key) = key {
-        client = client.with_key(key);
-    }
-    let token = client.token().unwrap();
-    let seal = key.map(DatagramSeal::new);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.connect(addr).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
-    let (mut sent, mut outstanding, mut replies) = (0, 0, 0);
-    let total = requests.len();
-    let mut requests = requests.into_iter();
-    while sent < total || outstanding > 0 {
-        while outstanding < window && sent < total {
-            let body = requests.next().unwrap();
-            let datagram = encode_request(&TrackerRequest {
-                version: PROTOCOL_VERSION,
-                txid: sent as u64,
-                token,
-                body,
-            })
-            .unwrap();
-            let datagram = match &seal {
-                Some(seal) => seal.seal(Direction::Request, &datagram).unwrap(),
-                None => datagram,
-            };
-            socket.send(&datagram).unwrap();
-            sent += 1;
-            outstanding += 1;
-        }
-        match socket.recv(&mut buf) {
-            Ok(_) => {
-                replies += 1;
-                outstanding -= 1;
-            }
-            Err(_) => outstanding = 0, // lost: move on
-        }
-    }
-    replies
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -176,6 +176,8 @@ pub struct Tracker {
     #[cfg(feature = "http")]
     http: Option<crate::http::HttpServer>,
     threads: Vec<JoinHandle<Result<()>>>,
+    /// A second handle on each thread's socket, to wake its blocking receive at shutdown.
+    sockets: Vec<socket2::Socket>,
 }
 
 impl Tracker {
@@ -192,11 +194,26 @@ impl Tracker {
             addr: config.listen,
             source,
         };
-        let socket = bind_udp(config.listen).map_err(bind_err)?;
-        let local_addr = socket.local_addr().map_err(bind_err)?;
+        // One socket per thread, all on one port (SO_REUSEPORT): the kernel spreads the
+        // senders over them, and no two threads wait on one receive queue.
+        let threads = config.threads.max(1);
+        if threads > 1 && config.listen.port() != 0 {
+            // A port held by another tracker of this user would be shared, not refused:
+            // bind it alone once, so a second tracker on the port fails as it should.
+            drop(bind_udp(config.listen, false).map_err(bind_err)?);
+        }
+        let first = bind_udp(config.listen, threads > 1).map_err(bind_err)?;
+        let local_addr = first.local_addr().map_err(bind_err)?;
+        let mut sockets = vec![first];
+        let same_port = SocketAddr::new(config.listen.ip(), local_addr.port());
+        for _ in 1..threads {
+            sockets.push(bind_udp(same_port, true).map_err(bind_err)?);
+        }
         // Wake at least once a second to drop expired owners.
         let sweep = config.interval.min(Duration::from_secs(1));
-        socket.set_read_timeout(Some(sweep)).map_err(bind_err)?;
+        for socket in &sockets {
+            socket.set_read_timeout(Some(sweep)).map_err(bind_err)?;
+        }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| Error::Random(e.to_string()))?;
         let tokens = Arc::new(Tokens::new(secret));
@@ -217,10 +234,13 @@ impl Tracker {
             #[cfg(feature = "http")]
             http: None,
             threads: Vec::new(),
+            sockets: Vec::new(),
         };
-        for i in 0..config.threads.max(1) {
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let closer = socket2::Socket::from(socket.try_clone().map_err(bind_err)?);
+            tracker.sockets.push(closer);
             let service = Service {
-                socket: socket.try_clone().map_err(bind_err)?,
+                socket,
                 registry: Arc::clone(&tracker.registry),
                 stop: Arc::clone(&tracker.stop),
                 answered: Arc::clone(&tracker.answered),
@@ -310,13 +330,11 @@ impl Tracker {
             return Ok(());
         }
         self.stop.store(true, Ordering::SeqCst);
-        // Wake every blocking receive now rather than at its next timeout: each thread
-        // takes one datagram, sees the flag and ends.
-        let wake = wake_addr(self.local_addr);
-        if let Ok(s) = UdpSocket::bind(SocketAddr::new(wake.ip(), 0)) {
-            for _ in 0..self.threads.len() {
-                let _ = s.send_to(&[], wake);
-            }
+        // Wake every blocking receive now rather than at its next timeout: shutting a UDP
+        // socket for reading ends a receive waiting on it (Linux answers ENOTCONN, and
+        // wakes it all the same); elsewhere the timeout, under a second, does it.
+        for socket in self.sockets.drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Read);
         }
         let mut first = Ok(());
         for handle in self.threads.drain(..) {
@@ -356,13 +374,19 @@ fn budget_kind(body: &NodeToTracker) -> budget::Kind {
     }
 }
 
-/// Binds the tracker's socket. On the IPv6 wildcard (`[::]`) it is dual-stack whatever
-/// the system's default: IPv4 nodes are served on it too.
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// Binds one of the tracker's sockets, sharing the port with the others (`reuse_port`).
+/// On the IPv6 wildcard (`[::]`) it is dual-stack whatever the system's default: IPv4
+/// nodes are served on it too.
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false)?;
+    }
+    // Only sockets of this user may join the port (the kernel's rule for SO_REUSEPORT).
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
@@ -421,6 +445,8 @@ impl Service {
                             | io::ErrorKind::ConnectionReset
                             | io::ErrorKind::Interrupted
                     ) => {}
+                // Shut for reading by `close`.
+                Err(_) if self.stop.load(Ordering::SeqCst) => break,
                 Err(source) => {
                     return Err(Error::TrackerIo {
                         addr: self.local_addr(),

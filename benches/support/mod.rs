@@ -15,6 +15,7 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// Returns the folder to put bench files in: `P2P_BENCH_DIR`, else `/dev/shm` where it
 /// exists (tmpfs: the page cache is the storage, so disk writeback does not add noise),
 /// else the temporary folder.
+#[allow(dead_code)] // not every bench writes files
 pub fn bench_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("P2P_BENCH_DIR") {
         return dir.into();
@@ -27,6 +28,7 @@ pub fn bench_dir() -> PathBuf {
 }
 
 /// Writes `size` seeded pseudo-random bytes to `path`, a MiB at a time.
+#[allow(dead_code)] // not every bench writes files
 pub fn generate(path: &Path, size: u64, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());

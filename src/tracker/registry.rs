@@ -276,9 +276,11 @@ impl Registry {
         v6: bool,
     ) -> Option<Found> {
         let swarms = self.files.get(file)?;
-        let live = swarms.iter().filter(|(_, s)| !s.owners.is_empty());
+        let mut live = swarms.iter().filter(|(_, s)| !s.owners.is_empty());
         let (content, swarm) = match pin {
-            Some(pin) => live.into_iter().find(|(c, _)| **c == pin)?,
+            Some(pin) => live.find(|(c, _)| **c == pin)?,
+            // One content, as nearly always: nothing to weigh.
+            None if swarms.len() == 1 => live.next()?,
             None => live.max_by_key(|(c, s)| {
                 let older = std::cmp::Reverse((s.since, **c));
                 (s.addresses(true), s.addresses(false), older)
@@ -454,7 +456,6 @@ impl Registry {
     /// first, then in `order`.
     fn ranked_owners(&self, swarm: &Swarm, want: usize, order: Order, v6: bool) -> Vec<OwnerInfo> {
         use std::cmp::Reverse;
-        use std::hash::{Hash, Hasher};
         // Each owner's node is looked up once, and its sort key computed once; only the
         // owners that make the cut are turned into `OwnerInfo`s.
         let mut ranked: Vec<_> = swarm
@@ -467,11 +468,7 @@ impl Registry {
                 let rank = match order {
                     // The original's "best node": most files sent, then most bytes.
                     Order::Best => (Reverse(counters.files_sent), Reverse(counters.bytes_sent)),
-                    Order::Shuffled(seed) => {
-                        let mut h = std::collections::hash_map::DefaultHasher::new();
-                        (seed, addr).hash(&mut h);
-                        (Reverse(h.finish()), Reverse(0))
-                    }
+                    Order::Shuffled(seed) => (Reverse(shuffle_key(seed, addr)), Reverse(0)),
                 };
                 let key = (Reverse(o.complete), rank, *addr);
                 (key, node)
@@ -504,6 +501,23 @@ enum Order {
     Best,
     /// A random permutation drawn from the seed (owners for a download).
     Shuffled(u64),
+}
+
+/// Where `addr` falls in the random order drawn from `seed`: a SplitMix64 finish of the
+/// two, so a fresh seed per request gives each asker its own permutation of the owners at
+/// a few instructions per owner (SipHash here was a tenth of a look-up's cost).
+fn shuffle_key(seed: u64, addr: &SocketAddr) -> u64 {
+    let bits = match addr.ip() {
+        IpAddr::V4(ip) => u64::from(ip.to_bits()),
+        IpAddr::V6(ip) => {
+            let b = ip.to_bits();
+            (b as u64) ^ ((b >> 64) as u64).rotate_left(29)
+        }
+    };
+    let mut z = seed ^ (bits << 16 | u64::from(addr.port())) ^ (bits >> 48);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The names in `names` that contain `pattern`, ignoring case, in order, at most

@@ -448,7 +448,7 @@ impl Session {
             Event::TrackerError { error } => esay!("re-announce failed: {error}"),
             Event::TrackerSilent { tracker, error } => {
                 self.progress.clear();
-                esay!("tracker {tracker} is silent ({error}); using the others until it answers")
+                say!("tracker {tracker} is silent ({error}); using the others until it answers")
             }
             Event::TrackerBack { tracker } => {
                 self.progress.clear();
