@@ -205,42 +205,50 @@ impl Registry {
             return Err("port 0 cannot be served on".into());
         }
         let addr = SocketAddr::new(ip, ann.port);
-        let new_node = !self.nodes.contains_key(&addr);
-        let new_row = self
-            .nodes
-            .get(&addr)
-            .is_none_or(|n| !n.files.contains_key(&ann.file));
+        // A re-announce, by far the most common request, finds everything in place: each
+        // table is searched once and no name is copied.
+        let held = self.nodes.get(&addr).map(|n| n.files.get(&ann.file).copied());
+        let (new_node, new_row) = match held {
+            None => (true, true),
+            Some(content) => (false, content.is_none()),
+        };
         self.check_limits(addr, new_node, new_row)?;
         self.count(addr, isize::from(new_node), isize::from(new_row));
-        if !self.files.contains_key(&ann.file) {
-            self.names_stale = true;
-        }
         let node = self.nodes.entry(addr).or_insert_with(|| NodeEntry {
             name: String::new(),
             counters: Counters::default(),
             files: HashMap::new(),
         });
         let mut changed = node.name != ann.node || node.counters != ann.counters;
-        node.name.clone_from(&ann.node);
+        if node.name != ann.node {
+            node.name.clone_from(&ann.node);
+        }
         node.counters = ann.counters;
         // An owner announces one content per name: a changed file replaces the old one.
-        if let Some(old) = node.files.insert(ann.file.clone(), ann.content)
-            && old != ann.content
-        {
-            // The name itself stays: this node's new content is added under it below.
-            remove_owner(&mut self.files, &ann.file, old, addr);
-            changed = true;
+        match held.flatten() {
+            Some(old) if old == ann.content => {}
+            Some(old) => {
+                node.files.insert(ann.file.clone(), ann.content);
+                // The name itself stays: this node's new content is added under it below.
+                remove_owner(&mut self.files, &ann.file, old, addr);
+                changed = true;
+            }
+            None => {
+                node.files.insert(ann.file.clone(), ann.content);
+            }
         }
-        let swarm = self
-            .files
-            .entry(ann.file.clone())
-            .or_default()
-            .entry(ann.content)
-            .or_insert_with(|| Swarm {
-                size: ann.size,
-                owners: HashMap::new(),
-                since: now,
-            });
+        let swarms = match self.files.get_mut(&ann.file) {
+            Some(swarms) => swarms,
+            None => {
+                self.names_stale = true;
+                self.files.entry(ann.file.clone()).or_default()
+            }
+        };
+        let swarm = swarms.entry(ann.content).or_insert_with(|| Swarm {
+            size: ann.size,
+            owners: HashMap::new(),
+            since: now,
+        });
         let new = Ownership {
             pieces: ann.pieces,
             complete: ann.complete,
