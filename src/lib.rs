@@ -14,7 +14,9 @@
 //! - [`messages`]: every wire type and the framing; the one place bytes become messages.
 //! - [`split`]: pure arithmetic: a size divided among owners, and the piece layout of a file.
 //! - [`manifest`]: a file's piece hashes and the content id that commits to them.
-//! - [`tracker`]: the tracker's owner table, its UDP service and the [`TrackerClient`].
+//! - [`tracker`]: the tracker's owner table, its UDP service, the [`TrackerClient`] for one
+//!   tracker and the [`TrackerSet`] for several (each file on `k` of them, chosen by
+//!   rendezvous hashing; a silent one skipped, then asked again).
 //! - [`node`]: the node: serving peers, scheduling and verifying downloads.
 //! - [`key`]: the network key of a private network, and sealed tracker datagrams.
 //! - [`error`]: the one [`Error`] type. `{e}` prints an error's own message; [`report`]

@@ -207,7 +207,10 @@ impl Registry {
         let addr = SocketAddr::new(ip, ann.port);
         // A re-announce, by far the most common request, finds everything in place: each
         // table is searched once and no name is copied.
-        let held = self.nodes.get(&addr).map(|n| n.files.get(&ann.file).copied());
+        let held = self
+            .nodes
+            .get(&addr)
+            .map(|n| n.files.get(&ann.file).copied());
         let (new_node, new_row) = match held {
             None => (true, true),
             Some(content) => (false, content.is_none()),
