@@ -1022,6 +1022,7 @@ fn status_of(ctx: &Ctx) -> Status {
         shared,
         downloading,
         peers,
+        trackers: ctx.trackers.health(),
         counters: ctx.counters.counters(),
     }
 }

@@ -29,6 +29,37 @@ fn start(lab: &Lab, host: &str, bin: &str, args: &[&str], cwd: &Path) -> Proc {
     Proc::start("ip", &full, cwd, Stdio::null())
 }
 
+/// Starts the node `name` on the `i`-th host of `lab`, port 7000, in the private network
+/// of `cwd/net.key`, using `trackers`, its folder `cwd/name`, with `extra` flags.
+fn keyed_node(
+    lab: &Lab,
+    name: &str,
+    i: usize,
+    trackers: &[&str],
+    extra: &[&str],
+    cwd: &Path,
+) -> Proc {
+    let bind = Lab::addr(i).to_string();
+    let mut args = vec![
+        "-n",
+        name,
+        "-p",
+        "7000",
+        "--bind",
+        &bind,
+        "--key",
+        "net.key",
+        "--dir",
+        name,
+        "--no-prompt",
+    ];
+    for tracker in trackers {
+        args.extend_from_slice(&["--tracker", tracker]);
+    }
+    args.extend_from_slice(extra);
+    start(lab, &name.to_lowercase(), NODE_BIN, &args, cwd)
+}
+
 #[test]
 fn nodes_on_other_hosts_share_a_file_in_a_private_network() {
     let hosts = ["tracker", "a", "b", "c"].map(String::from);
@@ -60,24 +91,7 @@ fn nodes_on_other_hosts_share_a_file_in_a_private_network() {
     let original = cwd.join("A/f.bin");
     write_random(&original, 99, 24 * 1024 * 1024 + 17);
     let node = |name: &str, i: usize, extra: &[&str]| {
-        let bind = Lab::addr(i).to_string();
-        let mut args = vec![
-            "-n",
-            name,
-            "-p",
-            "7000",
-            "--bind",
-            bind.as_str(),
-            "--tracker",
-            tracker_addr.as_str(),
-            "--key",
-            "net.key",
-            "--dir",
-            name,
-            "--no-prompt",
-        ];
-        args.extend_from_slice(extra);
-        start(&lab, &name.to_lowercase(), NODE_BIN, &args, cwd)
+        keyed_node(&lab, name, i, &[tracker_addr.as_str()], extra, cwd)
     };
     let mut a = node("A", 1, &["--upload", "f.bin"]);
     a.line_with("sharing f.bin");
@@ -128,29 +142,9 @@ fn a_tracker_cut_off_mid_download_is_routed_around() {
     std::fs::create_dir_all(cwd.join("A")).unwrap();
     let original = cwd.join("A/f.bin");
     write_random(&original, 5, 48 * 1024 * 1024 + 3);
-    let node = |name: &str, i: usize, extra: &[&str]| {
-        let bind = Lab::addr(i).to_string();
-        let mut args = vec![
-            "-n",
-            name,
-            "-p",
-            "7000",
-            "--bind",
-            &bind,
-            "--key",
-            "net.key",
-            "--dir",
-            name,
-            "--no-prompt",
-        ];
-        for t in &trackers {
-            args.extend_from_slice(&["--tracker", t]);
-        }
-        args.extend_from_slice(extra);
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        start(&lab, &name.to_lowercase(), NODE_BIN, &args, cwd)
-    };
+    let tracker_args: Vec<&str> = trackers.iter().map(String::as_str).collect();
+    let node =
+        |name: &str, i: usize, extra: &[&str]| keyed_node(&lab, name, i, &tracker_args, extra, cwd);
     let mut a = node("A", 3, &["--upload", "f.bin"]);
     a.line_with("sharing f.bin");
 

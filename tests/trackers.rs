@@ -191,6 +191,9 @@ fn a_node_listing_a_dead_tracker_and_a_live_one_starts_shares_and_downloads() {
     assert_same_file(&report.path, &seeder.path("movie.bin"));
     let m = leecher.node.metrics();
     assert_eq!((m.trackers_up, m.trackers_silent), (1, 1));
+    let status = leecher.node.status().unwrap();
+    let health: Vec<(SocketAddr, bool)> = status.trackers.iter().map(|t| (t.addr, t.up)).collect();
+    assert_eq!(health, vec![(addrs[0], false), (addrs[1], true)]);
     leecher.shutdown();
     seeder.shutdown();
 }

@@ -278,6 +278,11 @@ pub(crate) fn node_status(s: &Status) -> String {
         "shared": shared,
         "downloads": downloads,
         "peers": s.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "trackers": s.trackers.iter().map(|t| json!({
+            "addr": t.addr.to_string(),
+            "up": t.up,
+            "silences": t.silences,
+        })).collect::<Vec<_>>(),
         "counters": counters(&s.counters),
     })
     .to_string()

@@ -196,6 +196,8 @@ pub struct Status {
     pub downloading: Vec<DownloadProgress>,
     /// The peers it has a connection open with now, serving or fetching, by address.
     pub peers: Vec<SocketAddr>,
+    /// Its trackers, in the order given, and whether each answers.
+    pub trackers: Vec<crate::tracker::TrackerHealth>,
     /// Its transfer counters.
     pub counters: Counters,
 }

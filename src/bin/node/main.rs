@@ -332,6 +332,14 @@ impl Session {
                         );
                     }
                     say!("  {} peers connected", s.peers.len());
+                    for t in &s.trackers {
+                        let state = if t.up {
+                            "answers"
+                        } else {
+                            "silent, skipped for now"
+                        };
+                        say!("  tracker {}: {state}", t.addr);
+                    }
                     let c = s.counters;
                     say!(
                         "  sent {} files / {} bytes, received {} files / {} bytes",
