@@ -230,10 +230,18 @@ impl NodeConfig {
     }
 }
 
+/// What a `Share` command shares.
+enum Sharing {
+    /// A plain file name in the node's folder.
+    Name(String),
+    /// A file anywhere, served in place under its base name.
+    Path(PathBuf),
+}
+
 /// A command for the `node-control` thread; each carries the channel its answer goes to.
 enum Command {
     Share {
-        file: String,
+        what: Sharing,
         reply: Sender<Result<ShareReport>>,
     },
     Download {
@@ -467,7 +475,24 @@ impl Node {
     /// announced again at the next interval.
     pub fn share(&self, file: &str) -> Result<ShareReport> {
         self.ask(|reply| Command::Share {
-            file: file.into(),
+            what: Sharing::Name(file.into()),
+            reply,
+        })?
+    }
+
+    /// Hashes the regular file at `path`, wherever it lies, and serves it in place under its
+    /// base name, without copying it; downloads still land in the node's folder. A file
+    /// changed or removed after sharing stops being served, as with [`share`](Self::share).
+    /// Blocks until the tracker has acknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] if its base name is not a plain file name, [`Error::NotAFile`]
+    /// or [`Error::File`] for the file; a tracker error if the announce failed (the file is
+    /// still served and announced again at the next interval).
+    pub fn share_path(&self, path: impl AsRef<Path>) -> Result<ShareReport> {
+        self.ask(|reply| Command::Share {
+            what: Sharing::Path(path.as_ref().into()),
             reply,
         })?
     }
@@ -935,8 +960,8 @@ fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()
 
 fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>) {
     match cmd {
-        Command::Share { file, reply } => {
-            let _ = reply.send(share(ctx, &file));
+        Command::Share { what, reply } => {
+            let _ = reply.send(share(ctx, &what));
         }
         Command::Download {
             file,
@@ -1045,8 +1070,11 @@ fn progress_of(ctx: &Ctx, file: String, run: &Running) -> DownloadProgress {
     }
 }
 
-fn share(ctx: &Ctx, file: &str) -> Result<ShareReport> {
-    let shared = ctx.store.share(file, ctx.config.piece_size)?;
+fn share(ctx: &Ctx, what: &Sharing) -> Result<ShareReport> {
+    let shared = match what {
+        Sharing::Name(file) => ctx.store.share(file, ctx.config.piece_size)?,
+        Sharing::Path(path) => ctx.store.share_path(path, ctx.config.piece_size)?,
+    };
     let report = share_report(&shared);
     ctx.emit(Event::Shared {
         file: report.file.clone(),

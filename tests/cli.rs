@@ -373,3 +373,30 @@ fn a_share_that_cannot_start_fails_the_node() {
     let status = a.wait(PATIENCE);
     assert!(!status.success(), "{status:?}");
 }
+
+/// `--upload` with a path shares the file where it lies: nothing is copied into the
+/// node's folder, and another node downloads it byte-exact.
+#[test]
+fn a_file_outside_the_folder_is_shared_in_place() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (_tracker, addr) = tracker_process(cwd, 2);
+    std::fs::create_dir_all(cwd.join("elsewhere")).unwrap();
+    let original = cwd.join("elsewhere/movie.bin");
+    write_random(&original, 67, 3 * 1024 * 1024 + 5);
+    let tracker_arg = addr.to_string();
+    let args = node_args("A", &tracker_arg, &["--upload", "elsewhere/movie.bin"]);
+    let mut a = Proc::start(NODE, &args, cwd, Stdio::null());
+    a.line_with("sharing movie.bin");
+    assert!(
+        !cwd.join("node_files/A/movie.bin").exists(),
+        "nothing is copied"
+    );
+
+    let b = start_node("B", addr);
+    let report = b.node.download("movie.bin").unwrap().wait().unwrap();
+    assert_same_file(&report.path, &original);
+    b.shutdown();
+    a.signal("-TERM");
+    assert!(a.wait(PATIENCE).success());
+}

@@ -1,7 +1,7 @@
 //! A download never destroys or corrupts a file of the user's: a `.part` or resume record
 //! it did not make is left byte for byte, a symbolic link is never written through or
 //! published, and pieces a resume record lists are verified again before anything is
-//! published.
+//! published. A file outside the folder is shared where it lies, never copied.
 
 mod common;
 
@@ -116,4 +116,35 @@ fn pieces_a_resume_record_lists_are_verified_again() {
     );
     second.shutdown().unwrap();
     run.shutdown();
+}
+
+/// A file anywhere is shared in place under its base name; a directory, or a path whose
+/// base name is not a plain file name, is refused.
+#[test]
+fn a_file_outside_the_folder_is_shared_where_it_lies() {
+    let (tracker, _events) = start_tracker();
+    let outside = tempfile::tempdir().unwrap();
+    let original = outside.path().join("notes.txt");
+    write_random(&original, 8, 200_000);
+    let a = start_node("A", tracker.local_addr());
+    let shared = a.node.share_path(&original).unwrap();
+    assert_eq!(shared.file, "notes.txt");
+    assert!(
+        !a.path("notes.txt").exists(),
+        "nothing is copied into the folder"
+    );
+    let b = start_node("B", tracker.local_addr());
+    let report = b.node.download("notes.txt").unwrap().wait().unwrap();
+    assert_same_file(&report.path, &original);
+    assert!(matches!(
+        a.node.share_path(outside.path()),
+        Err(Error::NotAFile { .. })
+    ));
+    assert!(
+        a.node
+            .share_path(outside.path().join("missing.bin"))
+            .is_err()
+    );
+    b.shutdown();
+    a.shutdown();
 }

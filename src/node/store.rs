@@ -179,6 +179,38 @@ impl Store {
         self.insert(name, path, manifest)
     }
 
+    /// Hashes the regular file at `path`, wherever it lies, and starts serving it in place
+    /// under its base name, without copying it. The path is the caller's to choose, so a
+    /// symbolic link in it is followed; what is served is the file it named when shared.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] if its base name is not a plain file name, [`Error::NotAFile`]
+    /// unless it is a regular file, [`Error::File`] if it cannot be read.
+    pub fn share_path(&self, path: &Path, piece_size: Option<u32>) -> Result<Arc<SharedFile>> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::NotAFile { path: path.into() })?;
+        check_file_name(name)?;
+        let path = std::fs::canonicalize(path).map_err(|source| Error::File {
+            op: "opening",
+            path: path.into(),
+            source,
+        })?;
+        let meta = std::fs::metadata(&path).map_err(|source| Error::File {
+            op: "opening",
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.file_type().is_file() {
+            return Err(Error::NotAFile { path });
+        }
+        let manifest = Manifest::from_file(&path, piece_size)?;
+        let name = name.to_owned();
+        self.insert(&name, path, manifest)
+    }
+
     /// Starts serving the file at `path` (already verified against `manifest`) as `name`.
     ///
     /// # Errors

@@ -61,7 +61,8 @@ struct Args {
     /// How many of the trackers hold each file (all, when fewer are listed).
     #[arg(long, value_name = "K", default_value_t = p2ptorrent::tracker::DEFAULT_REPLICAS)]
     tracker_replicas: usize,
-    /// Share this file at start (repeatable).
+    /// Share this file at start (repeatable): a name in the node's folder, or a path
+    /// (with a `/`) to share a file where it lies, without copying it.
     #[arg(long = "upload", value_name = "FILE")]
     uploads: Vec<String>,
     /// Download this file at start (repeatable).
@@ -257,7 +258,13 @@ impl Session {
     fn run(&mut self, cmd: Command) {
         self.progress.clear();
         match cmd {
-            Command::Upload(file) => match self.node.share(&file) {
+            // A path (anything with a `/`) is shared where it lies; a plain name, from the
+            // node's folder.
+            Command::Upload(file) => match if file.contains(std::path::MAIN_SEPARATOR) {
+                self.node.share_path(&file)
+            } else {
+                self.node.share(&file)
+            } {
                 Ok(r) => say!(
                     "sharing {} ({} bytes, {} pieces, content {})",
                     r.file,

@@ -19,7 +19,8 @@ pub enum Command {
 /// What the prompt prints for `help`.
 pub const HELP: &str = "\
 commands:
-  torrent -setMode upload FILE    | upload FILE     share FILE from this node's folder
+  torrent -setMode upload FILE    | upload FILE     share FILE from this node's folder, or
+                                                    where it lies if it is a path (has a /)
   torrent -setMode download FILE  | download FILE   fetch FILE from the nodes that own it
   download --content ID FILE                        fetch only the content ID (as search shows)
   torrent -search PATTERN         | search PATTERN  list files matching PATTERN and their owners
