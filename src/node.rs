@@ -323,7 +323,33 @@ impl Download {
     pub fn progress(&self) -> Option<DownloadProgress> {
         let ctx = self.ctx.upgrade()?;
         let run = ctx.downloading.lock().get(&self.file).cloned()?;
-        Some(progress_of(&ctx, self.file.clone(), &run))
+        Some(progress_of(self.file.clone(), &run))
+    }
+
+    /// Pauses the download: its owners are let go and the node stops serving its
+    /// partial file, but the download stays in place, holding what it has verified;
+    /// [`resume`](Self::resume) takes it up again with no piece checked twice. `wait`
+    /// waits through a pause. Returns `false` if the download has already ended.
+    pub fn pause(&self) -> bool {
+        self.steer(true)
+    }
+
+    /// Resumes a paused download. Returns `false` if it has already ended.
+    pub fn resume(&self) -> bool {
+        self.steer(false)
+    }
+
+    fn steer(&self, paused: bool) -> bool {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return false;
+        };
+        let Some(run) = ctx.downloading.lock().get(&self.file).cloned() else {
+            return false;
+        };
+        run.paused.store(paused, Ordering::SeqCst);
+        // Full: a wake is already pending, and it reads the latest wish.
+        let _ = run.steer.0.try_send(());
+        true
     }
 
     /// Stops the download: what is verified stays in `NAME.part` with its resume record,
@@ -723,12 +749,22 @@ impl Ctx {
     }
 }
 
-/// One download while it runs, for [`Status`].
+/// One download while it runs, for [`Status`], and how its handle steers it.
 #[derive(Debug)]
 pub(crate) struct Running {
     started: Instant,
+    /// Whether the handle wants the download paused; the coordinator follows it when
+    /// woken on `steer`.
+    paused: AtomicBool,
+    /// Wakes the coordinator to look at `paused`: capacity one, a pending wake suffices.
+    steer: (Sender<()>, Receiver<()>),
     /// Pieces verified from an earlier run, set once the `.part` is opened.
     resumed: AtomicU32,
+    /// The file's size and piece count, once known, and the pieces verified so far
+    /// (resumed ones included), kept by the download.
+    size: AtomicU64,
+    pieces: AtomicU32,
+    verified: AtomicU32,
     /// Verified bytes received this run, added by the download's coordinator.
     fetched: AtomicU64,
     /// Owners being fetched from, as the coordinator last counted them.
@@ -739,7 +775,12 @@ impl Running {
     fn new() -> Self {
         Self {
             started: Instant::now(),
+            paused: AtomicBool::new(false),
+            steer: bounded(1),
             resumed: AtomicU32::new(0),
+            size: AtomicU64::new(0),
+            pieces: AtomicU32::new(0),
+            verified: AtomicU32::new(0),
             fetched: AtomicU64::new(0),
             owners: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -1038,7 +1079,7 @@ fn status_of(ctx: &Ctx) -> Status {
         .collect();
     let downloading = running
         .into_iter()
-        .map(|(file, run)| progress_of(ctx, file, &run))
+        .map(|(file, run)| progress_of(file, &run))
         .collect();
     let peers = ctx.conns.peers();
     Status {
@@ -1053,20 +1094,17 @@ fn status_of(ctx: &Ctx) -> Status {
 }
 
 /// How far the download of `file` is.
-fn progress_of(ctx: &Ctx, file: String, run: &Running) -> DownloadProgress {
-    let (size, pieces, verified) = match ctx.store.get(&file) {
-        Some(f) if f.is_partial() => (f.manifest.size(), f.manifest.piece_count(), f.progress().0),
-        _ => (0, 0, 0),
-    };
+fn progress_of(file: String, run: &Running) -> DownloadProgress {
     DownloadProgress {
         file,
-        size,
-        pieces,
-        verified,
+        size: run.size.load(Ordering::Relaxed),
+        pieces: run.pieces.load(Ordering::Relaxed),
+        verified: run.verified.load(Ordering::Relaxed),
         resumed: run.resumed.load(Ordering::Relaxed),
         fetched: run.fetched.load(Ordering::Relaxed),
         owners: run.owners.load(Ordering::Relaxed),
         elapsed: run.started.elapsed(),
+        paused: run.paused.load(Ordering::Relaxed),
     }
 }
 

@@ -400,3 +400,45 @@ fn a_file_outside_the_folder_is_shared_in_place() {
     a.signal("-TERM");
     assert!(a.wait(PATIENCE).success());
 }
+
+/// `pause FILE` at the prompt lets the owners go and `status` says so; `resume FILE`
+/// takes it up again and it finishes byte-exact.
+#[test]
+fn pause_and_resume_at_the_prompt() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (_tracker, addr) = tracker_process(cwd, 2);
+    let tracker_arg = addr.to_string();
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    let original = cwd.join("node_files/A/movie.bin");
+    write_random(&original, 68, 16 * 1024 * 1024);
+    // Capped, so the download is still running when it is paused.
+    let a_args = node_args(
+        "A",
+        &tracker_arg,
+        &["--upload", "movie.bin", "--upload-limit", "4MiB"],
+    );
+    let mut a = Proc::start(NODE, &a_args, cwd, Stdio::null());
+    a.line_with("sharing movie.bin");
+    let b_args = node_args("B", &tracker_arg, &["-v"]);
+    let b_args: Vec<&str> = b_args.into_iter().filter(|a| *a != "--no-prompt").collect();
+    let mut b = Proc::start(NODE, &b_args, cwd, Stdio::piped());
+    let mut stdin = b.child.stdin.take().unwrap();
+    writeln!(stdin, "download movie.bin").unwrap();
+    b.line_with("received piece");
+    writeln!(stdin, "pause movie.bin").unwrap();
+    let paused = b.line_with("paused movie.bin");
+    assert!(paused.contains("resume movie.bin"), "{paused}");
+    writeln!(stdin, "status").unwrap();
+    let status = b.line_with("downloading movie.bin");
+    assert!(status.contains("(paused)"), "{status}");
+    writeln!(stdin, "resume movie.bin").unwrap();
+    b.line_with("resumed movie.bin");
+    b.line_with("downloaded movie.bin");
+    writeln!(stdin, "exit").unwrap();
+    assert!(b.wait(PATIENCE).success());
+    drop(stdin);
+    assert_same_file(&original, &cwd.join("node_files/B/movie.bin"));
+    a.signal("-TERM");
+    assert!(a.wait(PATIENCE).success());
+}

@@ -1,5 +1,5 @@
-//! Control over a running download, as an embedder has it: cancel and resume, and a
-//! handle whose `wait` can be asked again.
+//! Control over a running download, as an embedder has it: cancel and resume, pause and
+//! resume, and a handle whose `wait` can be asked again.
 
 mod common;
 
@@ -152,6 +152,59 @@ fn a_download_answers_how_far_it_is_while_it_runs() {
     assert_eq!(listed[0].file, "f.bin");
     download.wait().unwrap();
     assert!(download.progress().is_none(), "ended");
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+#[test]
+fn a_paused_download_lets_its_owners_go_and_resumes_byte_exact() {
+    let (tracker, _te) = start_tracker();
+    // Capped, so the download is still running when it is paused.
+    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
+        c.upload_limit = Some(4 * MIB);
+        c
+    });
+    write_random(&seeder.path("f.bin"), 13, 8 * MIB);
+    seeder.node.share("f.bin").unwrap();
+    let leech = start_node("leech", tracker.local_addr());
+    let download = leech.node.download("f.bin").unwrap();
+    wait_event(&leech.events, PATIENCE, |e| match e {
+        Event::PieceReceived { done, .. } if *done >= 16 => Some(()),
+        _ => None,
+    });
+    assert!(download.pause());
+    let verified = wait_event(&leech.events, PATIENCE, |e| match e {
+        Event::DownloadPaused { verified, .. } => Some(*verified),
+        _ => None,
+    });
+    assert!((16..128).contains(&verified), "{verified} of 128 pieces");
+    // Its owners are let go, and its partial file is no longer served.
+    wait_until("the owners to be let go", PATIENCE, || {
+        let peers = leech.node.status().unwrap().peers;
+        if peers.is_empty() { Ok(()) } else { Err(peers) }
+    });
+    let progress = download
+        .progress()
+        .expect("a paused download is still running");
+    assert!(progress.paused);
+    // Pieces already on the wire may land; nothing more is asked for.
+    assert!((verified..128).contains(&progress.verified), "{progress:?}");
+    assert!(leech.node.status().unwrap().shared.is_empty());
+
+    assert!(download.resume());
+    wait_event(&leech.events, PATIENCE, |e| match e {
+        Event::DownloadResumed { .. } => Some(()),
+        _ => None,
+    });
+    let report = download.wait().unwrap();
+    assert_eq!(
+        report.resumed, 0,
+        "one run: no piece was read back from disk"
+    );
+    assert_same_file(&seeder.path("f.bin"), &report.path);
+    // Ended: nothing left to pause.
+    assert!(!download.pause());
     leech.shutdown();
     seeder.shutdown();
     tracker.shutdown().unwrap();

@@ -268,6 +268,7 @@ pub(crate) fn node_status(s: &Status) -> String {
                 "fetched": d.fetched,
                 "rate": d.rate(),
                 "eta_secs": d.eta().map(|t| t.as_secs_f64()),
+                "paused": d.paused,
             })
         })
         .collect();

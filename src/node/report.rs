@@ -32,6 +32,18 @@ pub enum Event {
         /// How many contents are shared under the name.
         contents: u32,
     },
+    /// A download was paused: its owners let go, its partial file no longer served.
+    DownloadPaused {
+        /// The file.
+        file: String,
+        /// Pieces verified so far.
+        verified: u32,
+    },
+    /// A paused download was resumed.
+    DownloadResumed {
+        /// The file.
+        file: String,
+    },
     /// A download found its owners and its piece list.
     DownloadStarted {
         /// The file.
@@ -221,6 +233,8 @@ pub struct DownloadProgress {
     pub owners: usize,
     /// Time since this run of the download began.
     pub elapsed: Duration,
+    /// Whether it is paused ([`crate::Download::pause`]).
+    pub paused: bool,
 }
 
 impl DownloadProgress {

@@ -292,6 +292,14 @@ impl Session {
                 Some(d) => d.cancel(),
                 None => esay!("cancel {file}: not being downloaded"),
             },
+            Command::Pause(file) => match self.pending.iter().find(|d| d.file() == file) {
+                Some(d) if d.pause() => {}
+                _ => esay!("pause {file}: not being downloaded"),
+            },
+            Command::Resume(file) => match self.pending.iter().find(|d| d.file() == file) {
+                Some(d) if d.resume() => {}
+                _ => esay!("resume {file}: not being downloaded"),
+            },
             Command::Search(pattern) => match self.node.search(&pattern) {
                 Ok(hits) if hits.is_empty() => say!("no file matches {pattern:?}"),
                 Ok(hits) => {
@@ -330,8 +338,9 @@ impl Session {
                             .map(|t| format!(", {} s left", t.as_secs()))
                             .unwrap_or_default();
                         say!(
-                            "  downloading {} ({:.1} %, {}/{} pieces, {:.1} MiB/s{eta})",
+                            "  downloading {}{} ({:.1} %, {}/{} pieces, {:.1} MiB/s{eta})",
                             d.file,
+                            if d.paused { " (paused)" } else { "" },
                             100.0 * d.fraction(),
                             d.verified,
                             d.pieces,
@@ -416,6 +425,14 @@ impl Session {
                      {chosen}, whose complete owners are on the most addresses \
                      (`search {file}` lists them; `download --content ID {file}` picks one)"
                 );
+            }
+            Event::DownloadPaused { file, verified } => {
+                self.progress.clear();
+                say!("paused {file} with {verified} pieces verified; `resume {file}` goes on");
+            }
+            Event::DownloadResumed { file } => {
+                self.progress.clear();
+                say!("resumed {file}");
             }
             Event::DownloadStarted {
                 file,

@@ -11,6 +11,8 @@ pub enum Command {
     Search(String),
     /// Stop a running download, keeping what it has for a later resume.
     Cancel(String),
+    Pause(String),
+    Resume(String),
     Status,
     Help,
     Exit,
@@ -25,6 +27,8 @@ commands:
   download --content ID FILE                        fetch only the content ID (as search shows)
   torrent -search PATTERN         | search PATTERN  list files matching PATTERN and their owners
   cancel FILE                                       stop downloading FILE; `download FILE` resumes it
+  pause FILE                                        let FILE's owners go, keeping what it has
+  resume FILE                                       take a paused download up again
   status                                            what this node shares and downloads
   torrent exit                    | exit            leave the network";
 
@@ -56,6 +60,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ["-setMode", mode, ..] => return Err(format!("unknown mode {mode:?}: upload or download")),
         ["-search", rest @ ..] | ["search", rest @ ..] => Command::Search(rest.join(" ")),
         ["cancel", rest @ ..] => Command::Cancel(arg(rest, "cancel")?),
+        ["pause", rest @ ..] => Command::Pause(arg(rest, "pause")?),
+        ["resume", rest @ ..] => Command::Resume(arg(rest, "resume")?),
         ["exit"] | ["-exit"] | ["quit"] => Command::Exit,
         ["status"] => Command::Status,
         ["help"] | ["-help"] | ["?"] => Command::Help,
@@ -93,6 +99,14 @@ mod tests {
             Ok(Some(Command::Cancel("a b.txt".into())))
         );
         assert!(parse("cancel").is_err());
+        assert_eq!(
+            parse("pause f.bin"),
+            Ok(Some(Command::Pause("f.bin".into())))
+        );
+        assert_eq!(
+            parse("resume f.bin"),
+            Ok(Some(Command::Resume("f.bin".into())))
+        );
         assert_eq!(parse("exit"), Ok(Some(Command::Exit)));
         assert_eq!(parse("status"), Ok(Some(Command::Status)));
         assert_eq!(parse(""), Ok(None));

@@ -112,6 +112,9 @@ pub(super) struct Coordinator<'s, 'd> {
     /// Median seconds per piece over recent pieces, for spotting slow owners.
     piece_secs: Vec<f64>,
     rng: fastrand::Rng,
+    /// Paused by the handle: no owner is asked for anything, and the partial file is not
+    /// served, until resumed.
+    paused: bool,
 }
 
 impl<'s, 'd> Coordinator<'s, 'd> {
@@ -150,6 +153,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             last_rotation: now,
             piece_secs: Vec::new(),
             rng: fastrand::Rng::new(),
+            paused: false,
         }
     }
 
@@ -172,6 +176,10 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             // Stopped early (shutdown, no owner left, a disk error): what is verified
             // survives for the next attempt.
             self.record();
+            // A resume may have put a new partial entry in the store.
+            if let Some(partial) = &self.partial {
+                self.ctx().store.withdraw(partial);
+            }
         }
         result
     }
@@ -189,8 +197,15 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         self.fill_all();
         let ticks = tick(TICK);
         let stop = self.ctx().stop.clone();
+        let steer = self
+            .running
+            .as_ref()
+            .map_or_else(crossbeam_channel::never, |r| r.steer.1.clone());
+        // Paused before it got here.
+        self.steer()?;
         while !self.sched.is_complete() {
             select! {
+                recv(steer) -> _ => self.steer()?,
                 recv(self.reports) -> report => {
                     // The job holds a sender, so the channel never disconnects here.
                     if let Ok(report) = report {
@@ -273,6 +288,8 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             ctx.counters.pieces_received.fetch_add(1, Ordering::Relaxed);
             if let Some(run) = &self.running {
                 run.fetched.fetch_add(u64::from(bytes), Ordering::Relaxed);
+                run.verified
+                    .store(self.sched.done_count(), Ordering::Relaxed);
             }
             if let Some(addr) = addr {
                 *self.received.entry(addr).or_default() += u64::from(bytes);
@@ -354,6 +371,9 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         // node. A request the busy `node-lookup` thread cannot take is tried again at the
         // next tick, never lost (64 hosts in, a third of the leechers once stayed
         // unknown, uploading nothing, because their first announce was dropped).
+        if self.paused {
+            return Ok(());
+        }
         let held = self.sched.done_count();
         if let Some(partial) = &self.partial
             && held > 0
@@ -385,6 +405,9 @@ impl<'s, 'd> Coordinator<'s, 'd> {
     /// Starts workers for untried owners until `max_owners` run. With none running and
     /// none left to try, asks the tracker; fails once it has nothing new either.
     fn top_up(&mut self) -> Result<()> {
+        if self.paused {
+            return Ok(());
+        }
         let max = self.ctx().config.max_owners;
         let now = Instant::now();
         while self.workers.len() < max {
@@ -585,6 +608,48 @@ impl<'s, 'd> Coordinator<'s, 'd> {
     }
 
     /// Tells every worker to stop.
+    /// Follows the handle's wish: pausing lets every owner go, saves the resume record and
+    /// stops serving the partial file; resuming serves it again, announces it and starts
+    /// owners afresh. What is verified stays in the schedule either way.
+    fn steer(&mut self) -> Result<()> {
+        let wanted = self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.paused.load(Ordering::SeqCst));
+        if wanted == self.paused {
+            return Ok(());
+        }
+        self.paused = wanted;
+        let ctx = self.ctx();
+        let file = self.job.file;
+        if wanted {
+            self.stop_all();
+            self.record();
+            if let Some(partial) = &self.partial {
+                ctx.store.withdraw(partial);
+            }
+            ctx.emit(Event::DownloadPaused {
+                file: file.into(),
+                verified: self.sched.done_count(),
+            });
+            return Ok(());
+        }
+        self.partial = ctx.store.insert_partial(
+            file,
+            self.job.part.path().to_owned(),
+            self.job.manifest.clone(),
+            self.sched.done_bitfield(),
+        );
+        let now = Instant::now();
+        (self.next_announce, self.next_poll, self.announced) = (now, now, 0);
+        // Owners let go by the pause are not failures: ask them again at once.
+        self.book.asked_again = false;
+        ctx.emit(Event::DownloadResumed { file: file.into() });
+        self.top_up()?;
+        self.fill_all();
+        Ok(())
+    }
+
     fn stop_all(&mut self) {
         let slots: Vec<usize> = self.workers.keys().copied().collect();
         for slot in slots {

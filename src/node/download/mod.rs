@@ -83,8 +83,11 @@ pub(super) fn run(
     }
     let resumed = done.count();
     if let Some(run) = ctx.downloading.lock().get(file) {
-        run.resumed
-            .store(resumed, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        run.resumed.store(resumed, Relaxed);
+        run.verified.store(resumed, Relaxed);
+        run.size.store(manifest.size(), Relaxed);
+        run.pieces.store(manifest.piece_count(), Relaxed);
     }
     // Serve what we hold while we download; withdrawn if the download fails, replaced by
     // the finished file if it succeeds.
