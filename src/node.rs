@@ -170,6 +170,14 @@ impl NodeConfig {
         self
     }
 
+    /// Sets how many times a tracker request is sent before that tracker is taken as
+    /// silent (at least one). The waits are 250 ms, then doubling: four tries take 3.75 s,
+    /// two take 0.75 s. This bounds how long `share` and `search` can block.
+    pub fn tracker_tries(mut self, tries: u32) -> Self {
+        self.tracker_tries = tries.max(1);
+        self
+    }
+
     /// Sets how long a tracker that went silent is skipped before it is asked again.
     pub fn tracker_retry_after(mut self, wait: Duration) -> Self {
         self.tracker_retry_after = wait;
@@ -492,7 +500,9 @@ impl Node {
     }
 
     /// Hashes the file `file` in the node's folder, serves it and announces it (mode
-    /// `upload`). Blocks until the tracker has acknowledged.
+    /// `upload`). Blocks until a tracker has acknowledged: the trackers of its set are
+    /// asked at once, each at most [`NodeConfig::tracker_tries`] times (3.75 s with the
+    /// defaults), after the hashing.
     ///
     /// # Errors
     ///
@@ -564,7 +574,9 @@ impl Node {
         })
     }
 
-    /// Asks the tracker which files contain `pattern` (ignoring case), and who owns them.
+    /// Asks the trackers which files contain `pattern` (ignoring case), and who owns them,
+    /// all at once, merging their answers. Blocks at most as long as one tracker's tries
+    /// (3.75 s with the defaults, see [`NodeConfig::tracker_tries`]).
     ///
     /// # Errors
     ///

@@ -38,8 +38,8 @@ fn with_trackers(
     move |mut c| {
         c = c
             .trackers(addrs, replicas)
+            .tracker_tries(TRIES)
             .tracker_retry_after(Duration::from_millis(500));
-        c.tracker_tries = TRIES;
         if let Some(key) = key {
             c = c.key(key);
         }

@@ -386,14 +386,16 @@ impl Session {
                     } else {
                         String::new()
                     };
+                    // The rate of what came over the network: resumed pieces were already here.
+                    let fetched: u64 = r.from.iter().map(|(_, bytes)| bytes).sum();
                     say!(
-                        "downloaded {} ({} bytes, {} pieces verified{resumed}) from {} in {:.2} s, {:.1} MB/s",
+                        "downloaded {} ({} bytes, {} pieces verified{resumed}) from {} in {:.2} s, {:.1} MiB/s",
                         r.file,
                         r.size,
                         r.pieces,
                         plural(r.from.len(), "owner"),
                         secs,
-                        r.size as f64 / secs / 1e6
+                        fetched as f64 / secs / f64::from(1 << 20)
                     );
                     for (owner, why) in &r.failed {
                         say!("  dropped owner {owner}: {why}");

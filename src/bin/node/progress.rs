@@ -81,13 +81,14 @@ impl Progress {
                 };
                 let width = 24;
                 let filled = (frac * f64::from(width)).round() as usize;
-                let rate = f.bytes as f64 / f.started.elapsed().as_secs_f64().max(1e-3) / 1e6;
+                const MIB: f64 = (1 << 20) as f64;
+                let rate = f.bytes as f64 / f.started.elapsed().as_secs_f64().max(1e-3) / MIB;
                 format!(
-                    "{name} [{}{}] {:>3.0}% of {} MB, {rate:.0} MB/s",
+                    "{name} [{}{}] {:>3.0}% of {:.1} MiB, {rate:.1} MiB/s",
                     "#".repeat(filled),
                     "-".repeat(width as usize - filled),
                     frac * 100.0,
-                    f.size / 1_000_000
+                    f.size as f64 / MIB
                 )
             })
             .collect();
