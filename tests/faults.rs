@@ -60,6 +60,12 @@ fn download_past(
             _ => None,
         });
         assert_eq!(rejected, fake.addr);
+        // The owner dropped for it is named as the tracker lists it.
+        let dropped = wait_event(&leech.events, PATIENCE, |e| match e {
+            Event::OwnerFailed { node, owner, .. } => Some((node.clone(), *owner)),
+            _ => None,
+        });
+        assert_eq!(dropped, (format!("fake-{behaviour:?}"), fake.addr));
     }
     drop(fake);
     leech.shutdown();

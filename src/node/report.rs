@@ -94,6 +94,8 @@ pub enum Event {
     OwnerFailed {
         /// The file.
         file: String,
+        /// The owner's node name, as the tracker listed it (empty if it did not).
+        node: String,
         /// The owner.
         owner: SocketAddr,
         /// What went wrong.

@@ -409,6 +409,16 @@ impl Session {
                     self.progress.finish(d.file());
                     self.failures += 1;
                     esay!("download {}: {}", d.file(), report(&e));
+                    if let p2ptorrent::Error::OwnersExhausted { missing, total, .. } = e
+                        && missing < total
+                    {
+                        esay!(
+                            "  the {} verified pieces are kept in {}.part; `download {}` resumes",
+                            total - missing,
+                            d.file(),
+                            d.file()
+                        );
+                    }
                 }
             }
         }
@@ -474,9 +484,17 @@ impl Session {
                     "piece {piece} of {file} from {from} failed verification; fetching it elsewhere"
                 );
             }
-            Event::OwnerFailed { file, owner, error } => {
+            Event::OwnerFailed {
+                file,
+                node,
+                owner,
+                error,
+            } => {
                 self.progress.clear();
-                say!("{file}: dropped owner {owner}: {error}");
+                match node.as_str() {
+                    "" => say!("{file}: dropped owner {owner}: {error}"),
+                    node => say!("{file}: dropped owner {node} ({owner}): {error}"),
+                }
             }
             Event::FileChanged { file } => say!("{file} changed on disk; no longer shared"),
             Event::TrackerError { error } => esay!("re-announce failed: {error}"),

@@ -335,6 +335,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 self.book.failed(addr, &e, Instant::now());
                 self.ctx().emit(Event::OwnerFailed {
                     file: self.job.file.into(),
+                    node: self.book.name_of(addr),
                     owner: addr,
                     error: report(&e),
                 });
@@ -546,6 +547,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 );
                 self.ctx().emit(Event::OwnerFailed {
                     file: self.job.file.into(),
+                    node: self.book.name_of(addr),
                     owner: addr,
                     error: why,
                 });

@@ -342,6 +342,7 @@ fn ask_for_manifest<'a>(
                 owners.failed(addr, &e, Instant::now());
                 ctx.emit(Event::OwnerFailed {
                     file: file.into(),
+                    node: owners.name_of(addr),
                     owner: addr,
                     error: report(&e),
                 });

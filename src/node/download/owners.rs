@@ -166,6 +166,15 @@ impl OwnerBook {
         self.failures.remove(&addr);
     }
 
+    /// Returns the node name the tracker listed for `addr` (empty if none).
+    pub fn name_of(&self, addr: SocketAddr) -> String {
+        self.candidates
+            .iter()
+            .find(|o| o.addr == addr)
+            .map(|o| o.node.clone())
+            .unwrap_or_default()
+    }
+
     /// Returns whether the tracker listed `addr` as holding the whole file. A complete
     /// owner serves in turns, so its silence between turns is no sign of trouble.
     pub fn is_complete(&self, addr: SocketAddr) -> bool {
