@@ -39,6 +39,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result, report};
 use crate::key::NetworkKey;
 use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, SearchHit};
+use crate::session::SharedStream;
 use crate::tracker::{
     DEFAULT_REPLICAS, DEFAULT_RETRY_AFTER, DEFAULT_TRACKER_ADDR, TrackerChange, TrackerSet,
     wake_addr,
@@ -809,7 +810,7 @@ struct Conns {
 struct ConnTable {
     next: u64,
     closed: bool,
-    open: HashMap<u64, TcpStream>,
+    open: HashMap<u64, SharedStream>,
 }
 
 impl Conns {
@@ -818,19 +819,15 @@ impl Conns {
     /// # Errors
     ///
     /// [`Error::Shutdown`] if the node is shutting down; the stream is then shut.
-    fn register(&self, stream: &TcpStream) -> Result<ConnGuard<'_>> {
-        let clone = stream.try_clone();
+    fn register(&self, stream: &SharedStream) -> Result<ConnGuard<'_>> {
         let mut table = self.inner.lock();
-        let clone = match clone {
-            Ok(c) if !table.closed => c,
-            _ => {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-                return Err(Error::Shutdown);
-            }
-        };
+        if table.closed {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Err(Error::Shutdown);
+        }
         let id = table.next;
         table.next += 1;
-        table.open.insert(id, clone);
+        table.open.insert(id, stream.clone());
         Ok(ConnGuard { conns: self, id })
     }
 

@@ -477,6 +477,57 @@ pub(crate) trait Deadline {
     fn set_deadline(&mut self, deadline: Option<Instant>);
 }
 
+/// One TCP connection, shared by the half that reads it, the half that writes it and the
+/// node's table of open connections: one descriptor, however many hold it (three
+/// `try_clone`s made a served connection cost four, and a low descriptor limit ran out at a
+/// quarter of the connections). Closed when the last holder lets go.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedStream(Arc<TcpStream>);
+
+impl SharedStream {
+    /// Shares `stream`.
+    pub fn new(stream: TcpStream) -> Self {
+        Self(Arc::new(stream))
+    }
+}
+
+impl std::ops::Deref for SharedStream {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl Read for SharedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for SharedStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+/// A client's socket has its peer timeout on every read instead.
+impl Deadline for SharedStream {
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn set_deadline(&mut self, _: Option<Instant>) {}
+}
+
 /// A client's socket has its peer timeout on every read instead.
 impl Deadline for TcpStream {
     fn deadline(&self) -> Option<Instant> {

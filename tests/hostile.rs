@@ -607,3 +607,63 @@ fn connections_past_the_per_ip_limit_are_refused() {
     node.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// What a stranger's connection costs the node in descriptors: one. (Three `try_clone`s
+/// made it four, and a node under a low descriptor limit ran out at a quarter of its
+/// connection cap.) Counted exactly: the descriptors of this process that refer to a socket
+/// the node accepted.
+#[test]
+fn each_served_connection_costs_the_node_one_descriptor() {
+    let (tracker, _te) = start_tracker();
+    let node = start_node_with("victim", tracker.local_addr(), |c| {
+        c.max_connections(64, 64)
+    });
+    let port = node.node.local_addr().port();
+    let peers: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = connect(node.node.local_addr());
+            hello(&mut s);
+            s
+        })
+        .collect();
+    wait_until("every connection to be served", PATIENCE, || {
+        match node.node.metrics().connections_open {
+            20 => Ok(()),
+            n => Err(n),
+        }
+    });
+    let accepted = accepted_sockets(port);
+    assert_eq!(accepted.len(), 20, "one socket per connection");
+    let descriptors = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy();
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|inode| accepted.contains(inode))
+        .count();
+    assert_eq!(descriptors, 20, "descriptors for 20 served connections");
+    drop(peers);
+    node.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// The inodes of the established TCP sockets whose local port is `port` (IPv4).
+fn accepted_sockets(port: u16) -> std::collections::HashSet<u64> {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f[1].split(':').nth(1)?, 16).ok()?;
+            // State 01: established.
+            (local_port == port && f[3] == "01").then(|| f[9].parse().ok())?
+        })
+        .collect()
+}

@@ -15,7 +15,7 @@ use crate::messages::{
     read_frame_within, write_frame,
 };
 
-use crate::session::{self, LinkReader, LinkWriter};
+use crate::session::{self, LinkReader, LinkWriter, SharedStream};
 
 use super::schedule::Bitfield;
 use super::serve::kind;
@@ -33,8 +33,8 @@ const TRICKLE_READ: usize = 8 * 1024;
 /// A connection to an owner.
 pub(super) struct PeerConn<'a> {
     addr: SocketAddr,
-    reader: BufReader<LinkReader<TcpStream>>,
-    writer: LinkWriter<TcpStream>,
+    reader: BufReader<LinkReader<SharedStream>>,
+    writer: LinkWriter<SharedStream>,
     _guard: ConnGuard<'a>,
 }
 
@@ -60,22 +60,22 @@ impl<'a> PeerConn<'a> {
         stream
             .set_write_timeout(Some(timeout))
             .map_err(io("setting up connection"))?;
+        let stream = SharedStream::new(stream);
         let guard = ctx.conns.register(&stream)?;
         let session = match &ctx.config.key {
-            Some(key) => Some(session::initiate(&mut &stream, &mut &stream, key, addr)?),
+            Some(key) => Some(session::initiate(&mut &*stream, &mut &*stream, key, addr)?),
             None => None,
         };
         // Small on purpose: a payload read larger than the buffer bypasses it and lands in
         // the piece buffer directly, so at most this much file data is copied twice.
         let reader_capacity = 8 * 1024;
-        let clone = || stream.try_clone().map_err(io("setting up connection"));
         let mut conn = Self {
             addr,
             reader: BufReader::with_capacity(
                 reader_capacity,
-                LinkReader::new(clone()?, session.clone(), None),
+                LinkReader::new(stream.clone(), session.clone(), None),
             ),
-            writer: LinkWriter::new(clone()?, session, 16 * 1024),
+            writer: LinkWriter::new(stream, session, 16 * 1024),
             _guard: guard,
         };
         conn.send(&Message::Hello {
@@ -237,7 +237,7 @@ pub(super) enum Incoming {
 /// The reading half of a connection to an owner.
 pub(super) struct PeerReader<'a> {
     addr: SocketAddr,
-    reader: BufReader<LinkReader<TcpStream>>,
+    reader: BufReader<LinkReader<SharedStream>>,
     /// The bytes a read of the socket waits for now (`SO_RCVLOWAT`).
     waking_at: usize,
     /// Whether payloads arrive a segment or two at a time (a capped or distant owner), so
@@ -367,7 +367,7 @@ impl PeerReader<'_> {
 /// The writing half of a connection to an owner.
 pub(super) struct PeerWriter {
     addr: SocketAddr,
-    writer: LinkWriter<TcpStream>,
+    writer: LinkWriter<SharedStream>,
 }
 
 impl PeerWriter {

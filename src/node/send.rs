@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, never, select};
 
 use crate::error::{Error, Result};
 use crate::messages::{ContentId, MAX_HAVE_LIST, Message, check_file_name, write_frame};
-use crate::session::LinkWriter;
+use crate::session::{LinkWriter, SharedStream};
 
 use super::schedule::Bitfield;
 use super::seeding::{OFFERS_OPEN, TURN_IDLE, TURN_PIECES, TURN_TIME, pick_offers};
@@ -94,7 +94,7 @@ pub(super) struct Outbox<'a> {
     addr: SocketAddr,
     /// This connection's id, for the node's line of upload turns.
     id: u64,
-    writer: LinkWriter<TcpStream>,
+    writer: LinkWriter<SharedStream>,
     /// What the reading half hands over.
     jobs: Receiver<Job>,
     /// Jobs taken off `jobs` early, at a turn's end, to drop requests for withdrawn
@@ -124,7 +124,7 @@ impl<'a> Outbox<'a> {
         ctx: &'a Ctx,
         addr: SocketAddr,
         id: u64,
-        writer: LinkWriter<TcpStream>,
+        writer: LinkWriter<SharedStream>,
         jobs: Receiver<Job>,
     ) -> Self {
         let (wake_tx, wake_rx) = bounded(1);

@@ -22,7 +22,7 @@ use crate::messages::{
     MAGIC, MAX_CONTROL_LEN, Message, PROTOCOL_VERSION, read_frame_after_within, read_frame_within,
     write_frame,
 };
-use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened};
+use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened, SharedStream};
 
 use super::metrics::bump;
 use super::send::{Job, Outbox};
@@ -212,6 +212,7 @@ fn make_room(ctx: &Ctx, handlers: &mut [Handler], ip: IpAddr) -> bool {
 
 fn serve_peer(ctx: &Ctx, stream: TcpStream, seen: &Seen) {
     let Ok(addr) = stream.peer_addr() else { return };
+    let stream = SharedStream::new(stream);
     let result = Server::new(ctx, addr, &stream, seen).and_then(|s| s.run(&stream));
     match result {
         Ok(()) | Err(Error::Shutdown) => {}
@@ -229,7 +230,7 @@ struct Server<'a> {
     addr: SocketAddr,
     reader: BufReader<LinkReader<DeadlineStream>>,
     /// Moved to the `node-send` thread after the hellos.
-    writer: Option<LinkWriter<TcpStream>>,
+    writer: Option<LinkWriter<SharedStream>>,
     /// The first frame's length prefix, when the key negotiation read it.
     prefix: Option<[u8; 4]>,
     guard: super::ConnGuard<'a>,
@@ -237,7 +238,7 @@ struct Server<'a> {
 }
 
 impl<'a> Server<'a> {
-    fn new(ctx: &'a Ctx, addr: SocketAddr, stream: &TcpStream, seen: &'a Seen) -> Result<Self> {
+    fn new(ctx: &'a Ctx, addr: SocketAddr, stream: &SharedStream, seen: &'a Seen) -> Result<Self> {
         let io = |source| Error::PeerIo {
             addr,
             op: "setting up connection",
@@ -251,10 +252,10 @@ impl<'a> Server<'a> {
         seen.id.store(guard.id(), Ordering::Relaxed);
         // The key handshake and the hello must arrive within the handshake timeout,
         // however they trickle; `run` clears the deadline after the hello.
-        let mut raw = DeadlineStream::new(stream.try_clone().map_err(io)?);
+        let mut raw = DeadlineStream::new(stream.clone());
         raw.deadline = Some(Instant::now() + ctx.config.handshake_timeout);
         let (prefix, session) =
-            match session::accept(&mut raw, &mut &*stream, ctx.config.key.as_ref(), addr)? {
+            match session::accept(&mut raw, &mut &**stream, ctx.config.key.as_ref(), addr)? {
                 Opened::Plain(prefix) => (Some(prefix), None),
                 Opened::Sealed(session) => (None, Some(session)),
             };
@@ -266,11 +267,7 @@ impl<'a> Server<'a> {
                 16 * 1024,
                 LinkReader::new(raw, session.clone(), record_timeout),
             ),
-            writer: Some(LinkWriter::new(
-                stream.try_clone().map_err(io)?,
-                session,
-                64 * 1024,
-            )),
+            writer: Some(LinkWriter::new(stream.clone(), session, 64 * 1024)),
             prefix,
             guard,
             seen,
@@ -279,7 +276,7 @@ impl<'a> Server<'a> {
 
     /// Exchanges hellos, then reads the peer's frames and hands them to the `node-send`
     /// thread until either side stops. The sending side's error, if any, explains the end.
-    fn run(mut self, stream: &TcpStream) -> Result<()> {
+    fn run(mut self, stream: &SharedStream) -> Result<()> {
         let Some(mut writer) = self.writer.take() else {
             return Ok(());
         };
@@ -444,14 +441,14 @@ pub(super) fn kind(msg: &Message) -> &'static str {
 /// idle timeout. Each read sets the socket's timeout to what is left, so a peer that sends
 /// one byte at a time cannot stretch a frame past its deadline.
 struct DeadlineStream {
-    stream: TcpStream,
+    stream: SharedStream,
     deadline: Option<Instant>,
     /// The read timeout last set on the socket, to skip redundant system calls.
     timeout: Option<Duration>,
 }
 
 impl DeadlineStream {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: SharedStream) -> Self {
         Self {
             stream,
             deadline: None,
