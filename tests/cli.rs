@@ -269,6 +269,27 @@ fn a_tracker_whose_stdout_is_gone_keeps_tracking() {
     );
 }
 
+/// Node A sharing a 16 MiB `movie.bin` of seed `seed` at 4 MiB/s, so a download of it is
+/// still running when it is steered; returns it, the original's path and its `sharing`
+/// line.
+fn capped_seeder(
+    cwd: &std::path::Path,
+    tracker_arg: &str,
+    seed: u64,
+) -> (Proc, std::path::PathBuf, String) {
+    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
+    let original = cwd.join("node_files/A/movie.bin");
+    write_random(&original, seed, 16 * 1024 * 1024);
+    let a_args = node_args(
+        "A",
+        tracker_arg,
+        &["--upload", "movie.bin", "--upload-limit", "4MiB"],
+    );
+    let mut a = Proc::start(NODE, &a_args, cwd, Stdio::null());
+    let shared = a.line_with("sharing movie.bin");
+    (a, original, shared)
+}
+
 /// At the prompt: `share` prints the full content id, `search` shows it, `cancel` stops a
 /// download and keeps its `.part`, and `download --content ID` resumes it byte-exact.
 #[test]
@@ -277,17 +298,7 @@ fn cancel_and_resume_at_the_prompt_with_the_content_named() {
     let cwd = work.path();
     let (_tracker, addr) = tracker_process(cwd, 2);
     let tracker_arg = addr.to_string();
-    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
-    let original = cwd.join("node_files/A/movie.bin");
-    write_random(&original, 65, 16 * 1024 * 1024);
-    // Capped, so the download is still running when it is cancelled.
-    let a_args = node_args(
-        "A",
-        &tracker_arg,
-        &["--upload", "movie.bin", "--upload-limit", "4MiB"],
-    );
-    let mut a = Proc::start(NODE, &a_args, cwd, Stdio::null());
-    let shared = a.line_with("sharing movie.bin");
+    let (a, original, shared) = capped_seeder(cwd, &tracker_arg, 65);
     let content = shared
         .split("content ")
         .nth(1)
@@ -409,17 +420,7 @@ fn pause_and_resume_at_the_prompt() {
     let cwd = work.path();
     let (_tracker, addr) = tracker_process(cwd, 2);
     let tracker_arg = addr.to_string();
-    std::fs::create_dir_all(cwd.join("node_files/A")).unwrap();
-    let original = cwd.join("node_files/A/movie.bin");
-    write_random(&original, 68, 16 * 1024 * 1024);
-    // Capped, so the download is still running when it is paused.
-    let a_args = node_args(
-        "A",
-        &tracker_arg,
-        &["--upload", "movie.bin", "--upload-limit", "4MiB"],
-    );
-    let mut a = Proc::start(NODE, &a_args, cwd, Stdio::null());
-    a.line_with("sharing movie.bin");
+    let (a, original, _) = capped_seeder(cwd, &tracker_arg, 68);
     let b_args = node_args("B", &tracker_arg, &["-v"]);
     let b_args: Vec<&str> = b_args.into_iter().filter(|a| *a != "--no-prompt").collect();
     let mut b = Proc::start(NODE, &b_args, cwd, Stdio::piped());

@@ -8,15 +8,22 @@ use p2ptorrent::{Error, Event};
 
 const MIB: u64 = 1 << 20;
 
-#[test]
-fn a_cancelled_download_keeps_its_part_and_a_new_download_resumes_it() {
+/// A seeder sharing 8 MiB (128 pieces) of seed `seed` at 4 MiB/s, so a download of it is
+/// still running when it is steered, and a leecher 16 pieces into downloading it.
+fn sixteen_pieces_in(
+    seed: u64,
+) -> (
+    p2ptorrent::Tracker,
+    TestNode,
+    TestNode,
+    p2ptorrent::Download,
+) {
     let (tracker, _te) = start_tracker();
-    // Capped, so the download is still running when it is cancelled.
     let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
         c.upload_limit = Some(4 * MIB);
         c
     });
-    write_random(&seeder.path("f.bin"), 11, 8 * MIB);
+    write_random(&seeder.path("f.bin"), seed, 8 * MIB);
     seeder.node.share("f.bin").unwrap();
     let leech = start_node("leech", tracker.local_addr());
     let download = leech.node.download("f.bin").unwrap();
@@ -24,6 +31,12 @@ fn a_cancelled_download_keeps_its_part_and_a_new_download_resumes_it() {
         Event::PieceReceived { done, .. } if *done >= 16 => Some(()),
         _ => None,
     });
+    (tracker, seeder, leech, download)
+}
+
+#[test]
+fn a_cancelled_download_keeps_its_part_and_a_new_download_resumes_it() {
+    let (tracker, seeder, leech, download) = sixteen_pieces_in(11);
     download.cancel();
     let err = download.wait().unwrap_err();
     assert!(matches!(err, Error::Cancelled { .. }), "{err}");
@@ -159,20 +172,7 @@ fn a_download_answers_how_far_it_is_while_it_runs() {
 
 #[test]
 fn a_paused_download_lets_its_owners_go_and_resumes_byte_exact() {
-    let (tracker, _te) = start_tracker();
-    // Capped, so the download is still running when it is paused.
-    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
-        c.upload_limit = Some(4 * MIB);
-        c
-    });
-    write_random(&seeder.path("f.bin"), 13, 8 * MIB);
-    seeder.node.share("f.bin").unwrap();
-    let leech = start_node("leech", tracker.local_addr());
-    let download = leech.node.download("f.bin").unwrap();
-    wait_event(&leech.events, PATIENCE, |e| match e {
-        Event::PieceReceived { done, .. } if *done >= 16 => Some(()),
-        _ => None,
-    });
+    let (tracker, seeder, leech, download) = sixteen_pieces_in(13);
     assert!(download.pause());
     let verified = wait_event(&leech.events, PATIENCE, |e| match e {
         Event::DownloadPaused { verified, .. } => Some(*verified),

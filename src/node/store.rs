@@ -167,16 +167,7 @@ impl Store {
     /// [`Error::InvalidName`], [`Error::NotAFile`], or [`Error::File`] if it cannot be read.
     pub fn share(&self, name: &str, piece_size: Option<u32>) -> Result<Arc<SharedFile>> {
         let path = self.path_of(name)?;
-        let meta = std::fs::symlink_metadata(&path).map_err(|source| Error::File {
-            op: "opening",
-            path: path.clone(),
-            source,
-        })?;
-        if !meta.file_type().is_file() {
-            return Err(Error::NotAFile { path });
-        }
-        let manifest = Manifest::from_file(&path, piece_size)?;
-        self.insert(name, path, manifest)
+        self.hash_and_insert(name, path, false, piece_size)
     }
 
     /// Hashes the regular file at `path`, wherever it lies, and starts serving it in place
@@ -198,7 +189,25 @@ impl Store {
             path: path.into(),
             source,
         })?;
-        let meta = std::fs::metadata(&path).map_err(|source| Error::File {
+        let name = name.to_owned();
+        self.hash_and_insert(&name, path, true, piece_size)
+    }
+
+    /// Hashes `path` if it is a regular file (a symbolic link to one only if
+    /// `follow_links`), and serves it as `name`.
+    fn hash_and_insert(
+        &self,
+        name: &str,
+        path: PathBuf,
+        follow_links: bool,
+        piece_size: Option<u32>,
+    ) -> Result<Arc<SharedFile>> {
+        let meta = if follow_links {
+            std::fs::metadata(&path)
+        } else {
+            std::fs::symlink_metadata(&path)
+        };
+        let meta = meta.map_err(|source| Error::File {
             op: "opening",
             path: path.clone(),
             source,
@@ -207,8 +216,7 @@ impl Store {
             return Err(Error::NotAFile { path });
         }
         let manifest = Manifest::from_file(&path, piece_size)?;
-        let name = name.to_owned();
-        self.insert(&name, path, manifest)
+        self.insert(name, path, manifest)
     }
 
     /// Starts serving the file at `path` (already verified against `manifest`) as `name`.
