@@ -416,3 +416,46 @@ fn a_torn_resume_record_is_refused_and_nothing_is_touched() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// A seed with one upload slot and 256 KiB pieces at 512 KiB/s serves four downloaders in
+/// turn, as a seed on a capped uplink does in a swarm. At the end of each turn it
+/// withdraws the pieces it offered and did not send, and drops the requests for them; the
+/// downloader, waiting for its next turn (longer than its peer timeout) while the seed
+/// serves the others, owes nothing, and does not take the seed's silence for a stall.
+/// Counting those requests as owed dropped the seed at every such turn.
+#[test]
+fn a_seed_serving_others_in_turn_is_not_dropped_as_silent() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node_with("seeder", tracker.local_addr(), |c| {
+        c.upload_slots(1)
+            .upload_limit(MIB / 2)
+            .piece_size(256 * 1024)
+    });
+    write_random(&seeder.path("f.bin"), 9, 4 * MIB);
+    seeder.node.share("f.bin").unwrap();
+    let leeches: Vec<TestNode> = (0..4)
+        .map(|i| {
+            start_node_with(&format!("L{i}"), tracker.local_addr(), |mut c| {
+                c.peer_timeout = std::time::Duration::from_secs(1);
+                c
+            })
+        })
+        .collect();
+    let downloads: Vec<_> = leeches
+        .iter()
+        .map(|l| l.node.download("f.bin").unwrap())
+        .collect();
+    for (l, d) in leeches.iter().zip(downloads) {
+        let report = d.wait().unwrap();
+        assert_same_file(&seeder.path("f.bin"), &l.path("f.bin"));
+        let silent: Vec<_> = report
+            .failed
+            .iter()
+            .filter(|(_, why)| why.contains("silent"))
+            .collect();
+        assert!(silent.is_empty(), "owners dropped as silent: {silent:?}");
+    }
+    leeches.into_iter().for_each(TestNode::shutdown);
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}

@@ -354,6 +354,15 @@ impl Schedule {
         true
     }
 
+    /// `slot` delivered a copy of `piece` that another owner's copy was written before:
+    /// it is no longer in flight there, and the piece is done when that copy's report
+    /// arrives.
+    pub fn landed_elsewhere(&mut self, slot: usize, piece: u32) {
+        if let Some(pieces) = self.in_flight.get_mut(slot) {
+            pieces.remove(&piece);
+        }
+    }
+
     /// Retires `slot`: its share and its pieces in flight become orphans for the others.
     pub fn retire(&mut self, slot: usize) {
         if !self.alive.get(slot).copied().unwrap_or(false) {

@@ -255,14 +255,21 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 }
                 self.fill_all();
             }
-            Report::Piece { slot, piece, bytes } => self.on_piece(slot, piece, bytes),
+            Report::Piece {
+                slot,
+                piece,
+                bytes,
+                written,
+            } => self.on_piece(slot, piece, bytes, written),
             Report::Stopped { slot, error } => self.on_stopped(slot, error)?,
             Report::Listed(listed) => self.on_listed(listed)?,
         }
         Ok(())
     }
 
-    fn on_piece(&mut self, slot: usize, piece: u32, bytes: u32) {
+    /// A verified piece arrived from `slot`; `written`: this copy is the one in the
+    /// `.part` (a piece counts as done only once that copy is written).
+    fn on_piece(&mut self, slot: usize, piece: u32, bytes: u32, written: bool) {
         let now = Instant::now();
         let mut addr = None;
         if let Some(live) = self.workers.get_mut(&slot) {
@@ -277,7 +284,9 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             live.last_piece = now;
             addr = Some(live.worker.addr);
         }
-        if self.sched.complete(slot, piece) {
+        if !written {
+            self.sched.landed_elsewhere(slot, piece);
+        } else if self.sched.complete(slot, piece) {
             let ctx = self.ctx();
             if let Some(p) = &self.partial {
                 p.mark(piece);

@@ -39,7 +39,7 @@ use super::store::SharedFile;
 use super::{Ctx, DownloadReport, Event};
 use coordinator::{Coordinator, Lookup};
 use owners::OwnerBook;
-use worker::{Job, Report};
+use worker::{Job, Report, Written};
 
 /// Reports queued from workers to the coordinator.
 const REPORTS_QUEUED: usize = 1024;
@@ -111,6 +111,7 @@ pub(super) fn run(
         file,
         manifest: &manifest,
         part: &part,
+        written: Written::new(&done),
         reports: reports_tx,
     };
     let (lookups_tx, lookups) = bounded::<Lookup>(1);

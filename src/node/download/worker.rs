@@ -8,12 +8,14 @@
 //! one bounded channel. Dropping the [`Worker`]'s sender stops it: `node-ask` breaks the
 //! connection, and `node-fetch`, blocked on it, stops too.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, Scope, ScopedJoinHandle};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -40,8 +42,15 @@ pub(super) enum Report {
     Choked { slot: usize, choked: bool },
     /// The owner no longer offers these pieces, nor answers requests for them.
     Withdrawn { slot: usize, pieces: Vec<u32> },
-    /// A piece arrived, verified, and is written.
-    Piece { slot: usize, piece: u32, bytes: u32 },
+    /// A piece arrived and verified. `written`: this copy was written to the `.part`;
+    /// otherwise another owner's copy of it was (an endgame duplicate), and this one is
+    /// only counted.
+    Piece {
+        slot: usize,
+        piece: u32,
+        bytes: u32,
+        written: bool,
+    },
     /// The worker has stopped; the error says why (`None`: told to stop).
     Stopped { slot: usize, error: Option<Error> },
     /// The tracker answered a `node-lookup` request for owners (not from a worker).
@@ -71,6 +80,8 @@ pub(super) struct Job<'d> {
     pub file: &'d str,
     pub manifest: &'d Manifest,
     pub part: &'d Part,
+    /// The pieces written to (or already in) the `.part`.
+    pub written: Written,
     pub reports: Sender<Report>,
 }
 
@@ -138,8 +149,8 @@ impl<'d> Job<'d> {
         if self.reports.send(Report::Holdings { slot, has }).is_err() {
             return Ok(());
         }
-        // Requests written and not yet answered, counted by both threads.
-        let owed = AtomicUsize::new(0);
+        // Requests written and not yet answered, kept by both threads.
+        let owed = Mutex::new(Owed::default());
         // Dropped when the reading half ends, so the asking half ends too.
         let (quit_tx, quit) = bounded::<()>(0);
         thread::scope(|s| {
@@ -172,14 +183,14 @@ impl<'d> Job<'d> {
     }
 
     /// Reads pieces and haves until the connection ends.
-    fn read(&self, slot: usize, mut reader: PeerReader<'_>, owed: &AtomicUsize) -> Result<()> {
+    fn read(&self, slot: usize, mut reader: PeerReader<'_>, owed: &Mutex<Owed>) -> Result<()> {
         let content = self.manifest.content();
         let geometry = self.manifest.geometry();
         let mut buf = vec![0u8; geometry.piece_len(0).unwrap_or(0) as usize];
         loop {
             match reader.next(content)? {
                 Incoming::Quiet => {
-                    let outstanding = owed.load(Ordering::Acquire);
+                    let outstanding = owed.lock().asked.len();
                     if outstanding > 0 {
                         return Err(Error::PeerIo {
                             addr: reader.addr(),
@@ -201,6 +212,7 @@ impl<'d> Job<'d> {
                             reason: "have for a piece past the end".into(),
                         });
                     }
+                    owed.lock().offered(&pieces);
                     if self.reports.send(Report::Has { slot, pieces }).is_err() {
                         return Ok(());
                     }
@@ -217,6 +229,7 @@ impl<'d> Job<'d> {
                             reason: "withdraw for a piece past the end".into(),
                         });
                     }
+                    owed.lock().withdrawn(&pieces);
                     if self
                         .reports
                         .send(Report::Withdrawn { slot, pieces })
@@ -235,7 +248,7 @@ impl<'d> Job<'d> {
                     }
                     let data = &mut buf[..len as usize];
                     self.receive(&mut reader, data)?;
-                    owed.fetch_sub(1, Ordering::AcqRel);
+                    owed.lock().asked.remove(&piece);
                     if !self.manifest.verify(piece, data) {
                         bump(&self.ctx.counters.pieces_rejected, 1);
                         self.ctx.emit(Event::PieceRejected {
@@ -249,19 +262,23 @@ impl<'d> Job<'d> {
                             addr,
                         });
                     }
-                    let offset = geometry.piece_range(piece).map_or(0, |r| r.start);
-                    self.part
-                        .file()
-                        .write_all_at(data, offset)
-                        .map_err(|source| Error::File {
-                            op: "writing",
-                            path: self.part.path().to_owned(),
-                            source,
-                        })?;
+                    let written = self.written.claim(piece);
+                    if written {
+                        let offset = geometry.piece_range(piece).map_or(0, |r| r.start);
+                        self.part
+                            .file()
+                            .write_all_at(data, offset)
+                            .map_err(|source| Error::File {
+                                op: "writing",
+                                path: self.part.path().to_owned(),
+                                source,
+                            })?;
+                    }
                     let report = Report::Piece {
                         slot,
                         piece,
                         bytes: len,
+                        written,
                     };
                     if self.reports.send(report).is_err() {
                         return Ok(());
@@ -284,6 +301,88 @@ impl<'d> Job<'d> {
     }
 }
 
+/// The pieces in the `.part`: each is claimed by the one worker that writes it, so a
+/// second verified copy (the endgame asks two owners for a piece) is never written. Nothing
+/// then writes to the file once its last piece is in: it may be published by then, and a
+/// late write would change it under the node that serves it, or under its user.
+pub(super) struct Written {
+    words: Vec<AtomicU64>,
+    pieces: u32,
+}
+
+impl Written {
+    /// Starts from the pieces already verified in the `.part` (`done`).
+    pub fn new(done: &Bitfield) -> Self {
+        let words = (0..done.len().div_ceil(64))
+            .map(|w| {
+                let bits = (0..64)
+                    .filter(|b| done.get(w * 64 + b))
+                    .fold(0u64, |acc, b| acc | 1 << b);
+                AtomicU64::new(bits)
+            })
+            .collect();
+        Self {
+            words,
+            pieces: done.len(),
+        }
+    }
+
+    /// Claims `piece` for writing: `true` for the first claim of a piece not yet in the
+    /// `.part` (and in range), `false` after that.
+    pub fn claim(&self, piece: u32) -> bool {
+        let Some(word) = self.words.get(piece as usize / 64) else {
+            return false;
+        };
+        if piece >= self.pieces {
+            return false;
+        }
+        let bit = 1u64 << (piece % 64);
+        word.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+}
+
+/// The requests one connection owes an answer for, kept by its two threads: the asker adds
+/// each it writes, the reader removes each answered or withdrawn. A seed that ends a
+/// downloader's turn withdraws its unsent offers and drops the requests for them, so a
+/// count of requests written would stay above zero for ever, and the seed, silent while
+/// it serves others, would be taken for stalled and dropped.
+#[derive(Debug, Default)]
+struct Owed {
+    /// Requested and not yet answered or withdrawn.
+    asked: HashSet<u32>,
+    /// Withdrawn by the owner and not offered again since: requests for them go unanswered.
+    withdrawn: HashSet<u32>,
+}
+
+impl Owed {
+    /// Records a request for `piece` about to be written; `false` if the owner withdrew
+    /// it, and the request should not be written.
+    fn ask(&mut self, piece: u32) -> bool {
+        if self.withdrawn.contains(&piece) {
+            return false;
+        }
+        self.asked.insert(piece);
+        true
+    }
+
+    /// The owner offers (or holds) `pieces` again.
+    fn offered(&mut self, pieces: &[u32]) {
+        if !self.withdrawn.is_empty() {
+            for p in pieces {
+                self.withdrawn.remove(p);
+            }
+        }
+    }
+
+    /// The owner withdrew `pieces`: requests for them will not be answered.
+    fn withdrawn(&mut self, pieces: &[u32]) {
+        for p in pieces {
+            self.asked.remove(p);
+            self.withdrawn.insert(*p);
+        }
+    }
+}
+
 /// Why the asking half stopped without an error.
 enum Stop {
     /// The coordinator dropped its sender.
@@ -300,7 +399,7 @@ fn ask(
     manifest: &Manifest,
     asked: &Receiver<Ask>,
     quit: &Receiver<()>,
-    owed: &AtomicUsize,
+    owed: &Mutex<Owed>,
 ) -> Result<Stop> {
     let geometry = manifest.geometry();
     loop {
@@ -315,9 +414,13 @@ fn ask(
         while let Some(ask) = next {
             match ask {
                 Ask::Piece(piece) => {
-                    let len = geometry.piece_len(piece).unwrap_or(0);
-                    owed.fetch_add(1, Ordering::AcqRel);
-                    writer.request(content, piece, len)?;
+                    // A piece withdrawn since the coordinator asked is not requested: the
+                    // owner would drop the request, and the coordinator hears of the
+                    // withdrawal and asks elsewhere.
+                    if owed.lock().ask(piece) {
+                        let len = geometry.piece_len(piece).unwrap_or(0);
+                        writer.request(content, piece, len)?;
+                    }
                 }
                 Ask::Have(pieces) => writer.have(content, pieces)?,
             }
@@ -329,5 +432,56 @@ fn ask(
                 other => Err(other),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::schedule::Bitfield;
+    use super::{Owed, Written};
+
+    /// Of two verified copies of a piece, only the first is written; pieces already in the
+    /// `.part` when the download (re)starts are never written again.
+    #[test]
+    fn each_piece_is_written_once() {
+        let mut done = Bitfield::empty(130);
+        done.set(3);
+        done.set(129);
+        let written = Written::new(&done);
+        assert!(
+            !written.claim(3) && !written.claim(129),
+            "already in the .part"
+        );
+        assert!(written.claim(64));
+        assert!(!written.claim(64), "a second copy is not written");
+        assert!(
+            written.claim(128) && !written.claim(130),
+            "past the end: never"
+        );
+    }
+
+    /// A seed's `Withdraw` cancels the requests for those pieces: nothing is owed, so the
+    /// seed's silence while it serves others is not taken for a stall.
+    #[test]
+    fn withdrawn_requests_are_owed_no_longer() {
+        let mut owed = Owed::default();
+        assert!(owed.ask(1) && owed.ask(2) && owed.ask(3));
+        owed.withdrawn(&[2, 3, 9]);
+        assert_eq!(owed.asked.len(), 1, "only piece 1 is still owed");
+        owed.asked.remove(&1);
+        assert!(owed.asked.is_empty());
+    }
+
+    /// An ask that was queued when the `Withdraw` arrived is not written; a piece offered
+    /// again may be asked for again.
+    #[test]
+    fn a_withdrawn_piece_is_asked_only_once_offered_again() {
+        let mut owed = Owed::default();
+        owed.withdrawn(&[4]);
+        assert!(!owed.ask(4));
+        assert!(owed.asked.is_empty());
+        owed.offered(&[4, 5]);
+        assert!(owed.ask(4));
+        assert_eq!(owed.asked.len(), 1);
     }
 }
