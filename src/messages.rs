@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::split::{MAX_PIECE_SIZE, MAX_PIECES};
 
 /// Version of the tracker and peer protocols; both sides must agree.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// First bytes of every peer handshake.
 pub const MAGIC: [u8; 4] = *b"P2PT";
 /// Largest frame of all: a [`Message::SizeInfo`] carrying the piece hashes of the largest
@@ -310,6 +310,11 @@ pub enum Message {
         version: u16,
         /// The sender's node name.
         node: String,
+        /// The port the sender serves peers on (0 if it serves none): a downloader that
+        /// connects says where it can be fetched from too, so the node it fetches from,
+        /// if downloading the same file, can fetch from it without waiting for the
+        /// tracker to list it.
+        port: u16,
     },
     /// Asks for a file's [`SizeInformation`] (the original's `size = -1`).
     SizeRequest {
@@ -677,6 +682,7 @@ mod tests {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
                 node: "A".into(),
+                port: 0,
             },
             Message::SizeRequest {
                 file: "movie.bin".into(),
@@ -743,10 +749,11 @@ mod tests {
             magic: MAGIC,
             version: 1,
             node: "N".into(),
+            port: 0,
         };
         assert_eq!(
             framed(&hello),
-            [0, 0, 0, 8, 0, b'P', b'2', b'P', b'T', 1, 1, b'N']
+            [0, 0, 0, 9, 0, b'P', b'2', b'P', b'T', 1, 1, b'N', 0]
         );
     }
 

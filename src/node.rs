@@ -38,7 +38,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result, report};
 use crate::key::NetworkKey;
-use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, SearchHit};
+use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit};
 use crate::session::SharedStream;
 use crate::tracker::{
     DEFAULT_REPLICAS, DEFAULT_RETRY_AFTER, DEFAULT_TRACKER_ADDR, TrackerChange, TrackerSet,
@@ -782,7 +782,14 @@ pub(crate) struct Running {
     fetched: AtomicU64,
     /// Owners being fetched from, as the coordinator last counted them.
     owners: std::sync::atomic::AtomicUsize,
+    /// Peers downloading the same file that connected to this node holding pieces of
+    /// it, told by the serving side ([`MET_QUEUED`] at most waiting).
+    met: (Sender<OwnerInfo>, Receiver<OwnerInfo>),
 }
+
+/// Peers met and not yet taken in by their download, at most: more are dropped (the
+/// tracker lists them in time anyway).
+const MET_QUEUED: usize = 64;
 
 impl Running {
     fn new() -> Self {
@@ -796,6 +803,7 @@ impl Running {
             verified: AtomicU32::new(0),
             fetched: AtomicU64::new(0),
             owners: std::sync::atomic::AtomicUsize::new(0),
+            met: bounded(MET_QUEUED),
         }
     }
 }

@@ -641,6 +641,7 @@ mod tests {
             magic: crate::messages::MAGIC,
             version: crate::messages::PROTOCOL_VERSION,
             node: "plain".into(),
+            port: 0,
         };
         write_frame(&mut &a, &hello).unwrap();
         let opened = responder.join().unwrap();

@@ -29,6 +29,7 @@ fn hello(s: &mut TcpStream) {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             node: "probe".into(),
+            port: 0,
         },
     )
     .unwrap();
@@ -160,6 +161,7 @@ fn garbage_and_oversized_frames_drop_only_that_connection() {
             magic: MAGIC,
             version: 99,
             node: "x".into(),
+            port: 0,
         },
     )
     .unwrap();
@@ -528,6 +530,7 @@ fn a_slow_loris_peer_is_dropped_while_a_real_download_proceeds() {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             node: "x".repeat(60),
+            port: 0,
         },
     )
     .unwrap();
@@ -583,6 +586,7 @@ fn connections_past_the_per_ip_limit_are_refused() {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             node: "3".into(),
+            port: 0,
         },
     );
     assert_closed(&mut third);
@@ -596,6 +600,7 @@ fn connections_past_the_per_ip_limit_are_refused() {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
                 node: "4".into(),
+                port: 0,
             },
         )
         .unwrap();

@@ -459,3 +459,55 @@ fn a_seed_serving_others_in_turn_is_not_dropped_as_silent() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// A downloader learns of a peer that connects to it holding pieces of the same file, and
+/// fetches from it, though no tracker it asks lists that peer. A fetches from a slow
+/// seeder through tracker T1; B, holding the second half already, knows only tracker T2,
+/// where A is listed. B connects to A to fetch, and its `Hello` names its port: A's
+/// download takes B in at once (before, A could learn of B only from a tracker, up to an
+/// announce interval later, and here never).
+#[test]
+fn a_downloader_fetches_from_a_peer_that_connected_to_it() {
+    let (t1, _e1) = tracker_with_interval(1);
+    let (t2, _e2) = tracker_with_interval(1);
+    let seeder = start_node_with("seeder", t1.local_addr(), |c| c.upload_limit(128 * 1024));
+    let size = 32 * u64::from(PIECE);
+    write_random(&seeder.path("f.bin"), 21, size);
+    seeder.node.share("f.bin").unwrap();
+    let a = start_node("A", t1.local_addr());
+    let a_download = a.node.download("f.bin").unwrap();
+
+    let b = start_node("B", t2.local_addr());
+    plant_part(&b, &seeder.path("f.bin"), "f.bin", 16..32);
+    let manifest =
+        p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
+    p2ptorrent::TrackerClient::new(t2.local_addr())
+        .announce(p2ptorrent::messages::Announce {
+            node: "A".into(),
+            port: a.node.local_addr().port(),
+            file: "f.bin".into(),
+            content: manifest.content(),
+            size: manifest.size(),
+            pieces: 1,
+            complete: false,
+            counters: p2ptorrent::messages::Counters::default(),
+        })
+        .unwrap();
+    let b_download = b.node.download("f.bin").unwrap();
+
+    let report = a_download.wait().unwrap();
+    assert_same_file(&seeder.path("f.bin"), &a.path("f.bin"));
+    let from_b = report
+        .from
+        .iter()
+        .find(|(addr, _)| addr.port() == b.node.local_addr().port())
+        .map_or(0, |(_, bytes)| *bytes);
+    assert!(from_b > 0, "A fetched nothing from B: {:?}", report.from);
+    b_download.wait().unwrap();
+    assert_same_file(&seeder.path("f.bin"), &b.path("f.bin"));
+    for node in [a, b, seeder] {
+        node.shutdown();
+    }
+    t1.shutdown().unwrap();
+    t2.shutdown().unwrap();
+}

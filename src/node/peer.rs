@@ -85,6 +85,7 @@ impl<'a> PeerConn<'a> {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             node: ctx.config.name.clone(),
+            port: ctx.local_addr.port(),
         })?;
         conn.flush()?;
         match conn.read()? {

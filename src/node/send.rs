@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select};
 
 use crate::error::{Error, Result};
-use crate::messages::{ContentId, MAX_HAVE_LIST, Message, check_file_name, write_frame};
+use crate::messages::{ContentId, MAX_HAVE_LIST, Message, OwnerInfo, check_file_name, write_frame};
 use crate::session::{LinkWriter, SharedStream};
 
 use super::schedule::Bitfield;
@@ -116,6 +116,10 @@ pub(super) struct Outbox<'a> {
     unchoked: bool,
     /// Requests answered since the peer was told `Choke`: those it sent before hearing it.
     served_choked: u32,
+    /// Where the peer serves, as its `Hello` said (`None` if it serves nothing).
+    met: Option<OwnerInfo>,
+    /// Files whose download here was told of this peer already.
+    introduced: HashSet<ContentId>,
     rng: fastrand::Rng,
 }
 
@@ -126,6 +130,7 @@ impl<'a> Outbox<'a> {
         id: u64,
         writer: LinkWriter<SharedStream>,
         jobs: Receiver<Job>,
+        met: Option<OwnerInfo>,
     ) -> Self {
         let (wake_tx, wake_rx) = bounded(1);
         Self {
@@ -145,6 +150,8 @@ impl<'a> Outbox<'a> {
             last_active: Instant::now(),
             unchoked: false,
             served_choked: 0,
+            met,
+            introduced: HashSet::new(),
             rng: fastrand::Rng::new(),
         }
     }
@@ -242,6 +249,7 @@ impl<'a> Outbox<'a> {
                 }
                 feed.open.retain(|&p| !bits.get(p));
                 feed.peer = Some(bits);
+                self.introduce(content);
                 self.offer()
             }
             Job::PeerHas { content, pieces } => {
@@ -269,6 +277,7 @@ impl<'a> Outbox<'a> {
                     }
                 }
                 drop(copies);
+                self.introduce(content);
                 self.offer()
             }
             Job::Refuse(reason) => self.refuse(reason),
@@ -391,6 +400,27 @@ impl<'a> Outbox<'a> {
             return Ok(());
         }
         self.end_turn()
+    }
+
+    /// Tells this node's download of a file that the peer, which is downloading it too,
+    /// holds pieces of it: the download may fetch from the peer at once instead of waiting
+    /// for its next look-up at the tracker (up to the announce interval) to list it. Once
+    /// per file and connection; dropped if the download's queue is full.
+    fn introduce(&mut self, content: ContentId) {
+        let Some(met) = &self.met else { return };
+        if self.introduced.contains(&content) {
+            return;
+        }
+        let Some(feed) = self.feeds.get(&content) else {
+            return;
+        };
+        if !feed.shared.is_partial() || feed.peer.as_ref().is_none_or(|b| b.count() == 0) {
+            return;
+        }
+        self.introduced.insert(content);
+        if let Some(run) = self.ctx.downloading.lock().get(&feed.shared.name) {
+            let _ = run.met.0.try_send(met.clone());
+        }
     }
 
     /// Gives up this connection's turn, chokes the peer, and withdraws the offers not

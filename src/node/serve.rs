@@ -19,8 +19,8 @@ use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 
 use crate::error::{Error, Result, report};
 use crate::messages::{
-    MAGIC, MAX_CONTROL_LEN, Message, PROTOCOL_VERSION, read_frame_after_within, read_frame_within,
-    write_frame,
+    MAGIC, MAX_CONTROL_LEN, MAX_NODE_NAME_LEN, Message, OwnerInfo, PROTOCOL_VERSION,
+    read_frame_after_within, read_frame_within, write_frame,
 };
 use crate::session::{self, Deadline, LinkReader, LinkWriter, Opened, SharedStream};
 
@@ -288,10 +288,22 @@ impl<'a> Server<'a> {
             None => self.read_frame_now(),
         };
         self.reader.get_mut().stream_mut().deadline = None;
+        let mut met = None;
         let refusal = match hello? {
-            Some(Message::Hello { magic, version, .. })
-                if magic == MAGIC && version == PROTOCOL_VERSION =>
-            {
+            Some(Message::Hello {
+                magic,
+                version,
+                node,
+                port,
+            }) if magic == MAGIC && version == PROTOCOL_VERSION => {
+                // Where the peer serves, if it does: its own address, with the port it
+                // names (a peer can point only at itself).
+                met = (port != 0 && node.len() <= MAX_NODE_NAME_LEN).then(|| OwnerInfo {
+                    node,
+                    addr: SocketAddr::new(self.addr.ip().to_canonical(), port),
+                    uploads: 0,
+                    complete: false,
+                });
                 None
             }
             Some(Message::Hello { magic, .. }) if magic != MAGIC => {
@@ -306,6 +318,7 @@ impl<'a> Server<'a> {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             node: self.ctx.config.name.clone(),
+            port: self.ctx.local_addr.port(),
         };
         if refusal.is_none() {
             write_frame(&mut writer, &ours).map_err(|e| self.frame_err(e, "writing"))?;
@@ -316,7 +329,7 @@ impl<'a> Server<'a> {
             })?;
         }
         let (jobs_tx, jobs_rx) = bounded::<Job>(JOBS_QUEUED);
-        let outbox = Outbox::new(self.ctx, self.addr, self.guard.id(), writer, jobs_rx);
+        let outbox = Outbox::new(self.ctx, self.addr, self.guard.id(), writer, jobs_rx, met);
         if let Some(reason) = refusal {
             let _ = jobs_tx.send(Job::Refuse(reason));
         }
@@ -544,6 +557,7 @@ mod tests {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             node: "loris".into(),
+            port: 0,
         };
         write_frame(&mut writer, &hello).unwrap();
         writer.flush().unwrap();

@@ -342,6 +342,7 @@ fn fake_serve(
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         node: "fake".into(),
+        port: 0,
     };
     while let Ok(Some(msg)) = read_frame(&mut r) {
         let ok = match msg {

@@ -9,6 +9,9 @@
 //!
 //! - it keeps up to `max_owners` owners busy, each with a pipeline as deep as its rate
 //!   needs, and hears of more owners than it uses (the tracker lists `numwant` at random);
+//! - it also takes in every peer that connects to this node holding pieces of the file
+//!   (the serving side passes it on, with the port the peer's `Hello` names): a leecher
+//!   is found by those it fetches from at once, not at their next look-up;
 //! - it asks the tracker again soon after starting (0.5 s, then doubling up to the announce
 //!   interval), and at once when it runs out of owners to try;
 //! - every [`ROTATE_EVERY`] it replaces the owner that delivered least, if another is
@@ -201,11 +204,21 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             .running
             .as_ref()
             .map_or_else(crossbeam_channel::never, |r| r.steer.1.clone());
+        let met = self
+            .running
+            .as_ref()
+            .map_or_else(crossbeam_channel::never, |r| r.met.1.clone());
         // Paused before it got here.
         self.steer()?;
         while !self.sched.is_complete() {
             select! {
                 recv(steer) -> _ => self.steer()?,
+                recv(met) -> owner => {
+                    if let Ok(owner) = owner {
+                        self.book.met(self.job.ctx, owner);
+                        self.top_up()?;
+                    }
+                }
                 recv(self.reports) -> report => {
                     // The job holds a sender, so the channel never disconnects here.
                     if let Ok(report) = report {

@@ -15,6 +15,8 @@ const MAX_FAILURES: u32 = 4;
 const MAX_BAD_PIECES: u32 = 2;
 /// How long a failed owner waits before it is asked again; doubled at each failure.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// Owners one download keeps track of, at most; more heard of are not taken in.
+const MAX_CANDIDATES: usize = 1024;
 /// Failures kept to explain a download's end; older ones are forgotten.
 const MAX_REASONS: usize = 64;
 
@@ -60,13 +62,23 @@ impl OwnerBook {
         self.add_except(listed, me);
     }
 
+    /// Adds a peer met downloading the same file (it connected here holding pieces of it)
+    /// if it is not known yet: it is tried like a partial owner the tracker listed.
+    pub fn met(&mut self, ctx: &Ctx, owner: OwnerInfo) {
+        if !self.candidates.iter().any(|c| c.addr == owner.addr) {
+            self.add(ctx, vec![owner]);
+        }
+    }
+
     fn add_except(&mut self, listed: Vec<OwnerInfo>, (name, port): (&str, u16)) {
         for o in listed {
             if o.node == name && o.addr.port() == port {
                 continue;
             }
             let Some(known) = self.candidates.iter_mut().find(|c| c.addr == o.addr) else {
-                self.candidates.push(o);
+                if self.candidates.len() < MAX_CANDIDATES {
+                    self.candidates.push(o);
+                }
                 continue;
             };
             if o.complete && !known.complete {
