@@ -27,7 +27,9 @@
 //!   not yet asked for (that peer may be waiting for its next turn), so the first copy
 //!   this node sends covers the whole file (super-seeding, from this node's own view). A
 //!   piece with [`ENOUGH_COPIES`] out, counting open offers, that some peer holds is not
-//!   offered at all, since the peer can get it from them. Offers
+//!   offered at all, since the peer can get it from them; a piece never sent is offered
+//!   however many offers of it are open, so the last pieces of a first copy go to whoever
+//!   gets a turn first. Offers
 //!   still open when their connection closes are taken back, and a piece no peer holds is
 //!   always offerable, so no piece can be stranded by peers that left.
 //!
@@ -117,8 +119,15 @@ impl Copies {
 
     /// Whether `piece` needs no more copies from this node: enough are out, and either a
     /// peer holds it or an offer of it is open. A piece sent to peers that left, held by
-    /// nobody and offered to nobody, is never stranded.
+    /// nobody and offered to nobody, is never stranded. A piece never sent is never
+    /// enough, however many offers of it are open: at the end of a seed's first copy the
+    /// last few pieces are offered to every peer whose turn comes, instead of pieces
+    /// already out (at 64 hosts the seed sent 10 second copies while its last first
+    /// copies waited for the two peers they were offered to).
     fn enough(&self, piece: usize) -> bool {
+        if self.sent[piece] == 0 && self.held[piece] == 0 {
+            return false;
+        }
         self.out(piece) >= ENOUGH_COPIES && (self.held[piece] > 0 || self.open[piece] > 0)
     }
 }
@@ -342,6 +351,26 @@ mod tests {
         );
         spared.sort_unstable();
         assert_eq!(spared, [1, 2, 3]);
+    }
+
+    /// At the end of a first copy, a piece never sent is offered to every peer whose turn
+    /// comes, however many offers of it are open, before any piece already out.
+    #[test]
+    fn the_last_pieces_never_sent_go_to_every_peer_before_second_copies() {
+        let mut copies = Copies::new(3);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let nothing = Bitfield::empty(3);
+        let mut one = Bitfield::empty(3);
+        one.set(0);
+        one.set(1);
+        copies.count(&one, true);
+        copies.sent[0] = 1;
+        copies.sent[1] = 1;
+        copies.open[2] = ENOUGH_COPIES + 3;
+        assert_eq!(
+            pick_offers(&mut copies, &nothing, &nothing, 1, false, &mut rng),
+            [2]
+        );
     }
 
     /// A piece sent twice to peers that have since left, held by nobody and offered to
