@@ -12,6 +12,8 @@
 //! P2P_HOSTS_TRACE=1 P2P_HOSTS_ARGS="--upload-slots 8" cargo bench --bench swarm_hosts
 //! ```
 //!
+//! `P2P_HOSTS_NODE=PATH` runs another build's `node` binary on every host (to compare two
+//! builds in the same hour: runs of one build differ by ±0.1 × S/R from hour to hour).
 //! `P2P_HOSTS_ARGS` adds flags to every node (to explore settings); `P2P_HOSTS_TRACE=1`
 //! prints, second by second, the pieces the leechers hold together, what the seeder has
 //! sent, and how many leechers have finished; `P2P_HOSTS_LOG=FILE` keeps every line the
@@ -195,10 +197,11 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         .into_iter()
         .chain(common.clone())
         .collect();
+    let node = std::env::var("P2P_HOSTS_NODE").unwrap_or_else(|_| NODE.into());
     let seeder_args = node_args(1, "seeder", &seeder_extra);
     start(
         1,
-        NODE,
+        &node,
         &seeder_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     wait_for(&lines, |i, l| i == 1 && l.contains("sharing f.bin"));
@@ -207,7 +210,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         let args = node_args(i + 2, &name, &common);
         start(
             i + 2,
-            NODE,
+            &node,
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
     }

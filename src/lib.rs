@@ -74,15 +74,16 @@ pub mod node;
 mod session;
 pub mod split;
 pub mod tracker;
+pub mod values;
 
 pub use crossbeam_channel;
 pub use error::{Error, KeyProblem, Result, report};
 pub use key::NetworkKey;
-pub use messages::{ContentId, Counters, SearchHit};
 pub use node::{
-    Download, DownloadProgress, DownloadReport, Event, Node, NodeConfig, NodeMetrics, ShareReport,
-    Status, parse_rate,
+    Download, DownloadId, DownloadProgress, DownloadReport, Event, Node, NodeConfig, NodeMetrics,
+    ShareReport, Status, parse_rate,
 };
 pub use tracker::{
     Snapshot, Tracker, TrackerClient, TrackerConfig, TrackerEvent, TrackerMetrics, TrackerSet,
 };
+pub use values::{ContentId, Counters, OwnerInfo, SearchHit};

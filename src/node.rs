@@ -47,7 +47,7 @@ use crate::tracker::{
 use limit::RateLimiter;
 pub use limit::parse_rate;
 pub use metrics::NodeMetrics;
-pub use report::{DownloadProgress, DownloadReport, Event, ShareReport, Status};
+pub use report::{DownloadId, DownloadProgress, DownloadReport, Event, ShareReport, Status};
 use store::{SharedFile, Store};
 
 /// How a node is started.
@@ -254,6 +254,7 @@ enum Command {
         reply: Sender<Result<ShareReport>>,
     },
     Download {
+        id: DownloadId,
         file: String,
         content: Option<ContentId>,
         cancelled: Receiver<()>,
@@ -276,6 +277,7 @@ enum Command {
 #[derive(Debug)]
 #[must_use = "a download reports its result only through wait"]
 pub struct Download {
+    id: DownloadId,
     file: String,
     reply: Receiver<Result<DownloadReport>>,
     cancel: Sender<()>,
@@ -288,6 +290,11 @@ pub struct Download {
 }
 
 impl Download {
+    /// Returns this download's id, which its events, report and progress carry.
+    pub fn id(&self) -> DownloadId {
+        self.id
+    }
+
     /// Returns the file being downloaded.
     pub fn file(&self) -> &str {
         &self.file
@@ -330,8 +337,7 @@ impl Download {
     /// Returns how far the download is: pieces verified of all, bytes fetched this run,
     /// rate, ETA, owners in use. `None` once it has ended (or the node has stopped).
     pub fn progress(&self) -> Option<DownloadProgress> {
-        let ctx = self.ctx.upgrade()?;
-        let run = ctx.downloading.lock().get(&self.file).cloned()?;
+        let run = self.running()?;
         Some(progress_of(self.file.clone(), &run))
     }
 
@@ -348,11 +354,16 @@ impl Download {
         self.steer(false)
     }
 
+    /// This download's entry in the node's table, while it runs. A later download of the
+    /// same file has an entry of its own, which this handle does not touch.
+    fn running(&self) -> Option<Arc<Running>> {
+        let ctx = self.ctx.upgrade()?;
+        let run = ctx.downloading.lock().get(&self.file).cloned()?;
+        (run.id == self.id).then_some(run)
+    }
+
     fn steer(&self, paused: bool) -> bool {
-        let Some(ctx) = self.ctx.upgrade() else {
-            return false;
-        };
-        let Some(run) = ctx.downloading.lock().get(&self.file).cloned() else {
+        let Some(run) = self.running() else {
             return false;
         };
         run.paused.store(paused, Ordering::SeqCst);
@@ -457,6 +468,7 @@ impl Node {
             upload_limit: config_upload_limit.map(RateLimiter::new),
             download_limit: config_download_limit.map(RateLimiter::new),
             turns: seeding::Turns::new(config_upload_slots),
+            downloads: AtomicU64::new(0),
             stop: stop_rx.clone(),
         });
         let mut threads = Vec::new();
@@ -560,13 +572,16 @@ impl Node {
     fn start_download(&self, file: &str, content: Option<ContentId>) -> Result<Download> {
         let (reply, rx) = bounded(1);
         let (cancel, cancelled) = bounded(1);
+        let id = DownloadId(self.ctx.downloads.fetch_add(1, Ordering::Relaxed) + 1);
         self.send(Command::Download {
+            id,
             file: file.into(),
             content,
             reply,
             cancelled,
         })?;
         Ok(Download {
+            id,
             file: file.into(),
             reply: rx,
             cancel,
@@ -692,6 +707,8 @@ pub(crate) struct Ctx {
     download_limit: Option<RateLimiter>,
     /// The line of connections waiting for an upload turn of a complete file.
     turns: seeding::Turns,
+    /// Downloads started so far: the last [`DownloadId`] given.
+    downloads: AtomicU64,
     /// Disconnected when the node shuts down: every thread's loop selects on it.
     stop: Receiver<()>,
 }
@@ -765,6 +782,8 @@ impl Ctx {
 /// One download while it runs, for [`Status`], and how its handle steers it.
 #[derive(Debug)]
 pub(crate) struct Running {
+    /// The download's id: a handle acts only on the entry with its own.
+    id: DownloadId,
     started: Instant,
     /// Whether the handle wants the download paused; the coordinator follows it when
     /// woken on `steer`.
@@ -792,8 +811,9 @@ pub(crate) struct Running {
 const MET_QUEUED: usize = 64;
 
 impl Running {
-    fn new() -> Self {
+    fn new(id: DownloadId) -> Self {
         Self {
+            id,
             started: Instant::now(),
             paused: AtomicBool::new(false),
             steer: bounded(1),
@@ -1022,6 +1042,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let _ = reply.send(share(ctx, &what));
         }
         Command::Download {
+            id,
             file,
             content,
             reply,
@@ -1033,7 +1054,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
                     let _ = reply.send(Err(Error::AlreadyDownloading { file }));
                     return;
                 }
-                downloading.insert(file.clone(), Arc::new(Running::new()));
+                downloading.insert(file.clone(), Arc::new(Running::new(id)));
             }
             ctx.counters.download_started();
             let dl_ctx = Arc::clone(ctx);
@@ -1041,7 +1062,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let spawned = thread::Builder::new()
                 .name("node-download".into())
                 .spawn(move || {
-                    download::run(&dl_ctx, &name, content, &cancelled, |result| {
+                    download::run(&dl_ctx, id, &name, content, &cancelled, |result| {
                         dl_ctx.downloading.lock().remove(&name);
                         dl_ctx.counters.download_ended(match &result {
                             Ok(_) => metrics::Ended::Finished,
@@ -1051,6 +1072,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
                         match &result {
                             Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
                             Err(e) => dl_ctx.emit(Event::DownloadFailed {
+                                download: id,
                                 file: name.clone(),
                                 error: report(&e),
                             }),
@@ -1064,6 +1086,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
                     ctx.counters.download_ended(metrics::Ended::Failed);
                     ctx.downloading.lock().remove(&file);
                     ctx.emit(Event::DownloadFailed {
+                        download: id,
                         file,
                         error: report(&e),
                     });
@@ -1113,6 +1136,7 @@ fn status_of(ctx: &Ctx) -> Status {
 /// How far the download of `file` is.
 fn progress_of(file: String, run: &Running) -> DownloadProgress {
     DownloadProgress {
+        download: run.id,
         file,
         size: run.size.load(Ordering::Relaxed),
         pieces: run.pieces.load(Ordering::Relaxed),

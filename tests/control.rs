@@ -209,3 +209,37 @@ fn a_paused_download_lets_its_owners_go_and_resumes_byte_exact() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// Every download has an id of its own, carried by its events, its progress and its
+/// report; the handle of a cancelled download neither sees nor steers a later download of
+/// the same file.
+#[test]
+fn each_download_has_an_id_and_an_old_handle_steers_nothing() {
+    let (tracker, seeder, leech, first) = sixteen_pieces_in(13);
+    let first_id = first.id();
+    assert_eq!(first.progress().unwrap().download, first_id);
+    first.cancel();
+    assert!(first.wait().is_err());
+    let failed = wait_event(&leech.events, PATIENCE, |e| match e {
+        Event::DownloadFailed { download, .. } => Some(*download),
+        _ => None,
+    });
+    assert_eq!(failed, first_id);
+
+    let second = leech.node.download("f.bin").unwrap();
+    assert_ne!(second.id(), first_id);
+    let started = wait_event(&leech.events, PATIENCE, |e| match e {
+        Event::DownloadStarted { download, .. } => Some(*download),
+        _ => None,
+    });
+    assert_eq!(started, second.id());
+    assert!(first.progress().is_none(), "the old handle sees nothing");
+    assert!(!first.pause(), "the old handle pauses nothing");
+    let report = second.wait().unwrap();
+    assert_eq!(report.download, second.id());
+    assert!(report.resumed >= 16, "resumed {} pieces", report.resumed);
+    assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::messages::{ContentId, Counters};
+use crate::values::{ContentId, Counters};
 
 /// What a running node reports. Events are informational: a full queue drops them (see
 /// [`Node::dropped_events`](crate::Node::dropped_events)); results come back from the handle's methods.
@@ -25,6 +25,8 @@ pub enum Event {
     /// download takes `chosen`, the one whose complete owners are on the most distinct
     /// addresses. Pin another with [`Node::download_content`](crate::Node::download_content).
     SeveralContents {
+        /// Which download.
+        download: DownloadId,
         /// The file name.
         file: String,
         /// The content downloaded.
@@ -34,6 +36,8 @@ pub enum Event {
     },
     /// A download was paused: its owners let go, its partial file no longer served.
     DownloadPaused {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
         /// Pieces verified so far.
@@ -41,11 +45,15 @@ pub enum Event {
     },
     /// A paused download was resumed.
     DownloadResumed {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
     },
     /// A download found its owners and its piece list.
     DownloadStarted {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
         /// Its size.
@@ -59,6 +67,8 @@ pub enum Event {
     },
     /// A piece arrived and verified, and was written.
     PieceReceived {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
         /// The piece index.
@@ -83,6 +93,8 @@ pub enum Event {
     },
     /// A piece failed verification and was thrown away.
     PieceRejected {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
         /// The piece index.
@@ -92,6 +104,8 @@ pub enum Event {
     },
     /// An owner failed during a download; its work went to the others.
     OwnerFailed {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
         /// The owner's node name, as the tracker listed it (empty if it did not).
@@ -105,6 +119,8 @@ pub enum Event {
     DownloadFinished(DownloadReport),
     /// A download failed.
     DownloadFailed {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
         /// What went wrong.
@@ -113,6 +129,8 @@ pub enum Event {
     /// A download could not save its resume record; a restart then verifies its `.part`
     /// again instead of trusting the record.
     RecordFailed {
+        /// Which download.
+        download: DownloadId,
         /// The file.
         file: String,
         /// What went wrong.
@@ -160,9 +178,30 @@ pub enum Event {
     },
 }
 
+/// Names one download of a node, for as long as the node runs: the id of its
+/// [`Download`](crate::Download) handle, carried by every event about it and by its report
+/// and progress. Two downloads of one file (one after the other) have different ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DownloadId(pub(crate) u64);
+
+impl DownloadId {
+    /// The id as a number: 1 for a node's first download, then counting up.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for DownloadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// What a finished download did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadReport {
+    /// Which download.
+    pub download: DownloadId,
     /// The file.
     pub file: String,
     /// Where it was written.
@@ -219,6 +258,8 @@ pub struct Status {
 /// How far one download is, as [`Status::downloading`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadProgress {
+    /// Which download.
+    pub download: DownloadId,
     /// The file.
     pub file: String,
     /// Its size; zero until an owner has told it.

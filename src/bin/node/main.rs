@@ -431,6 +431,7 @@ impl Session {
                 file,
                 chosen,
                 contents,
+                ..
             } => {
                 say!(
                     "note: {contents} different files are shared as {file}; taking content \
@@ -438,11 +439,11 @@ impl Session {
                      (`search {file}` lists them; `download --content ID {file}` picks one)"
                 );
             }
-            Event::DownloadPaused { file, verified } => {
+            Event::DownloadPaused { file, verified, .. } => {
                 self.progress.clear();
                 say!("paused {file} with {verified} pieces verified; `resume {file}` goes on");
             }
-            Event::DownloadResumed { file } => {
+            Event::DownloadResumed { file, .. } => {
                 self.progress.clear();
                 say!("resumed {file}");
             }
@@ -452,6 +453,7 @@ impl Session {
                 pieces,
                 resumed,
                 owners,
+                ..
             } => {
                 self.progress.clear();
                 let owners = plural(*owners, "owner");
@@ -467,6 +469,7 @@ impl Session {
                 from,
                 done,
                 total,
+                ..
             } => {
                 if self.verbose {
                     say!(
@@ -478,7 +481,9 @@ impl Session {
             Event::PieceSent { file, piece, to } if self.verbose => {
                 say!("sent piece {piece} of {file} to {to}");
             }
-            Event::PieceRejected { file, piece, from } => {
+            Event::PieceRejected {
+                file, piece, from, ..
+            } => {
                 self.progress.clear();
                 say!(
                     "piece {piece} of {file} from {from} failed verification; fetching it elsewhere"
@@ -489,6 +494,7 @@ impl Session {
                 node,
                 owner,
                 error,
+                ..
             } => {
                 self.progress.clear();
                 match node.as_str() {

@@ -316,6 +316,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             if let Some(addr) = addr {
                 *self.received.entry(addr).or_default() += u64::from(bytes);
                 ctx.emit(Event::PieceReceived {
+                    download: self.job.id,
                     file: self.job.file.into(),
                     piece,
                     bytes,
@@ -356,6 +357,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 self.ctx().counters.owner_dropped(Dropped::of(&e));
                 self.book.failed(addr, &e, Instant::now());
                 self.ctx().emit(Event::OwnerFailed {
+                    download: self.job.id,
                     file: self.job.file.into(),
                     node: self.book.name_of(addr),
                     owner: addr,
@@ -568,6 +570,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                     now,
                 );
                 self.ctx().emit(Event::OwnerFailed {
+                    download: self.job.id,
                     file: self.job.file.into(),
                     node: self.book.name_of(addr),
                     owner: addr,
@@ -653,6 +656,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 ctx.store.withdraw(partial);
             }
             ctx.emit(Event::DownloadPaused {
+                download: self.job.id,
                 file: file.into(),
                 verified: self.sched.done_count(),
             });
@@ -668,7 +672,10 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         (self.next_announce, self.next_poll, self.announced) = (now, now, 0);
         // Owners let go by the pause are not failures: ask them again at once.
         self.book.asked_again = false;
-        ctx.emit(Event::DownloadResumed { file: file.into() });
+        ctx.emit(Event::DownloadResumed {
+            download: self.job.id,
+            file: file.into(),
+        });
         self.top_up()?;
         self.fill_all();
         Ok(())
@@ -695,6 +702,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         match self.job.part.save_record(&done) {
             Ok(()) => self.recorded = done.count(),
             Err(e) => self.ctx().emit(Event::RecordFailed {
+                download: self.job.id,
                 file: self.job.file.into(),
                 error: format!("saving {}: {e}", self.job.part.record_path().display()),
             }),

@@ -36,7 +36,7 @@ use super::part::{Opened, Part, Publish};
 use super::peer::PeerConn;
 use super::schedule::Bitfield;
 use super::store::SharedFile;
-use super::{Ctx, DownloadReport, Event};
+use super::{Ctx, DownloadId, DownloadReport, Event};
 use coordinator::{Coordinator, Lookup};
 use owners::OwnerBook;
 use worker::{Job, Report, Written};
@@ -53,13 +53,14 @@ const REPORTS_QUEUED: usize = 1024;
 /// [`Error::Shutdown`] if the node stopped first.
 pub(super) fn run(
     ctx: &Ctx,
+    id: DownloadId,
     file: &str,
     pin: Option<ContentId>,
     cancelled: &Receiver<()>,
     deliver: impl FnOnce(Result<DownloadReport>),
 ) {
     let started = Instant::now();
-    let prepared = prepare(ctx, file, pin, cancelled);
+    let prepared = prepare(ctx, id, file, pin, cancelled);
     let (listed_owners, manifest, first, book) = match prepared {
         Ok(p) => p,
         Err(e) => return deliver(Err(e)),
@@ -74,6 +75,7 @@ pub(super) fn run(
     };
     if record_lied > 0 {
         ctx.emit(Event::RecordFailed {
+            download: id,
             file: file.into(),
             error: format!(
                 "{record_lied} pieces {} listed as verified did not verify; fetching them again",
@@ -99,6 +101,7 @@ pub(super) fn run(
         file: partial.clone(),
     };
     ctx.emit(Event::DownloadStarted {
+        download: id,
         file: file.into(),
         size: manifest.size(),
         pieces: manifest.piece_count(),
@@ -111,6 +114,7 @@ pub(super) fn run(
         file,
         manifest: &manifest,
         part: &part,
+        id,
         written: Written::new(&done),
         reports: reports_tx,
     };
@@ -146,7 +150,7 @@ pub(super) fn run(
             let failed = std::mem::take(&mut coordinator.book.reasons);
             drop(coordinator);
             finish(
-                ctx, file, &manifest, &part, started, resumed, received, failed,
+                ctx, id, file, &manifest, &part, started, resumed, received, failed,
             )
         });
         drop(withdraw);
@@ -164,6 +168,7 @@ type Prepared<'a> = (
 /// Asks the tracker for owners and one of them for the piece list.
 fn prepare<'a>(
     ctx: &'a Ctx,
+    id: DownloadId,
     file: &str,
     pin: Option<ContentId>,
     cancelled: &Receiver<()>,
@@ -181,6 +186,7 @@ fn prepare<'a>(
     ctx.learn_interval(listed.interval);
     if listed.contents > 1 && pin.is_none() {
         ctx.emit(Event::SeveralContents {
+            download: id,
             file: file.into(),
             chosen: listed.content,
             contents: listed.contents,
@@ -191,7 +197,7 @@ fn prepare<'a>(
         return Err(Error::NoOwners { file: file.into() });
     }
     let count = book.candidates.len();
-    let (manifest, first) = fetch_manifest(ctx, file, listed.content, &mut book, cancelled)?;
+    let (manifest, first) = fetch_manifest(ctx, id, file, listed.content, &mut book, cancelled)?;
     Ok((count, manifest, Some(first), book))
 }
 
@@ -205,6 +211,7 @@ fn numwant(ctx: &Ctx) -> u16 {
 #[allow(clippy::too_many_arguments)]
 fn finish(
     ctx: &Ctx,
+    id: DownloadId,
     file: &str,
     manifest: &Manifest,
     part: &Part,
@@ -231,6 +238,7 @@ fn finish(
     let mut from: Vec<(SocketAddr, u64)> = received.into_iter().collect();
     from.sort();
     Ok(DownloadReport {
+        download: id,
         file: file.into(),
         path: final_path,
         size: manifest.size(),
@@ -286,6 +294,7 @@ type Found<'a> = (Manifest, (SocketAddr, PeerConn<'a>, Bitfield));
 /// (1 s, doubling), until the book gives up on it; the wait ends at once on shutdown.
 fn fetch_manifest<'a>(
     ctx: &'a Ctx,
+    id: DownloadId,
     file: &str,
     content: ContentId,
     owners: &mut OwnerBook,
@@ -295,7 +304,7 @@ fn fetch_manifest<'a>(
         if cancelled.try_recv().is_ok() {
             return Err(Error::Cancelled { file: file.into() });
         }
-        if let Some(found) = ask_for_manifest(ctx, file, content, owners)? {
+        if let Some(found) = ask_for_manifest(ctx, id, file, content, owners)? {
             return Ok(found);
         }
         let Some(at) = owners.next_retry(Instant::now()) else {
@@ -317,6 +326,7 @@ fn fetch_manifest<'a>(
 /// One round of [`fetch_manifest`]: every owner that may be asked now, in order.
 fn ask_for_manifest<'a>(
     ctx: &'a Ctx,
+    id: DownloadId,
     file: &str,
     content: ContentId,
     owners: &mut OwnerBook,
@@ -342,6 +352,7 @@ fn ask_for_manifest<'a>(
             Err(e) => {
                 owners.failed(addr, &e, Instant::now());
                 ctx.emit(Event::OwnerFailed {
+                    download: id,
                     file: file.into(),
                     node: owners.name_of(addr),
                     owner: addr,

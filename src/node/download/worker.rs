@@ -24,7 +24,7 @@ use super::super::metrics::bump;
 use super::super::part::Part;
 use super::super::peer::{Incoming, PeerConn, PeerReader, PeerWriter};
 use super::super::schedule::Bitfield;
-use super::super::{Ctx, Event};
+use super::super::{Ctx, DownloadId, Event};
 use crate::messages::ContentId;
 use crate::tracker::Owners as Listed;
 
@@ -77,6 +77,8 @@ pub(super) struct Worker<'s> {
 /// What every worker of one download shares, read-only.
 pub(super) struct Job<'d> {
     pub ctx: &'d Ctx,
+    /// The download's id, for its events.
+    pub id: DownloadId,
     pub file: &'d str,
     pub manifest: &'d Manifest,
     pub part: &'d Part,
@@ -252,6 +254,7 @@ impl<'d> Job<'d> {
                     if !self.manifest.verify(piece, data) {
                         bump(&self.ctx.counters.pieces_rejected, 1);
                         self.ctx.emit(Event::PieceRejected {
+                            download: self.id,
                             file: self.file.into(),
                             piece,
                             from: addr,
