@@ -722,7 +722,14 @@ impl Ctx {
 
     fn metrics(&self) -> NodeMetrics {
         let open = self.conns.inner.lock().open.len();
-        self.counters.snapshot(open as u64, &self.trackers.health())
+        let in_flight = self
+            .downloading
+            .lock()
+            .values()
+            .map(|run| run.in_flight.load(Ordering::Relaxed))
+            .sum();
+        self.counters
+            .snapshot(open as u64, in_flight, &self.trackers.health())
     }
 
     fn stopping(&self) -> bool {
@@ -801,6 +808,8 @@ pub(crate) struct Running {
     fetched: AtomicU64,
     /// Owners being fetched from, as the coordinator last counted them.
     owners: std::sync::atomic::AtomicUsize,
+    /// Piece bytes asked of owners and not yet received, as the coordinator last counted.
+    in_flight: AtomicU64,
     /// Peers downloading the same file that connected to this node holding pieces of
     /// it, told by the serving side ([`MET_QUEUED`] at most waiting).
     met: (Sender<OwnerInfo>, Receiver<OwnerInfo>),
@@ -823,6 +832,7 @@ impl Running {
             verified: AtomicU32::new(0),
             fetched: AtomicU64::new(0),
             owners: std::sync::atomic::AtomicUsize::new(0),
+            in_flight: AtomicU64::new(0),
             met: bounded(MET_QUEUED),
         }
     }

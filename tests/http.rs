@@ -89,11 +89,18 @@ fn metrics_and_status_follow_a_download() {
     let got = value(&during, "p2ptorrent_received_bytes_total", &[]);
     assert!(got > 0.0 && got < (8 * MIB) as f64, "{got}");
     assert!(value(&during, "p2ptorrent_connections_open", &[]) >= 1.0);
+    // Capped at 4 MiB/s, the download always has requests out.
+    let in_flight = value(&during, "p2ptorrent_in_flight_bytes", &[]);
+    assert!(
+        in_flight >= f64::from(PIECE) && in_flight < (8 * MIB) as f64,
+        "{in_flight}"
+    );
     let (status, json) = get(leech_web, "/api/status", None);
     assert_eq!(status, 200);
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     let dl = &status["downloads"][0];
     assert_eq!(dl["file"], "f.bin");
+    assert_eq!(dl["download"], download.id().get());
     let pieces = 8 * MIB / u64::from(PIECE);
     assert_eq!(dl["pieces"], pieces);
     let fraction = dl["fraction"].as_f64().unwrap();
@@ -101,6 +108,7 @@ fn metrics_and_status_follow_a_download() {
 
     download.wait().unwrap();
     let after = scrape(leech_web);
+    assert_eq!(value(&after, "p2ptorrent_in_flight_bytes", &[]), 0.0);
     assert_eq!(
         value(&after, "p2ptorrent_received_bytes_total", &[]),
         (8 * MIB) as f64

@@ -83,6 +83,12 @@ pub(crate) fn node_metrics(m: &NodeMetrics) -> String {
         "Peer connections open now",
         m.connections_open,
     );
+    bytes_gauge(
+        &mut r,
+        "in_flight",
+        "Piece bytes asked of owners and not yet received",
+        m.bytes_in_flight,
+    );
     count(
         &mut r,
         "connections_refused",
@@ -258,6 +264,7 @@ pub(crate) fn node_status(s: &Status) -> String {
         .iter()
         .map(|d| {
             json!({
+                "download": d.download.get(),
                 "file": d.file,
                 "size": d.size,
                 "pieces": d.pieces,
@@ -311,6 +318,15 @@ fn count(r: &mut Registry, name: &str, help: &str, value: u64) {
 
 fn bytes(r: &mut Registry, name: &str, help: &str, value: u64) {
     r.register_with_unit(name, help, Unit::Bytes, ConstCounter::new(value));
+}
+
+fn bytes_gauge(r: &mut Registry, name: &str, help: &str, value: u64) {
+    r.register_with_unit(
+        name,
+        help,
+        Unit::Bytes,
+        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)),
+    );
 }
 
 fn gauge(r: &mut Registry, name: &str, help: &str, value: u64) {

@@ -59,6 +59,9 @@ pub struct NodeMetrics {
     pub trackers_silent: u64,
     /// Times a tracker went silent.
     pub tracker_silences: u64,
+    /// Piece bytes asked of owners and not yet received, over every download, as each
+    /// download last counted them (every 100 ms).
+    pub bytes_in_flight: u64,
 }
 
 /// Why a download gave up on an owner.
@@ -122,8 +125,13 @@ impl Cells {
         }
     }
 
-    /// Everything, with `connections_open` as counted by the caller.
-    pub fn snapshot(&self, connections_open: u64, trackers: &[TrackerHealth]) -> NodeMetrics {
+    /// Everything, with `connections_open` and `bytes_in_flight` as counted by the caller.
+    pub fn snapshot(
+        &self,
+        connections_open: u64,
+        bytes_in_flight: u64,
+        trackers: &[TrackerHealth],
+    ) -> NodeMetrics {
         let up = trackers.iter().filter(|t| t.up).count() as u64;
         NodeMetrics {
             bytes_sent: get(&self.bytes_sent),
@@ -146,6 +154,7 @@ impl Cells {
             trackers_up: up,
             trackers_silent: trackers.len() as u64 - up,
             tracker_silences: trackers.iter().map(|t| t.silences).sum(),
+            bytes_in_flight,
         }
     }
 
@@ -214,7 +223,7 @@ mod tests {
         }));
         cells.waited(true, Duration::from_millis(3));
         bump(&cells.bytes_sent, 10);
-        let m = cells.snapshot(2, &[]);
+        let m = cells.snapshot(2, 0, &[]);
         assert_eq!(
             (
                 m.downloads_started,

@@ -223,6 +223,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                     // The job holds a sender, so the channel never disconnects here.
                     if let Ok(report) = report {
                         self.on_report(report)?;
+                        self.count_in_flight();
                     }
                 }
                 recv(ticks) -> _ => self.on_tick()?,
@@ -679,6 +680,20 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         self.top_up()?;
         self.fill_all();
         Ok(())
+    }
+
+    /// Publishes the piece bytes asked of owners and not yet received, for the node's
+    /// metrics.
+    fn count_in_flight(&self) {
+        let Some(run) = &self.running else { return };
+        let geometry = self.job.manifest.geometry();
+        let in_flight: u64 = self
+            .workers
+            .values()
+            .flat_map(|live| live.asked.keys())
+            .filter_map(|&p| geometry.piece_len(p).map(u64::from))
+            .sum();
+        run.in_flight.store(in_flight, Ordering::Relaxed);
     }
 
     fn stop_all(&mut self) {
