@@ -3,6 +3,10 @@
 //! run. The ratio of the two is the figure that matters. It is measured on one thread, and
 //! on two as a download from two owners does it (each owner's pieces are verified and
 //! written by that owner's verifier thread).
+//!
+//! `hash_file` reads and hashes a whole file as sharing it does, and as resuming a
+//! download does: every piece of a `.part` is verified again before it is trusted, so this
+//! is what a resume costs before the first byte is fetched.
 
 use std::fs::File;
 use std::io::Write;
@@ -59,6 +63,14 @@ fn reassemble(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("hash_file");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(SIZE as u64));
+    group.bench_function("read and hash every piece (share, resume)", |b| {
+        b.iter(|| black_box(Manifest::from_file(&source, None).unwrap()))
+    });
     group.finish();
 }
 
