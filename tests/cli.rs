@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -440,6 +440,55 @@ fn pause_and_resume_at_the_prompt() {
     assert!(b.wait(PATIENCE).success());
     drop(stdin);
     assert_same_file(&original, &cwd.join("node_files/B/movie.bin"));
+    a.signal("-TERM");
+    assert!(a.wait(PATIENCE).success());
+}
+
+/// At a terminal, progress is drawn as the person at it needs: with `--no-prompt`, a bar
+/// with rate and ETA (redrawn in place); at the prompt, where a redrawn bar would wipe what
+/// is typed, plain lines at each tenth of the file, and no redrawing at all. (`script`
+/// gives the node a terminal.)
+#[test]
+fn progress_at_a_terminal_is_a_bar_without_a_prompt_and_lines_with_one() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let (_tracker, addr) = tracker_process(cwd, 2);
+    let tracker_arg = addr.to_string();
+    let (mut a, _original, _) = capped_seeder(cwd, &tracker_arg, 66);
+    let run = |name: &str, extra: &str| -> String {
+        let line = format!(
+            "{NODE} -n {name} -p 0 --bind 127.0.0.1 --tracker {tracker_arg} \
+             --download movie.bin --exit-when-done {extra}"
+        );
+        let out = Command::new("timeout")
+            .args(["60", "script", "-qefc", &line, "/dev/null"])
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .output()
+            .expect("script (bsdutils) runs the node at a terminal");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bar = run("B", "--no-prompt");
+    assert!(bar.contains("downloaded movie.bin"), "{bar}");
+    assert!(
+        bar.contains("\x1b[2K"),
+        "the bar is redrawn in place: {bar:?}"
+    );
+    assert!(bar.contains("MiB/s, ETA"), "{bar:?}");
+
+    let lines = run("C", "");
+    assert!(lines.contains("downloaded movie.bin"), "{lines}");
+    assert!(
+        !lines.contains("\x1b["),
+        "nothing is redrawn at the prompt: {lines:?}"
+    );
+    let tenths: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains("% of 16.0 MiB"))
+        .collect();
+    assert!(tenths.len() >= 5, "a line per tenth: {lines}");
+    assert!(tenths.iter().all(|l| l.contains("MiB/s")), "{tenths:?}");
     a.signal("-TERM");
     assert!(a.wait(PATIENCE).success());
 }

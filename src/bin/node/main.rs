@@ -169,7 +169,15 @@ fn main() -> ExitCode {
     let mut session = Session {
         node,
         verbose: args.verbose,
-        progress: Progress::new(!args.verbose && std::io::stderr().is_terminal()),
+        progress: {
+            // Bars would wipe what a person types at the prompt: lines then instead.
+            let typing = !args.no_prompt && std::io::stdin().is_terminal();
+            let quiet = args.verbose;
+            Progress::new(
+                !quiet && !typing && std::io::stderr().is_terminal(),
+                !quiet && typing,
+            )
+        },
         pending: Vec::new(),
         started: 0,
         failures: 0,
@@ -460,7 +468,7 @@ impl Session {
                 say!(
                     "downloading {file}: {size} bytes, {pieces} pieces, {owners} listed, {resumed} of them already here"
                 );
-                self.progress.start(file, *size, *pieces);
+                self.progress.start(file, *size, *pieces, *resumed);
             }
             Event::PieceReceived {
                 file,
