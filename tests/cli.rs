@@ -454,7 +454,7 @@ fn progress_at_a_terminal_is_a_bar_without_a_prompt_and_lines_with_one() {
     let cwd = work.path();
     let (_tracker, addr) = tracker_process(cwd, 2);
     let tracker_arg = addr.to_string();
-    let (mut a, _original, _) = capped_seeder(cwd, &tracker_arg, 66);
+    let (a, _original, _) = capped_seeder(cwd, &tracker_arg, 66);
     let run = |name: &str, extra: &str| -> String {
         let line = format!(
             "{NODE} -n {name} -p 0 --bind 127.0.0.1 --tracker {tracker_arg} \
