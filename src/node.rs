@@ -259,6 +259,8 @@ enum Command {
         content: Option<ContentId>,
         cancelled: Receiver<()>,
         reply: Sender<Result<DownloadReport>>,
+        /// Dropped once the reply is sent: the handle's `ended` disconnects.
+        ended: Sender<()>,
     },
     Search {
         pattern: String,
@@ -280,6 +282,8 @@ pub struct Download {
     id: DownloadId,
     file: String,
     reply: Receiver<Result<DownloadReport>>,
+    /// Disconnects once the result is ready.
+    ended: Receiver<()>,
     cancel: Sender<()>,
     /// The node, while it runs: for [`progress`](Self::progress). Weak, so a handle kept
     /// after the node is gone holds nothing of it.
@@ -293,6 +297,15 @@ impl Download {
     /// Returns this download's id, which its events, report and progress carry.
     pub fn id(&self) -> DownloadId {
         self.id
+    }
+
+    /// A channel that disconnects once the download has ended and [`wait`](Self::wait)
+    /// would return at once; it never carries a message. Select on it beside other
+    /// channels (a node's events, a shutdown signal, other downloads) instead of polling
+    /// [`wait_timeout`](Self::wait_timeout); with several downloads, `crossbeam_channel::Select`
+    /// takes them all.
+    pub fn ended(&self) -> &Receiver<()> {
+        &self.ended
     }
 
     /// Returns the file being downloaded.
@@ -573,17 +586,20 @@ impl Node {
         let (reply, rx) = bounded(1);
         let (cancel, cancelled) = bounded(1);
         let id = DownloadId(self.ctx.downloads.fetch_add(1, Ordering::Relaxed) + 1);
+        let (ended_tx, ended) = bounded(0);
         self.send(Command::Download {
             id,
             file: file.into(),
             content,
             reply,
             cancelled,
+            ended: ended_tx,
         })?;
         Ok(Download {
             id,
             file: file.into(),
             reply: rx,
+            ended,
             cancel,
             ctx: Arc::downgrade(&self.ctx),
             outcome: Mutex::new(None),
@@ -1057,6 +1073,7 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             content,
             reply,
             cancelled,
+            ended,
         } => {
             {
                 let mut downloading = ctx.downloading.lock();
@@ -1072,6 +1089,8 @@ fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>
             let spawned = thread::Builder::new()
                 .name("node-download".into())
                 .spawn(move || {
+                    // Dropped when this thread ends, after the reply is sent.
+                    let _ended = ended;
                     download::run(&dl_ctx, id, &name, content, &cancelled, |result| {
                         dl_ctx.downloading.lock().remove(&name);
                         dl_ctx.counters.download_ended(match &result {

@@ -243,3 +243,28 @@ fn each_download_has_an_id_and_an_old_handle_steers_nothing() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// A handle's `ended` channel disconnects once the result is ready, so a caller can select
+/// on it beside other channels instead of polling `wait_timeout`.
+#[test]
+fn ended_disconnects_once_the_result_is_ready() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    write_random(&seeder.path("f.bin"), 14, MIB);
+    seeder.node.share("f.bin").unwrap();
+    let leech = start_node("leech", tracker.local_addr());
+    let download = leech.node.download("f.bin").unwrap();
+    let never_carries = download.ended().recv_timeout(PATIENCE);
+    assert_eq!(
+        never_carries,
+        Err(p2ptorrent::crossbeam_channel::RecvTimeoutError::Disconnected)
+    );
+    let report = download
+        .wait_timeout(std::time::Duration::ZERO)
+        .expect("the result is ready once ended disconnects")
+        .unwrap();
+    assert_eq!(report.download, download.id());
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use crossbeam_channel::{Receiver, bounded, never, select};
+use crossbeam_channel::{Receiver, Select, bounded, never};
 use p2ptorrent::error::report;
 use p2ptorrent::{Download, Event, Node, NodeConfig};
 use progress::Progress;
@@ -213,9 +213,25 @@ fn main() -> ExitCode {
         if args.exit_when_done && nothing_left {
             break;
         }
-        select! {
-            recv(stop_rx) -> _ => break,
-            recv(lines) -> line => match line {
+        // Waits for a signal, a command, an event, or a download ending (each handle's
+        // `ended` disconnects when its result is ready): nothing is polled.
+        let ended: Vec<Receiver<()>> = session.pending.iter().map(|d| d.ended().clone()).collect();
+        let mut waiting = Select::new();
+        let (at_stop, at_lines, at_events) = (
+            waiting.recv(&stop_rx),
+            waiting.recv(&lines),
+            waiting.recv(&events),
+        );
+        for e in &ended {
+            waiting.recv(e);
+        }
+        let ready = waiting.select();
+        match ready.index() {
+            i if i == at_stop => {
+                let _ = ready.recv(&stop_rx);
+                break;
+            }
+            i if i == at_lines => match ready.recv(&lines) {
                 Ok(line) => match prompt::parse(&line) {
                     Ok(Some(Command::Exit)) => break,
                     Ok(Some(cmd)) => session.run(cmd),
@@ -227,11 +243,14 @@ fn main() -> ExitCode {
                 Err(_) if args.exit_when_done && !session.pending.is_empty() => lines = never(),
                 Err(_) => break,
             },
-            recv(events) -> event => match event {
+            i if i == at_events => match ready.recv(&events) {
                 Ok(event) => session.show(&event),
                 Err(_) => break,
             },
-            default(Duration::from_millis(200)) => {}
+            i => {
+                // A download ended: its channel disconnected.
+                let _ = ready.recv(&ended[i - at_events - 1]);
+            }
         }
         session.reap();
     }
