@@ -30,6 +30,7 @@ pub use set::{
 };
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -377,6 +378,20 @@ fn budget_kind(body: &NodeToTracker) -> budget::Kind {
 /// Binds one of the tracker's sockets, sharing the port with the others (`reuse_port`).
 /// On the IPv6 wildcard (`[::]`) it is dual-stack whatever the system's default: IPv4
 /// nodes are served on it too.
+/// Receives one datagram and its source, `None` when there is no source: a socket shut for
+/// reading wakes a waiting receive with nothing and no address, and std's `recv_from`
+/// then panics on the empty address (seen as "tracker: thread tracker-udp panicked" when
+/// a tracker shut down mid-receive).
+fn recv_datagram(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
+    let sock = socket2::SockRef::from(socket);
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and socket2's
+    // `recv_from` writes only initialised bytes into the buffer (its documented promise,
+    // for exactly this cast), so `buf` stays initialised.
+    let uninit = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [MaybeUninit<u8>]) };
+    let (n, from) = sock.recv_from(uninit)?;
+    Ok((n, from.as_socket()))
+}
+
 fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -429,13 +444,15 @@ impl Service {
         let mut buf = vec![0u8; MAX_DATAGRAM_LEN + 1];
         let mut last_sweep = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
+            match recv_datagram(&self.socket, &mut buf) {
+                Ok((n, Some(from))) => {
                     if self.stop.load(Ordering::SeqCst) {
                         break;
                     }
                     self.receive(&mut buf[..n], from);
                 }
+                // No source: the socket was shut for reading by `close`.
+                Ok((_, None)) => {}
                 Err(e) if is_timeout(&e) => {}
                 // ICMP errors for earlier replies and signals are not the tracker's problem.
                 Err(e)
