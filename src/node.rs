@@ -6,13 +6,16 @@
 //! handle's methods, each a `Command` on a bounded channel, and hear from it through the
 //! [`Event`] receiver `start` returns.
 //!
-//! Layout: `store` (which files are served), `serve` (answering peers), `peer` (asking
-//! peers), `schedule` (which owner fetches which piece), `download` (one download, end to
-//! end). With a [`NetworkKey`], `serve` and `peer` run every connection
+//! Layout: `config` ([`NodeConfig`]), `handle` (the [`Download`] handle and the entry a
+//! running download keeps in the node's table), `store` (which files are served), `serve`
+//! (answering peers), `peer` (asking peers), `schedule` (which owner fetches which piece),
+//! `download` (one download, end to end). With a [`NetworkKey`](crate::NetworkKey), `serve` and `peer` run every connection
 //! through the crate's session layer (a Noise handshake, then encrypted records).
 
 mod bitfield;
+mod config;
 mod download;
+mod handle;
 mod limit;
 mod metrics;
 mod part;
@@ -26,7 +29,7 @@ mod sockopt;
 mod store;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -37,207 +40,17 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result, report};
-use crate::key::NetworkKey;
-use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit};
+use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, SearchHit};
 use crate::session::SharedStream;
-use crate::tracker::{
-    DEFAULT_REPLICAS, DEFAULT_RETRY_AFTER, DEFAULT_TRACKER_ADDR, TrackerChange, TrackerSet,
-    wake_addr,
-};
+use crate::tracker::{TrackerChange, TrackerSet, wake_addr};
+pub use config::NodeConfig;
+pub use handle::Download;
+use handle::{Running, progress_of};
 use limit::RateLimiter;
 pub use limit::parse_rate;
 pub use metrics::NodeMetrics;
 pub use report::{DownloadId, DownloadProgress, DownloadReport, Event, ShareReport, Status};
 use store::{SharedFile, Store};
-
-/// How a node is started.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct NodeConfig {
-    /// The node's name, shown in the tracker's table (1 to 64 bytes).
-    pub name: String,
-    /// The folder holding the files it shares and downloads.
-    pub dir: PathBuf,
-    /// The TCP address to serve peers on; port 0 picks a free port. The IPv4 wildcard
-    /// (the default) becomes the dual-stack `[::]` when a tracker is an IPv6 address.
-    pub listen: SocketAddr,
-    /// The trackers' UDP addresses (at least one). Every node of a network should list the
-    /// same ones: each file's replica set is computed from the list (see [`TrackerSet`]).
-    pub trackers: Vec<SocketAddr>,
-    /// How many of the trackers hold each file (all, when fewer are listed).
-    pub tracker_replicas: usize,
-    /// How long a tracker that went silent is skipped before it is asked again.
-    pub tracker_retry_after: Duration,
-    /// How many owners a download uses at once (the original used 2).
-    pub max_owners: usize,
-    /// Requests in flight per owner: deep enough to keep the link busy, and with one piece
-    /// buffer per owner, memory stays bounded by owners × piece size.
-    pub pipeline_depth: usize,
-    /// The piece size for files this node shares; `None` chooses from the file size.
-    pub piece_size: Option<u32>,
-    /// How long a peer may stay silent with a request outstanding before it is dropped
-    /// and its pieces go to other owners. Silence, not slowness: any byte resets it.
-    pub peer_timeout: Duration,
-    /// How many times a tracker request is sent before giving up.
-    pub tracker_tries: u32,
-    /// How often shared files are re-announced until the tracker says otherwise.
-    pub announce_interval: Duration,
-    /// Most peer connections served at once; more are refused.
-    pub max_connections: usize,
-    /// Most peer connections served at once from one IP address; more are refused.
-    pub max_connections_per_ip: usize,
-    /// When a newcomer finds the node at either connection cap, the served connection
-    /// whose peer has been silent longest (from the newcomer's address, if that cap is
-    /// the one reached) is closed to make room, if it has been silent this long; else the
-    /// newcomer is refused. Idle peers cannot hold the slots honest ones need.
-    pub reap_idle_after: Duration,
-    /// How long a peer has to complete its hello, and any later frame once it has begun:
-    /// a peer trickling bytes to hold a connection open (slow loris) is dropped.
-    pub handshake_timeout: Duration,
-    /// How many connections may be sent pieces of complete files at once, node-wide; the
-    /// others wait their turn, in order (see the `seeding` module).
-    pub upload_slots: usize,
-    /// Bytes per second this node sends to all peers together; `None` is unlimited.
-    pub upload_limit: Option<u64>,
-    /// Bytes per second this node receives from all peers together; `None` is unlimited.
-    pub download_limit: Option<u64>,
-    /// The network key: with one, tracker datagrams are sealed and every peer connection
-    /// runs a Noise handshake on it and is encrypted; peers and trackers without the same
-    /// key are refused. Without one, traffic is plain (content is verified either way).
-    pub key: Option<NetworkKey>,
-    /// Where to serve metrics, the JSON status and the page; `None` serves nothing.
-    #[cfg(feature = "http")]
-    pub http: Option<crate::http::HttpConfig>,
-}
-
-impl NodeConfig {
-    /// Returns a config for a node called `name` with its files in `dir`, serving on any
-    /// free port of every interface, using the tracker at `127.0.0.1:12340`.
-    pub fn new(name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
-        Self {
-            name: name.into(),
-            dir: dir.into(),
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            trackers: vec![DEFAULT_TRACKER_ADDR],
-            tracker_replicas: DEFAULT_REPLICAS,
-            tracker_retry_after: DEFAULT_RETRY_AFTER,
-            max_owners: 16,
-            pipeline_depth: 8,
-            piece_size: None,
-            peer_timeout: Duration::from_secs(5),
-            tracker_tries: 4,
-            announce_interval: Duration::from_secs(30),
-            max_connections: 64,
-            max_connections_per_ip: 16,
-            reap_idle_after: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            upload_slots: 4,
-            upload_limit: None,
-            download_limit: None,
-            key: None,
-            #[cfg(feature = "http")]
-            http: None,
-        }
-    }
-
-    /// Serves `/metrics`, `/api/status` and a live page of the node (see [`crate::http`]).
-    #[cfg(feature = "http")]
-    pub fn http(mut self, http: crate::http::HttpConfig) -> Self {
-        self.http = Some(http);
-        self
-    }
-
-    /// Joins the private network of `key`.
-    pub fn key(mut self, key: NetworkKey) -> Self {
-        self.key = Some(key);
-        self
-    }
-
-    /// Uses the one tracker at `addr`.
-    pub fn tracker(mut self, addr: SocketAddr) -> Self {
-        self.trackers = vec![addr];
-        self
-    }
-
-    /// Uses the trackers at `addrs`, each file held by `replicas` of them (see
-    /// [`TrackerSet`]).
-    pub fn trackers(
-        mut self,
-        addrs: impl IntoIterator<Item = SocketAddr>,
-        replicas: usize,
-    ) -> Self {
-        self.trackers = addrs.into_iter().collect();
-        self.tracker_replicas = replicas;
-        self
-    }
-
-    /// Sets how many times a tracker request is sent before that tracker is taken as
-    /// silent (at least one). The waits are 250 ms, then doubling: four tries take 3.75 s,
-    /// two take 0.75 s. This bounds how long `share` and `search` can block.
-    pub fn tracker_tries(mut self, tries: u32) -> Self {
-        self.tracker_tries = tries.max(1);
-        self
-    }
-
-    /// Sets how long a tracker that went silent is skipped before it is asked again.
-    pub fn tracker_retry_after(mut self, wait: Duration) -> Self {
-        self.tracker_retry_after = wait;
-        self
-    }
-
-    /// Sets the address to serve peers on.
-    pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = addr;
-        self
-    }
-
-    /// Sets how many owners a download uses at once (at least one).
-    pub fn max_owners(mut self, owners: usize) -> Self {
-        self.max_owners = owners.max(1);
-        self
-    }
-
-    /// Sets how many connections may be sent pieces of complete files at once (at least
-    /// one).
-    pub fn upload_slots(mut self, slots: usize) -> Self {
-        self.upload_slots = slots.max(1);
-        self
-    }
-
-    /// Sets the most peer connections served at once, in all and from one IP address (each
-    /// at least one). The defaults (64, 16) suit the open internet; a host running many
-    /// nodes on loopback, as tests and benches do, needs more per address.
-    pub fn max_connections(mut self, total: usize, per_ip: usize) -> Self {
-        self.max_connections = total.max(1);
-        self.max_connections_per_ip = per_ip.max(1);
-        self
-    }
-
-    /// Sets how long a served peer must have been silent before its connection may be
-    /// closed to make room for a newcomer (see [`NodeConfig::reap_idle_after`]).
-    pub fn reap_idle_after(mut self, silent: Duration) -> Self {
-        self.reap_idle_after = silent;
-        self
-    }
-
-    /// Limits what this node sends to all peers together, in bytes per second.
-    pub fn upload_limit(mut self, bytes_per_sec: u64) -> Self {
-        self.upload_limit = Some(bytes_per_sec);
-        self
-    }
-
-    /// Limits what this node receives from all peers together, in bytes per second.
-    pub fn download_limit(mut self, bytes_per_sec: u64) -> Self {
-        self.download_limit = Some(bytes_per_sec);
-        self
-    }
-
-    /// Sets the piece size for files this node shares.
-    pub fn piece_size(mut self, piece_size: u32) -> Self {
-        self.piece_size = Some(piece_size);
-        self
-    }
-}
 
 /// What a `Share` command shares.
 enum Sharing {
@@ -269,137 +82,6 @@ enum Command {
     Status {
         reply: Sender<Status>,
     },
-}
-
-/// A download running in the background.
-///
-/// Dropping the handle leaves the download running (its end is still reported as
-/// [`Event::DownloadFinished`] or [`Event::DownloadFailed`]); [`cancel`](Self::cancel)
-/// stops it.
-#[derive(Debug)]
-#[must_use = "a download reports its result only through wait"]
-pub struct Download {
-    id: DownloadId,
-    file: String,
-    reply: Receiver<Result<DownloadReport>>,
-    /// Disconnects once the result is ready.
-    ended: Receiver<()>,
-    cancel: Sender<()>,
-    /// The node, while it runs: for [`progress`](Self::progress). Weak, so a handle kept
-    /// after the node is gone holds nothing of it.
-    ctx: std::sync::Weak<Ctx>,
-    /// The outcome once received: the report, or the error's text after the error itself
-    /// was returned.
-    outcome: Mutex<Option<std::result::Result<DownloadReport, String>>>,
-}
-
-impl Download {
-    /// Returns this download's id, which its events, report and progress carry.
-    pub fn id(&self) -> DownloadId {
-        self.id
-    }
-
-    /// A channel that disconnects once the download has ended and [`wait`](Self::wait)
-    /// would return at once; it never carries a message. Select on it beside other
-    /// channels (a node's events, a shutdown signal, other downloads) instead of polling
-    /// [`wait_timeout`](Self::wait_timeout); with several downloads, `crossbeam_channel::Select`
-    /// takes them all.
-    pub fn ended(&self) -> &Receiver<()> {
-        &self.ended
-    }
-
-    /// Returns the file being downloaded.
-    pub fn file(&self) -> &str {
-        &self.file
-    }
-
-    /// Waits for the download to finish. May be called again: a success returns the same
-    /// report each time, a failure returns the error the first time and
-    /// [`Error::DownloadFailed`] with its text after.
-    ///
-    /// # Errors
-    ///
-    /// Why the download failed, [`Error::Cancelled`] after [`cancel`](Self::cancel), or
-    /// [`Error::Shutdown`] if the node stopped first.
-    pub fn wait(&self) -> Result<DownloadReport> {
-        let mut outcome = self.outcome.lock();
-        if let Some(done) = outcome.as_ref() {
-            return self.again(done);
-        }
-        let result = self.reply.recv().unwrap_or(Err(Error::Shutdown));
-        *outcome = Some(result.as_ref().map(Clone::clone).map_err(|e| report(e)));
-        result
-    }
-
-    /// Waits at most `timeout`; returns `None` if the download is still running. May be
-    /// called again, as [`wait`](Self::wait).
-    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<DownloadReport>> {
-        let mut outcome = self.outcome.lock();
-        if let Some(done) = outcome.as_ref() {
-            return Some(self.again(done));
-        }
-        let result = match self.reply.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return None,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::Shutdown),
-        };
-        *outcome = Some(result.as_ref().map(Clone::clone).map_err(|e| report(e)));
-        Some(result)
-    }
-
-    /// Returns how far the download is: pieces verified of all, bytes fetched this run,
-    /// rate, ETA, owners in use. `None` once it has ended (or the node has stopped).
-    pub fn progress(&self) -> Option<DownloadProgress> {
-        let run = self.running()?;
-        Some(progress_of(self.file.clone(), &run))
-    }
-
-    /// Pauses the download: its owners are let go and the node stops serving its
-    /// partial file, but the download stays in place, holding what it has verified;
-    /// [`resume`](Self::resume) takes it up again with no piece checked twice. `wait`
-    /// waits through a pause. Returns `false` if the download has already ended.
-    pub fn pause(&self) -> bool {
-        self.steer(true)
-    }
-
-    /// Resumes a paused download. Returns `false` if it has already ended.
-    pub fn resume(&self) -> bool {
-        self.steer(false)
-    }
-
-    /// This download's entry in the node's table, while it runs. A later download of the
-    /// same file has an entry of its own, which this handle does not touch.
-    fn running(&self) -> Option<Arc<Running>> {
-        let ctx = self.ctx.upgrade()?;
-        let run = ctx.downloading.lock().get(&self.file).cloned()?;
-        (run.id == self.id).then_some(run)
-    }
-
-    fn steer(&self, paused: bool) -> bool {
-        let Some(run) = self.running() else {
-            return false;
-        };
-        run.paused.store(paused, Ordering::SeqCst);
-        // Full: a wake is already pending, and it reads the latest wish.
-        let _ = run.steer.0.try_send(());
-        true
-    }
-
-    /// Stops the download: what is verified stays in `NAME.part` with its resume record,
-    /// this node stops serving it, and a later download of the file resumes from it.
-    /// Returns at once; [`wait`](Self::wait) then returns [`Error::Cancelled`] (or the
-    /// result, if the download ended first).
-    pub fn cancel(&self) {
-        // Full: already asked. Disconnected: already over.
-        let _ = self.cancel.try_send(());
-    }
-
-    fn again(&self, done: &std::result::Result<DownloadReport, String>) -> Result<DownloadReport> {
-        done.clone().map_err(|error| Error::DownloadFailed {
-            file: self.file.clone(),
-            error,
-        })
-    }
 }
 
 /// A running node. Dropping it shuts it down.
@@ -802,58 +484,6 @@ impl Ctx {
     }
 }
 
-/// One download while it runs, for [`Status`], and how its handle steers it.
-#[derive(Debug)]
-pub(crate) struct Running {
-    /// The download's id: a handle acts only on the entry with its own.
-    id: DownloadId,
-    started: Instant,
-    /// Whether the handle wants the download paused; the coordinator follows it when
-    /// woken on `steer`.
-    paused: AtomicBool,
-    /// Wakes the coordinator to look at `paused`: capacity one, a pending wake suffices.
-    steer: (Sender<()>, Receiver<()>),
-    /// Pieces verified from an earlier run, set once the `.part` is opened.
-    resumed: AtomicU32,
-    /// The file's size and piece count, once known, and the pieces verified so far
-    /// (resumed ones included), kept by the download.
-    size: AtomicU64,
-    pieces: AtomicU32,
-    verified: AtomicU32,
-    /// Verified bytes received this run, added by the download's coordinator.
-    fetched: AtomicU64,
-    /// Owners being fetched from, as the coordinator last counted them.
-    owners: std::sync::atomic::AtomicUsize,
-    /// Piece bytes asked of owners and not yet received, as the coordinator last counted.
-    in_flight: AtomicU64,
-    /// Peers downloading the same file that connected to this node holding pieces of
-    /// it, told by the serving side ([`MET_QUEUED`] at most waiting).
-    met: (Sender<OwnerInfo>, Receiver<OwnerInfo>),
-}
-
-/// Peers met and not yet taken in by their download, at most: more are dropped (the
-/// tracker lists them in time anyway).
-const MET_QUEUED: usize = 64;
-
-impl Running {
-    fn new(id: DownloadId) -> Self {
-        Self {
-            id,
-            started: Instant::now(),
-            paused: AtomicBool::new(false),
-            steer: bounded(1),
-            resumed: AtomicU32::new(0),
-            size: AtomicU64::new(0),
-            pieces: AtomicU32::new(0),
-            verified: AtomicU32::new(0),
-            fetched: AtomicU64::new(0),
-            owners: std::sync::atomic::AtomicUsize::new(0),
-            in_flight: AtomicU64::new(0),
-            met: bounded(MET_QUEUED),
-        }
-    }
-}
-
 /// Every open peer connection, so shutdown can break their blocking reads.
 #[derive(Debug, Default)]
 struct Conns {
@@ -1159,22 +789,6 @@ fn status_of(ctx: &Ctx) -> Status {
         peers,
         trackers: ctx.trackers.health(),
         counters: ctx.counters.counters(),
-    }
-}
-
-/// How far the download of `file` is.
-fn progress_of(file: String, run: &Running) -> DownloadProgress {
-    DownloadProgress {
-        download: run.id,
-        file,
-        size: run.size.load(Ordering::Relaxed),
-        pieces: run.pieces.load(Ordering::Relaxed),
-        verified: run.verified.load(Ordering::Relaxed),
-        resumed: run.resumed.load(Ordering::Relaxed),
-        fetched: run.fetched.load(Ordering::Relaxed),
-        owners: run.owners.load(Ordering::Relaxed),
-        elapsed: run.started.elapsed(),
-        paused: run.paused.load(Ordering::Relaxed),
     }
 }
 
