@@ -17,6 +17,10 @@ const MAX_BAD_PIECES: u32 = 2;
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Owners one download keeps track of, at most; more heard of are not taken in.
 const MAX_CANDIDATES: usize = 1024;
+/// Peers met (not listed by a tracker) taken in per IP address: a peer names its own port,
+/// so one host cycling connections could otherwise fill the book with ports it does not
+/// serve on. As many as a node serves connections from one address by default.
+const MAX_MET_PER_IP: u32 = 16;
 /// Failures kept to explain a download's end; older ones are forgotten.
 const MAX_REASONS: usize = 64;
 
@@ -43,6 +47,8 @@ pub(super) struct OwnerBook {
     banned: HashSet<SocketAddr>,
     /// Owners a connection was opened to, in this download.
     tried: HashSet<SocketAddr>,
+    /// Peers met and taken in, per IP address.
+    met_per_ip: HashMap<std::net::IpAddr, u32>,
     pub reasons: Vec<(SocketAddr, String)>,
     /// Whether the tracker was asked again since the last piece arrived with no owner left.
     pub asked_again: bool,
@@ -64,10 +70,22 @@ impl OwnerBook {
 
     /// Adds a peer met downloading the same file (it connected here holding pieces of it)
     /// if it is not known yet: it is tried like a partial owner the tracker listed.
+    /// At most [`MAX_MET_PER_IP`] per IP address.
     pub fn met(&mut self, ctx: &Ctx, owner: OwnerInfo) {
-        if !self.candidates.iter().any(|c| c.addr == owner.addr) {
-            self.add(ctx, vec![owner]);
+        let me = (ctx.config.name.as_str(), ctx.local_addr.port());
+        self.met_except(owner, me);
+    }
+
+    fn met_except(&mut self, owner: OwnerInfo, me: (&str, u16)) {
+        if self.candidates.iter().any(|c| c.addr == owner.addr) {
+            return;
         }
+        let n = self.met_per_ip.entry(owner.addr.ip()).or_default();
+        if *n >= MAX_MET_PER_IP {
+            return;
+        }
+        *n += 1;
+        self.add_except(vec![owner], me);
     }
 
     fn add_except(&mut self, listed: Vec<OwnerInfo>, (name, port): (&str, u16)) {
@@ -231,6 +249,23 @@ mod tests {
             op: "connecting",
             source: std::io::ErrorKind::ConnectionRefused.into(),
         }
+    }
+
+    /// A host that connects from many ports, each time naming another port it claims to
+    /// serve on, adds at most MAX_MET_PER_IP owners; other hosts are still taken in.
+    #[test]
+    fn peers_met_are_taken_in_up_to_a_cap_per_address() {
+        let mut o = book();
+        for port in 1000..1100 {
+            o.met_except(owner(port), ("me", 1));
+        }
+        assert_eq!(o.candidates.len(), 2 + MAX_MET_PER_IP as usize);
+        let elsewhere = OwnerInfo {
+            addr: SocketAddr::from(([127, 0, 0, 2], 7000)),
+            ..owner(7000)
+        };
+        o.met_except(elsewhere, ("me", 1));
+        assert_eq!(o.candidates.len(), 3 + MAX_MET_PER_IP as usize);
     }
 
     #[test]
