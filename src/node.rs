@@ -434,11 +434,11 @@ impl Ctx {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Accounts `bytes` against `limit` and waits out any debt, in slices short enough
-    /// that shutdown is not held up.
+    /// Accounts `bytes` against `limit` and waits out any debt on the node's stop channel,
+    /// so shutdown (which disconnects it) ends the wait at once.
     fn throttle(&self, limit: Option<&RateLimiter>, bytes: u64) {
         let Some(limit) = limit else { return };
-        let mut wait = limit.take(bytes);
+        let wait = limit.take(bytes);
         if !wait.is_zero() {
             let upload = self
                 .upload_limit
@@ -446,10 +446,9 @@ impl Ctx {
                 .is_some_and(|u| std::ptr::eq(u, limit));
             self.counters.waited(upload, wait);
         }
-        while !wait.is_zero() && !self.stopping() {
-            let slice = wait.min(Duration::from_millis(50));
-            thread::sleep(slice);
-            wait -= slice;
+        if !wait.is_zero() {
+            // Never carries a message: times out, or disconnects at shutdown.
+            let _ = self.stop.recv_timeout(wait);
         }
     }
 
