@@ -511,3 +511,48 @@ fn a_downloader_fetches_from_a_peer_that_connected_to_it() {
     t1.shutdown().unwrap();
     t2.shutdown().unwrap();
 }
+
+/// An owner that keeps a downloader choked and sends nothing is replaced by one waiting to
+/// be tried, even when the download may use only one owner: a place in a line that does not
+/// move is worth less than a try elsewhere (a leecher that got its first pieces after the
+/// others had filled their owner slots used to upload nothing for seconds).
+#[test]
+fn a_downloader_leaves_an_owner_that_keeps_it_choked_for_one_waiting() {
+    let (tracker, _te) = tracker_with_interval(1);
+    let source = tempfile::tempdir().unwrap();
+    let size = 16 * u64::from(PIECE);
+    write_random(&source.path().join("f.bin"), 23, size);
+    let fake = FakeOwner::start(
+        &source.path().join("f.bin"),
+        "f.bin",
+        tracker.local_addr(),
+        Behaviour::NeverUnchoke,
+    );
+    let leech = start_node_with("leech", tracker.local_addr(), |c| c.max_owners(1));
+    let download = leech.node.download("f.bin").unwrap();
+    // Its one owner slot is taken by the fake before the seeder is listed.
+    let listed = wait_event(&leech.events, PATIENCE, |e| match e {
+        p2ptorrent::Event::DownloadStarted { owners, .. } => Some(*owners),
+        _ => None,
+    });
+    assert_eq!(listed, 1);
+    let seeder = start_node("seeder", tracker.local_addr());
+    std::fs::copy(source.path().join("f.bin"), seeder.path("f.bin")).unwrap();
+    seeder.node.share("f.bin").unwrap();
+
+    let report = download
+        .wait_timeout(PATIENCE)
+        .expect("the download went on past the owner that never unchokes")
+        .unwrap();
+    assert_same_file(&source.path().join("f.bin"), &leech.path("f.bin"));
+    let from_seeder = report
+        .from
+        .iter()
+        .find(|(addr, _)| addr.port() == seeder.node.local_addr().port())
+        .map_or(0, |(_, bytes)| *bytes);
+    assert_eq!(from_seeder, size, "{:?}", report.from);
+    drop(fake);
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}

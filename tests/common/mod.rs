@@ -248,6 +248,9 @@ pub enum Behaviour {
     /// Answers a request with the Data header, then one byte a second: never silent long
     /// enough to trip the peer timeout, and never done.
     Trickle,
+    /// Lists itself as a partial owner holding every piece and never unchokes: a line
+    /// that never moves.
+    NeverUnchoke,
 }
 
 /// A test owner that speaks the real protocol, misbehaving as told.
@@ -260,7 +263,8 @@ pub struct FakeOwner {
 
 impl FakeOwner {
     /// Serves the file at `path` as `name`, and announces it to the tracker as a complete
-    /// owner ranked first (a high upload count), so downloaders ask it first.
+    /// owner ranked first (a high upload count), so downloaders ask it first; as a partial
+    /// one under [`Behaviour::NeverUnchoke`].
     pub fn start(path: &Path, name: &str, tracker: SocketAddr, behaviour: Behaviour) -> Self {
         let manifest = Manifest::from_file(path, Some(PIECE)).unwrap();
         let data = std::fs::read(path).unwrap();
@@ -301,7 +305,7 @@ impl FakeOwner {
                 content: manifest.content(),
                 size: manifest.size(),
                 pieces: manifest.piece_count(),
-                complete: true,
+                complete: behaviour != Behaviour::NeverUnchoke,
                 counters: Counters {
                     files_sent: 1_000_000,
                     ..Counters::default()
@@ -421,6 +425,7 @@ fn fake_serve(
                 }
             }
             // What the downloader holds: this owner serves it at once, whatever it holds.
+            Message::Bitfield { .. } if behaviour == Behaviour::NeverUnchoke => true,
             Message::Bitfield { .. } => write_frame(&mut w, &Message::Unchoke).is_ok(),
             Message::Have { .. } => true,
             _ => false,

@@ -14,8 +14,10 @@
 //!   is found by those it fetches from at once, not at their next look-up;
 //! - it asks the tracker again soon after starting (0.5 s, then doubling up to the announce
 //!   interval), and at once when it runs out of owners to try;
-//! - every [`ROTATE_EVERY`] it replaces the owner that delivered least, if another is
-//!   waiting to be tried, and drops owners that hold nothing it lacks;
+//! - every [`ROTATE_EVERY`] it replaces the owner that delivered least (one that kept it
+//!   choked and sent nothing counts as least), if another is waiting to be tried, and
+//!   drops owners that hold nothing it lacks: an owner that has just got its first pieces
+//!   finds downloaders within a second or two, however full their owner slots were;
 //! - a piece in flight at one owner far longer than pieces take elsewhere is a sign of an
 //!   owner trickling bytes under the silence timeout: that owner is dropped (its pieces go
 //!   to the others) when another live owner holds the piece;
@@ -51,8 +53,14 @@ const TICK: Duration = Duration::from_millis(100);
 const RECORD_INTERVAL: Duration = Duration::from_secs(2);
 /// When a download first asks the tracker again for owners.
 const FIRST_POLL: Duration = Duration::from_millis(500);
-/// How often the owner that delivered least is replaced, when others wait to be tried.
-const ROTATE_EVERY: Duration = Duration::from_secs(5);
+/// How often the owner that delivered least is replaced, when others wait to be tried;
+/// also how long an owner is kept before it may be replaced.
+///
+/// At 5 s, a leecher that got its first piece after the others had filled their owner
+/// slots uploaded nothing until the first rotations: 14 of 32 hosts sat idle from 4 s to
+/// 10 s into a download (`benches/swarm_hosts.rs`). At 1 s they are taken up within a
+/// second or two; 3 s was already slower (1.35-1.41 × S/R against 1.26-1.29 at 32 hosts).
+const ROTATE_EVERY: Duration = Duration::from_secs(1);
 /// How long a replaced owner rests before it may be tried again.
 const REST: Duration = Duration::from_secs(10);
 /// A piece in flight this many times longer than the median piece takes (and at least the
@@ -613,10 +621,16 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             .map(|(slot, ..)| *slot)
             .take(waiting)
             .collect();
-        // The slowest of those serving now; one waiting in an owner's line is not slow.
+        // The slowest of those serving now, or one whose line has not moved since the last
+        // rotation (it keeps this node choked and sent nothing): a place in a line that does
+        // not move is worth less than a try of an owner nobody fetches from yet.
         let slowest = settled
             .iter()
-            .filter(|(slot, ..)| self.workers.get(slot).is_some_and(|l| l.unchoked))
+            .filter(|(slot, bytes, _)| {
+                self.workers
+                    .get(slot)
+                    .is_some_and(|l| l.unchoked || *bytes == 0)
+            })
             .min_by_key(|(_, bytes, _)| *bytes);
         if gone.is_empty()
             && self.workers.len() >= self.ctx().config.max_owners
