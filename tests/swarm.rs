@@ -556,3 +556,88 @@ fn a_downloader_leaves_an_owner_that_keeps_it_choked_for_one_waiting() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// A partial owner tells a downloader of each piece it verifies, except those the
+/// downloader said it holds: it would never ask for them, and every such `Have` is a
+/// packet and a wake-up on both sides.
+#[test]
+fn a_partial_owner_tells_a_downloader_only_of_pieces_it_lacks() {
+    use p2ptorrent::messages::{MAGIC, Message, PROTOCOL_VERSION, read_frame, write_frame};
+    use std::io::BufReader;
+
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node_with("seeder", tracker.local_addr(), |c| {
+        c.upload_limit(256 * 1024)
+    });
+    let pieces = 16u32;
+    write_random(&seeder.path("f.bin"), 29, u64::from(pieces * PIECE));
+    seeder.node.share("f.bin").unwrap();
+    let owner = start_node("owner", tracker.local_addr());
+    let download = owner.node.download("f.bin").unwrap();
+    wait_event(&owner.events, PATIENCE, |e| {
+        matches!(e, p2ptorrent::Event::DownloadStarted { .. }).then_some(())
+    });
+
+    // A downloader that holds the even pieces asks the owner about the file.
+    let mut s = std::net::TcpStream::connect(owner.node.local_addr()).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let hello = Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: "probe".into(),
+        port: 0,
+    };
+    write_frame(&mut s, &hello).unwrap();
+    assert!(matches!(
+        read_frame(&mut r),
+        Ok(Some(Message::Hello { .. }))
+    ));
+    let ask = Message::SizeRequest {
+        file: "f.bin".into(),
+        hashes: false,
+    };
+    write_frame(&mut s, &ask).unwrap();
+    let Ok(Some(Message::SizeInfo(info))) = read_frame(&mut r) else {
+        panic!("no size information");
+    };
+    let Ok(Some(Message::Bitfield { bits: at_first, .. })) = read_frame(&mut r) else {
+        panic!("no bitfield");
+    };
+    let held = |bits: &[u8], i: u32| bits[i as usize / 8] >> (7 - i % 8) & 1 == 1;
+    let mine = vec![0xAA; at_first.len()];
+    let bitfield = Message::Bitfield {
+        content: info.content,
+        bits: mine.clone(),
+    };
+    write_frame(&mut s, &bitfield).unwrap();
+
+    // Every odd piece the owner lacked at first is told as it verifies it; no even one.
+    let mut awaited: Vec<u32> = (0..pieces)
+        .filter(|&i| !held(&mine, i) && !held(&at_first, i))
+        .collect();
+    let mut told_held = Vec::new();
+    assert!(
+        !awaited.is_empty(),
+        "the owner had finished before the probe asked"
+    );
+    while !awaited.is_empty() {
+        match read_frame(&mut r) {
+            Ok(Some(Message::Have { pieces: told, .. })) => {
+                awaited.retain(|p| !told.contains(p));
+                told_held.extend(told.into_iter().filter(|&p| held(&mine, p)));
+            }
+            Ok(Some(_)) => {}
+            other => panic!("connection ended with {awaited:?} untold: {other:?}"),
+        }
+    }
+    assert!(
+        told_held.is_empty(),
+        "told of pieces the downloader holds: {told_held:?}"
+    );
+    download.wait().unwrap();
+    drop((s, r));
+    owner.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
