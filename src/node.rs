@@ -43,7 +43,7 @@ use crate::error::{Error, Result, report};
 use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, SearchHit};
 use crate::session::SharedStream;
 use crate::tracker::{TrackerChange, TrackerSet, wake_addr};
-pub use config::NodeConfig;
+pub use config::{DEFAULT_MAX_OWNERS, NodeConfig};
 pub use handle::Download;
 use handle::{Running, progress_of};
 use limit::RateLimiter;

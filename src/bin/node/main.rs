@@ -69,7 +69,7 @@ struct Args {
     #[arg(long = "download", value_name = "FILE")]
     downloads: Vec<String>,
     /// How many owners a download uses at once (the original used 2).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = p2ptorrent::node::DEFAULT_MAX_OWNERS)]
     owners: usize,
     /// Limit what this node sends, in bytes per second (e.g. 16MiB, 500k).
     #[arg(long, value_name = "RATE", value_parser = rate)]
