@@ -18,20 +18,21 @@
 //! (announced with `Have`) during the downloader's turn, and the downloader may ask only
 //! for those:
 //!
-//! - **Offers.** A connection with a turn is offered up to [`OFFERS_OPEN`] pieces at once,
-//!   and another each time one is sent or the peer gets one elsewhere: each time the piece
-//!   the peer lacks with the fewest copies in the swarm, then the fewest offers open, ties
-//!   broken at random. Copies are what this node knows: how often it sent the piece, or
+//! - **Offers.** A connection with a turn is offered up to [`OFFERS_OPEN`] pieces at
+//!   once, and another each time one is sent or the peer gets one elsewhere: each time
+//!   the piece the peer lacks with the fewest copies in the swarm, then the fewest
+//!   offers open, ties going to the first met by a pass over the pieces from a point
+//!   drawn at random. Copies are what this node knows: how often it sent the piece, or
 //!   how many of its peers hold it (they say, with `Bitfield` and `Have`), whichever is
-//!   more. A piece never sent goes before any piece sent, even one offered elsewhere and
-//!   not yet asked for (that peer may be waiting for its next turn), so the first copy
-//!   this node sends covers the whole file (super-seeding, from this node's own view). A
-//!   piece with [`ENOUGH_COPIES`] out, counting open offers, that some peer holds is not
-//!   offered at all, since the peer can get it from them; a piece never sent is offered
-//!   however many offers of it are open, so the last pieces of a first copy go to whoever
-//!   gets a turn first. Offers
-//!   still open when their connection closes are taken back, and a piece no peer holds is
-//!   always offerable, so no piece can be stranded by peers that left.
+//!   more. A piece never sent goes before any piece sent, even one offered elsewhere
+//!   and not yet asked for (that peer may be waiting for its next turn), so the first
+//!   copy this node sends covers the whole file (super-seeding, from this node's own
+//!   view). A piece with [`ENOUGH_COPIES`] out, counting open offers, that some peer
+//!   holds is not offered at all, since the peer can get it from them; a piece never
+//!   sent is offered however many offers of it are open, so the last pieces of a first
+//!   copy go to whoever gets a turn first. Offers still open when their connection
+//!   closes are taken back, and a piece no peer holds is always offerable, so no piece
+//!   can be stranded by peers that left.
 //!
 //! A file being downloaded is not gated by offers: its owner tells everything it holds, and
 //! turns alone decide when a peer may ask.
@@ -213,11 +214,17 @@ impl Turns {
 
 /// Chooses up to `n` pieces to offer a peer: pieces it lacks (`peer_has`) and has not been
 /// offered on this connection (`told`), those with the fewest copies, then the fewest offers
-/// open, first; ties broken by `rng`. Opens an offer of each one chosen.
+/// open, first; among equals, the first met from a point drawn by `rng`. Opens an offer of
+/// each one chosen.
 ///
 /// A piece that has enough copies out ([`ENOUGH_COPIES`]) is left to the peers that hold it,
 /// unless the uplink has room to `spare` (nobody waits for a turn): upload left idle is
 /// lost, and a peer that cannot reach the others must not starve beside an idle seed.
+///
+/// One pass over the pieces, which stops once `n` pieces nobody has and nobody is offered
+/// are found: a seed serving one fast downloader offers a piece for every piece it sends,
+/// and a full pass per offer, drawing a random number per tied piece, cost the sending
+/// thread as much as copying the data.
 pub(crate) fn pick_offers(
     copies: &mut Copies,
     peer_has: &Bitfield,
@@ -226,35 +233,33 @@ pub(crate) fn pick_offers(
     spare: bool,
     rng: &mut fastrand::Rng,
 ) -> Vec<u32> {
-    let mut picked = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut best: Option<(u32, (u32, u32))> = None;
-        let mut ties = 0u32;
-        for i in 0..copies.open.len() {
-            let count = copies.rank(i);
-            let enough = !spare && copies.enough(i);
-            let i = i as u32;
-            if enough || peer_has.get(i) || told.get(i) || picked.contains(&i) {
-                continue;
-            }
-            match best {
-                Some((_, c)) if count > c => {}
-                Some((_, c)) if count == c => {
-                    // Reservoir sampling: each tied piece is kept with equal chance.
-                    ties += 1;
-                    if rng.u32(..ties) == 0 {
-                        best = Some((i, count));
-                    }
-                }
-                _ => {
-                    best = Some((i, count));
-                    ties = 1;
-                }
-            }
+    let len = copies.open.len();
+    // The best found so far, least rank first; among equals the one met first stays.
+    let mut best: Vec<((u32, u32), u32)> = Vec::with_capacity(n + 1);
+    if n == 0 || len == 0 {
+        return Vec::new();
+    }
+    let start = rng.usize(..len);
+    for i in (start..len).chain(0..start) {
+        let rank = copies.rank(i);
+        let worst = best.last().map(|&(r, _)| r);
+        if best.len() == n && worst.is_some_and(|w| rank >= w) {
+            continue;
         }
-        let Some((piece, _)) = best else { break };
-        copies.open[piece as usize] += 1;
-        picked.push(piece);
+        let piece = i as u32;
+        if (!spare && copies.enough(i)) || peer_has.get(piece) || told.get(piece) {
+            continue;
+        }
+        let at = best.partition_point(|&(r, _)| r <= rank);
+        best.insert(at, (rank, piece));
+        best.truncate(n);
+        if best.len() == n && best.last().is_some_and(|&(r, _)| r == (0, 0)) {
+            break;
+        }
+    }
+    let picked: Vec<u32> = best.into_iter().map(|(_, p)| p).collect();
+    for &p in &picked {
+        copies.open[p as usize] += 1;
     }
     picked
 }
