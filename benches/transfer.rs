@@ -8,6 +8,7 @@
 //! cargo bench --bench transfer
 //! P2P_BENCH_MIB=4096 P2P_BENCH_RUNS=5 P2P_BENCH_OWNERS=4 cargo bench --bench transfer
 //! P2P_BENCH_KEY=0 cargo bench --bench transfer     # skip the rows with a key
+//! P2P_BENCH_NODE=/tmp/node-before cargo bench --bench transfer   # another build's node
 //! ```
 //!
 //! Files live in `P2P_BENCH_DIR`, by default `/dev/shm` where it exists: on tmpfs the
@@ -231,7 +232,8 @@ fn p2p_download(
 fn node(args: &[&str]) -> Child {
     let mut full = vec!["-n", args[0], "-p", "0", "--bind", "127.0.0.1"];
     full.extend_from_slice(&args[1..]);
-    Command::new(NODE)
+    let node = std::env::var("P2P_BENCH_NODE").unwrap_or_else(|_| NODE.into());
+    Command::new(node)
         .args(&full)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
