@@ -647,11 +647,23 @@ impl fmt::Display for Snapshot {
             )?;
         }
         writeln!(f, "nodes ({}):", self.nodes.len())?;
+        // A name is whatever a node says; two live nodes may say the same one. Both are
+        // listed, each with its address, and marked, so nobody takes them for one node.
+        let mut named: HashMap<&str, usize> = HashMap::new();
+        for n in &self.nodes {
+            *named.entry(n.node.as_str()).or_default() += 1;
+        }
         for n in &self.nodes {
             let c = n.counters;
+            let others = named.get(n.node.as_str()).map_or(0, |k| k - 1);
+            let shared = match others {
+                0 => String::new(),
+                1 => "  (another node uses this name)".into(),
+                k => format!("  ({k} other nodes use this name)"),
+            };
             writeln!(
                 f,
-                "  {:<12} {:<21} files {:<3} sent {} files/{} B  received {} files/{} B",
+                "  {:<12} {:<21} files {:<3} sent {} files/{} B  received {} files/{} B{shared}",
                 n.node,
                 n.addr.to_string(),
                 n.files.len(),
@@ -727,6 +739,36 @@ mod tests {
         assert!(r.need("g", 5, 0, None, false).is_none());
         // Search still ranks the original's best node first.
         assert_eq!(r.search("f")[0].owners[0].node, "n3");
+    }
+
+    /// Two live nodes under one name, at two addresses: both are listed, each with its
+    /// address, and marked as sharing the name; a name used once is not marked.
+    #[test]
+    fn two_nodes_under_one_name_are_listed_apart_and_marked() {
+        let (mut r, now) = registry();
+        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
+        r.announce(IpAddr::from([10, 0, 0, 2]), &ann("A", 2, "g", 2, 0), now)
+            .unwrap();
+        r.announce(IP, &ann("B", 3, "f", 1, 0), now).unwrap();
+        let table = r.snapshot().to_string();
+        let rows: Vec<&str> = table.lines().filter(|l| l.contains("sent")).collect();
+        let a: Vec<&&str> = rows
+            .iter()
+            .filter(|l| l.trim_start().starts_with("A "))
+            .collect();
+        assert_eq!(a.len(), 2, "{table}");
+        assert!(a.iter().any(|l| l.contains("127.0.0.1:1")), "{table}");
+        assert!(a.iter().any(|l| l.contains("10.0.0.2:2")), "{table}");
+        assert!(
+            a.iter()
+                .all(|l| l.ends_with("(another node uses this name)")),
+            "{table}"
+        );
+        let b = rows
+            .iter()
+            .find(|l| l.trim_start().starts_with("B "))
+            .unwrap();
+        assert!(!b.contains("name)"), "{table}");
     }
 
     #[test]
