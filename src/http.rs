@@ -5,10 +5,12 @@
 //! Turned on with [`TrackerConfig::http`](crate::TrackerConfig::http) or
 //! [`NodeConfig::http`](crate::NodeConfig::http). The server is small and owned: one
 //! `http-accept` thread hands connections to [`WORKERS`] `http-serve` threads through a
-//! queue of [`QUEUED`]; a connection that finds the queue full is closed at once. Each
-//! connection carries one request (`Connection: close`), whose head must arrive whole,
-//! within [`HEAD_MAX`] bytes and [`REQUEST_TIME`]; requests are parsed by `httparse`. The
-//! handle joins every thread when it is dropped, breaking any connection still open.
+//! queue of [`QUEUED`]; a connection that finds the queue full, or whose address already
+//! has [`PER_ADDRESS`] connections queued or being served, is closed at once, so one
+//! client trickling request heads can hold at most half the workers. Each connection
+//! carries one request (`Connection: close`), whose head must arrive whole, within
+//! [`HEAD_MAX`] bytes and [`REQUEST_TIME`]; requests are parsed by `httparse`. The handle
+//! joins every thread when it is dropped, breaking any connection still open.
 //!
 //! Nothing served changes state: only `GET` and `HEAD` are answered. The server binds
 //! where it is told (loopback unless told otherwise, in the binaries); bound anywhere but
@@ -22,7 +24,7 @@ pub(crate) use expose::{node_metrics, node_status, tracker_metrics, tracker_stat
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,9 +38,12 @@ use crate::error::{Error, Result};
 use crate::tracker::wake_addr;
 
 /// Threads answering requests.
-pub const WORKERS: usize = 2;
+pub const WORKERS: usize = 4;
 /// Connections accepted and waiting for a worker, at most.
 pub const QUEUED: usize = 32;
+/// Connections from one IP address queued or being served at once, at most: enough for a
+/// scraper and a browser, too few for one client to hold every worker.
+pub const PER_ADDRESS: usize = WORKERS / 2;
 /// Longest request head read (request line and headers).
 pub const HEAD_MAX: usize = 8 * 1024;
 /// Time a connection has to send its request head.
@@ -144,7 +149,7 @@ impl HttpServer {
             open: Arc::default(),
             threads: Vec::new(),
         };
-        let (queue, queued) = bounded::<TcpStream>(QUEUED);
+        let (queue, queued) = bounded::<Admitted>(QUEUED);
         let shared = Arc::new(Worker {
             views,
             token: config.token.clone(),
@@ -156,14 +161,18 @@ impl HttpServer {
             server.spawn("http-serve", move || worker.run(i, &queued))?;
         }
         let stop = Arc::clone(&server.stop);
+        let per_ip = Arc::new(Mutex::new(HashMap::new()));
         server.spawn("http-accept", move || {
             for stream in listener.incoming() {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                // A full queue or a failed accept: the connection is dropped, and closed.
-                if let Ok(stream) = stream {
-                    let _ = queue.try_send(stream);
+                // A failed accept, an address over its share or a full queue: the
+                // connection is dropped, and closed.
+                if let Ok(stream) = stream
+                    && let Some(admitted) = Admitted::new(stream, &per_ip)
+                {
+                    let _ = queue.try_send(admitted);
                 }
             }
         })?;
@@ -217,9 +226,47 @@ struct Reply {
     extra: &'static str,
 }
 
+/// An accepted connection, counted against its address until it is dropped.
+struct Admitted {
+    stream: TcpStream,
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Admitted {
+    /// Counts `stream` against its address; `None` if the address has its share already.
+    fn new(stream: TcpStream, per_ip: &Arc<Mutex<HashMap<IpAddr, usize>>>) -> Option<Self> {
+        let ip = stream.peer_addr().ok()?.ip();
+        let mut counts = per_ip.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            stream,
+            ip,
+            per_ip: Arc::clone(per_ip),
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl Worker {
-    fn run(&self, id: usize, queued: &Receiver<TcpStream>) {
-        while let Ok(mut stream) = queued.recv() {
+    fn run(&self, id: usize, queued: &Receiver<Admitted>) {
+        while let Ok(mut admitted) = queued.recv() {
+            let stream = &mut admitted.stream;
             if let Ok(clone) = stream.try_clone() {
                 self.open.lock().insert(id, clone);
             }
@@ -227,7 +274,7 @@ impl Worker {
             // is seen here.
             if !self.stop.load(Ordering::SeqCst) {
                 // A client that goes away mid-answer is not the server's problem.
-                let _ = self.serve(&mut stream);
+                let _ = self.serve(stream);
             }
             self.open.lock().remove(&id);
             let _ = stream.shutdown(Shutdown::Both);
@@ -414,6 +461,44 @@ mod tests {
         assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(HEAD_MAX));
         assert!(get(addr, &huge).starts_with("HTTP/1.1 431"));
+    }
+
+    /// A client holding connections open without a word (a slow-loris) holds at most
+    /// [`PER_ADDRESS`] workers; another address is answered meanwhile, not after the
+    /// silent ones time out.
+    #[test]
+    fn one_address_cannot_hold_every_worker() {
+        let config = HttpConfig::new("127.0.0.1:0".parse().unwrap());
+        let server = HttpServer::start(&config, false, views()).unwrap();
+        let addr = server.addr();
+        let silent: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // The rest of 127.0.0.0/8 is loopback too: a second address on this machine.
+        let other =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let from: SocketAddr = "127.0.0.2:0".parse().unwrap();
+        other.bind(&from.into()).unwrap();
+        other.connect(&addr.into()).unwrap();
+        let mut other = TcpStream::from(other);
+        // Less than the time the silent ones have to send a head: waiting for them to
+        // time out would fail this.
+        other.set_read_timeout(Some(REQUEST_TIME / 2)).unwrap();
+        other.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut out = String::new();
+        other
+            .read_to_string(&mut out)
+            .expect("answered while another address held its connections open");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        // Of the silent address's ten, those over its share were closed at once.
+        let closed = silent
+            .into_iter()
+            .filter(|s| {
+                let mut s = s;
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                matches!(s.read(&mut [0u8; 1]), Ok(0))
+            })
+            .count();
+        assert_eq!(closed, 10 - PER_ADDRESS);
     }
 
     #[test]
