@@ -21,17 +21,18 @@
 //! - **Offers.** A connection with a turn is offered up to [`OFFERS_OPEN`] pieces at
 //!   once, and another each time one is sent or the peer gets one elsewhere: each time
 //!   the piece the peer lacks with the fewest copies in the swarm, then the fewest
-//!   offers open, ties going to the first met in an order drawn at random. Copies are what this node knows: how often it sent the piece, or
-//!   how many of its peers hold it (they say, with `Bitfield` and `Have`), whichever is
-//!   more. A piece never sent goes before any piece sent, even one offered elsewhere
-//!   and not yet asked for (that peer may be waiting for its next turn), so the first
-//!   copy this node sends covers the whole file (super-seeding, from this node's own
-//!   view). A piece with [`ENOUGH_COPIES`] out, counting open offers, that some peer
-//!   holds is not offered at all, since the peer can get it from them; a piece never
-//!   sent is offered however many offers of it are open, so the last pieces of a first
-//!   copy go to whoever gets a turn first. Offers still open when their connection
-//!   closes are taken back, and a piece no peer holds is always offerable, so no piece
-//!   can be stranded by peers that left.
+//!   offers open, ties going to the first met in an order drawn at random. Copies are
+//!   what this node knows: how often it sent the piece, or how many of its peers hold
+//!   it (they say, with `Bitfield` and `Have`), whichever is more. A piece never sent
+//!   goes before any piece sent, even one offered elsewhere and not yet asked for (that
+//!   peer may be waiting for its next turn), so the first copy this node sends covers
+//!   the whole file (super-seeding, from this node's own view). A piece with
+//!   [`ENOUGH_COPIES`] out, counting open offers, that some peer holds is not offered
+//!   at all, since the peer can get it from them; a piece never sent is offered however
+//!   many offers of it are open, so the last pieces of a first copy go to whoever gets
+//!   a turn first. Offers still open when their connection closes are taken back, and a
+//!   piece no peer holds is always offerable, so no piece can be stranded by peers that
+//!   left.
 //!
 //! A file being downloaded is not gated by offers: its owner tells everything it holds, and
 //! turns alone decide when a peer may ask.
@@ -233,16 +234,15 @@ pub(crate) fn pick_offers(
     rng: &mut fastrand::Rng,
 ) -> Vec<u32> {
     let len = copies.open.len();
-    // The best found so far, least rank first; among equals the one met first stays.
-    let mut best: Vec<((u32, u32), u32)> = Vec::with_capacity(n + 1);
     if n == 0 || len == 0 {
         return Vec::new();
     }
+    // The best found so far, least rank first; among equals the one met first stays.
+    let mut best: Vec<((u32, u32), u32)> = Vec::with_capacity(n + 1);
     // The pieces in an order drawn at random: from a random start, in steps of a random
     // stride prime to their count, so every piece comes once. Not in plain order from a
     // random start: then the piece just past a run the peer holds came first for every
-    // seed, and two seeds serving one downloader offered it the same pieces (a demo
-    // downloading from two owners ran at half speed in half its runs).
+    // seed, and two seeds serving one downloader offered it the same pieces.
     let mut i = rng.usize(..len);
     let stride = loop {
         let s = rng.usize(1..len.max(2));
