@@ -268,3 +268,49 @@ fn ended_disconnects_once_the_result_is_ready() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// Progress asked at every piece that arrives never goes back, and the download ends with
+/// every piece verified.
+#[test]
+fn progress_rises_monotonically_to_the_whole_file() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
+        c.upload_limit = Some(4 * MIB);
+        c
+    });
+    write_random(&seeder.path("f.bin"), 15, 4 * MIB);
+    seeder.node.share("f.bin").unwrap();
+    let leech = start_node("leech", tracker.local_addr());
+    let download = leech.node.download("f.bin").unwrap();
+    let (mut verified, mut fetched, mut fraction) = (0, 0, 0.0);
+    let mut snapshots = 0;
+    loop {
+        p2ptorrent::crossbeam_channel::select! {
+            recv(leech.events) -> event => {
+                if let Ok(Event::PieceReceived { .. }) = event
+                    && let Some(p) = download.progress()
+                {
+                    assert!(p.verified >= verified, "{p:?} after {verified} pieces");
+                    assert!(p.fetched >= fetched, "{p:?} after {fetched} bytes");
+                    assert!(p.fraction() >= fraction, "{p:?} after {fraction}");
+                    assert!(p.verified <= p.pieces && p.fraction() <= 1.0, "{p:?}");
+                    (verified, fetched, fraction) = (p.verified, p.fetched, p.fraction());
+                    snapshots += 1;
+                }
+            }
+            recv(download.ended()) -> _ => break,
+            default(PATIENCE) => panic!("no piece and no end within {PATIENCE:?}"),
+        }
+    }
+    let report = download.wait().unwrap();
+    assert_eq!(report.pieces, (4 * MIB / u64::from(PIECE)) as u32);
+    assert!(snapshots >= 4, "{snapshots} snapshots while running");
+    assert!(download.progress().is_none(), "ended");
+    assert_eq!(
+        std::fs::read(leech.path("f.bin")).unwrap(),
+        std::fs::read(seeder.path("f.bin")).unwrap()
+    );
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
