@@ -8,10 +8,11 @@ use p2ptorrent::{Error, Event};
 
 const MIB: u64 = 1 << 20;
 
-/// A seeder sharing 8 MiB (128 pieces) of seed `seed` at 4 MiB/s, so a download of it is
-/// still running when it is steered, and a leecher 16 pieces into downloading it.
-fn sixteen_pieces_in(
+/// A seeder sharing `size` bytes of seed `seed` at 4 MiB/s, so a download of it is still
+/// running when it is looked at or steered, and a leecher that has begun downloading it.
+fn capped_download(
     seed: u64,
+    size: u64,
 ) -> (
     p2ptorrent::Tracker,
     TestNode,
@@ -23,10 +24,23 @@ fn sixteen_pieces_in(
         c.upload_limit = Some(4 * MIB);
         c
     });
-    write_random(&seeder.path("f.bin"), seed, 8 * MIB);
+    write_random(&seeder.path("f.bin"), seed, size);
     seeder.node.share("f.bin").unwrap();
     let leech = start_node("leech", tracker.local_addr());
     let download = leech.node.download("f.bin").unwrap();
+    (tracker, seeder, leech, download)
+}
+
+/// As [`capped_download`] with 8 MiB (128 pieces), the leecher 16 pieces in.
+fn sixteen_pieces_in(
+    seed: u64,
+) -> (
+    p2ptorrent::Tracker,
+    TestNode,
+    TestNode,
+    p2ptorrent::Download,
+) {
+    let (tracker, seeder, leech, download) = capped_download(seed, 8 * MIB);
     wait_event(&leech.events, PATIENCE, |e| match e {
         Event::PieceReceived { done, .. } if *done >= 16 => Some(()),
         _ => None,
@@ -133,15 +147,7 @@ fn a_fifo_or_a_link_where_the_folder_lock_goes_fails_the_start_at_once() {
 
 #[test]
 fn a_download_answers_how_far_it_is_while_it_runs() {
-    let (tracker, _te) = start_tracker();
-    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
-        c.upload_limit = Some(4 * MIB);
-        c
-    });
-    write_random(&seeder.path("f.bin"), 13, 8 * MIB);
-    seeder.node.share("f.bin").unwrap();
-    let leech = start_node("leech", tracker.local_addr());
-    let download = leech.node.download("f.bin").unwrap();
+    let (tracker, seeder, leech, download) = capped_download(13, 8 * MIB);
     let done = wait_event(&leech.events, PATIENCE, |e| match e {
         Event::PieceReceived { done, .. } if *done >= 8 => Some(*done),
         _ => None,
@@ -273,15 +279,7 @@ fn ended_disconnects_once_the_result_is_ready() {
 /// every piece verified.
 #[test]
 fn progress_rises_monotonically_to_the_whole_file() {
-    let (tracker, _te) = start_tracker();
-    let seeder = start_node_with("seeder", tracker.local_addr(), |mut c| {
-        c.upload_limit = Some(4 * MIB);
-        c
-    });
-    write_random(&seeder.path("f.bin"), 15, 4 * MIB);
-    seeder.node.share("f.bin").unwrap();
-    let leech = start_node("leech", tracker.local_addr());
-    let download = leech.node.download("f.bin").unwrap();
+    let (tracker, seeder, leech, download) = capped_download(15, 4 * MIB);
     let (mut verified, mut fetched, mut fraction) = (0, 0, 0.0);
     let mut snapshots = 0;
     loop {
