@@ -226,9 +226,14 @@ struct Reply {
     extra: &'static str,
 }
 
-/// An accepted connection, counted against its address until it is dropped.
+/// An accepted connection, and its place in its address's share.
 struct Admitted {
     stream: TcpStream,
+    share: Share,
+}
+
+/// One connection counted against its address until dropped.
+struct Share {
     ip: IpAddr,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
@@ -245,13 +250,15 @@ impl Admitted {
         *n += 1;
         Some(Self {
             stream,
-            ip,
-            per_ip: Arc::clone(per_ip),
+            share: Share {
+                ip,
+                per_ip: Arc::clone(per_ip),
+            },
         })
     }
 }
 
-impl Drop for Admitted {
+impl Drop for Share {
     fn drop(&mut self) {
         let mut counts = self.per_ip.lock();
         if let Some(n) = counts.get_mut(&self.ip) {
@@ -265,8 +272,7 @@ impl Drop for Admitted {
 
 impl Worker {
     fn run(&self, id: usize, queued: &Receiver<Admitted>) {
-        while let Ok(mut admitted) = queued.recv() {
-            let stream = &mut admitted.stream;
+        while let Ok(Admitted { mut stream, share }) = queued.recv() {
             if let Ok(clone) = stream.try_clone() {
                 self.open.lock().insert(id, clone);
             }
@@ -274,9 +280,13 @@ impl Worker {
             // is seen here.
             if !self.stop.load(Ordering::SeqCst) {
                 // A client that goes away mid-answer is not the server's problem.
-                let _ = self.serve(stream);
+                let _ = self.serve(&mut stream);
             }
             self.open.lock().remove(&id);
+            // The share is given back before the client can see the end: a client that
+            // asks again at once, as soon as its answer is whole, is not refused for a
+            // connection it has finished with.
+            drop(share);
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
