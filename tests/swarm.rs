@@ -646,3 +646,148 @@ fn a_partial_owner_tells_a_downloader_only_of_pieces_it_lacks() {
     seeder.shutdown();
     tracker.shutdown().unwrap();
 }
+
+/// A downloader tells each owner the pieces it verified, except the owner that sent them:
+/// that owner counts a piece as held once it has sent it, and a `Have` for every piece a
+/// seed sends was a packet and a wake-up on both sides per piece.
+#[test]
+fn a_downloader_does_not_tell_an_owner_of_the_pieces_it_sent() {
+    let (tracker, _te) = start_tracker();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("f.bin");
+    let pieces = 24u32;
+    write_random(&source, 31, u64::from(pieces * PIECE));
+    let fake = FakeOwner::start(&source, "f.bin", tracker.local_addr(), Behaviour::Honest);
+    let leech = start_node("leech", tracker.local_addr());
+
+    let report = leech.node.download("f.bin").unwrap().wait().unwrap();
+
+    assert_same_file(&source, &leech.path("f.bin"));
+    assert_eq!(report.from, vec![(fake.addr, u64::from(pieces * PIECE))]);
+    assert_eq!(
+        fake.pieces_sent.load(std::sync::atomic::Ordering::SeqCst),
+        pieces
+    );
+    assert_eq!(
+        fake.told_back.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the owner was told of pieces it had sent"
+    );
+    leech.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// A seed that nobody else waits for keeps its one downloader's pipeline full: it offers
+/// twice the usual pieces ahead, and does not let them run out as its turn nears its end
+/// (it drained to nothing every eighth piece, a round trip lost each time on a fast link).
+/// Pieces it sent count as held without a word from the downloader, and are never offered
+/// again.
+#[test]
+fn a_seed_nobody_else_waits_for_keeps_its_downloader_offered_ahead() {
+    use p2ptorrent::messages::{MAGIC, Message, PROTOCOL_VERSION, read_frame, write_frame};
+    use std::collections::HashSet;
+    use std::io::{BufReader, Read};
+
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    let pieces = 40u32;
+    write_random(&seeder.path("f.bin"), 37, u64::from(pieces * PIECE));
+    seeder.node.share("f.bin").unwrap();
+
+    let mut s = std::net::TcpStream::connect(seeder.node.local_addr()).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let hello = Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: "probe".into(),
+        port: 0,
+    };
+    write_frame(&mut s, &hello).unwrap();
+    assert!(matches!(
+        read_frame(&mut r),
+        Ok(Some(Message::Hello { .. }))
+    ));
+    let ask = Message::SizeRequest {
+        file: "f.bin".into(),
+        hashes: false,
+    };
+    write_frame(&mut s, &ask).unwrap();
+    let Ok(Some(Message::SizeInfo(info))) = read_frame(&mut r) else {
+        panic!("no size information");
+    };
+    let Ok(Some(Message::Bitfield { .. })) = read_frame(&mut r) else {
+        panic!("no bitfield");
+    };
+    let nothing = Message::Bitfield {
+        content: info.content,
+        bits: vec![0; pieces.div_ceil(8) as usize],
+    };
+    write_frame(&mut s, &nothing).unwrap();
+
+    // Offers, read until `want` are open.
+    fn read_offers(
+        r: &mut BufReader<std::net::TcpStream>,
+        offered: &mut HashSet<u32>,
+        open: &mut Vec<u32>,
+        want: usize,
+    ) {
+        while open.len() < want {
+            match read_frame(r) {
+                Ok(Some(Message::Have { pieces: told, .. })) => {
+                    for p in told {
+                        assert!(offered.insert(p), "piece {p} offered twice");
+                        open.push(p);
+                    }
+                }
+                Ok(Some(Message::Unchoke)) => {}
+                other => panic!("expected offers, got {other:?}"),
+            }
+        }
+    }
+    let mut open: Vec<u32> = Vec::new();
+    let mut offered = HashSet::new();
+    read_offers(&mut r, &mut offered, &mut open, 8);
+    assert_eq!(open.len(), 8, "eight offers open before any request");
+
+    // Asked one at a time, a piece for each one sent: at no point does the seed leave the
+    // probe with fewer than half of those offers to ask for.
+    let mut got = 0;
+    let mut payload = vec![0u8; PIECE as usize];
+    while got < pieces {
+        let piece = open.remove(0);
+        let request = Message::Request {
+            content: info.content,
+            piece,
+            offset: 0,
+            len: PIECE,
+        };
+        write_frame(&mut s, &request).unwrap();
+        loop {
+            match read_frame(&mut r) {
+                Ok(Some(Message::Data { piece: p, len, .. })) => {
+                    assert_eq!((p, len), (piece, PIECE));
+                    r.read_exact(&mut payload).unwrap();
+                    break;
+                }
+                Ok(Some(Message::Have { pieces: told, .. })) => {
+                    for p in told {
+                        assert!(offered.insert(p), "piece {p} offered twice");
+                        open.push(p);
+                    }
+                }
+                other => panic!("expected data, got {other:?}"),
+            }
+        }
+        got += 1;
+        let left = (pieces - got) as usize;
+        if left > 0 {
+            // The offers that follow a sent piece may come after its data.
+            read_offers(&mut r, &mut offered, &mut open, 4.min(left));
+        }
+    }
+    assert_eq!(offered.len(), pieces as usize);
+    drop((s, r));
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}

@@ -19,7 +19,8 @@
 //! for those:
 //!
 //! - **Offers.** A connection with a turn is offered up to [`OFFERS_OPEN`] pieces at
-//!   once, and another each time one is sent or the peer gets one elsewhere: each time
+//!   once ([`OFFERS_OPEN_SPARE`] while nobody waits for a turn, topped up once half are
+//!   taken), and another each time one is sent or the peer gets one elsewhere: each time
 //!   the piece the peer lacks with the fewest copies in the swarm, then the fewest
 //!   offers open, ties going to the first met in an order drawn at random. Copies are
 //!   what this node knows: how often it sent the piece, or how many of its peers hold
@@ -54,6 +55,9 @@ pub(crate) const TURN_TIME: Duration = Duration::from_millis(1500);
 pub(crate) const TURN_IDLE: Duration = Duration::from_millis(250);
 /// Pieces offered to one connection and not yet sent, at most.
 pub(crate) const OFFERS_OPEN: usize = 4;
+/// Pieces offered and not yet sent while nobody waits for a turn: enough to cover the
+/// round trip from an offer to its request on a fast link.
+pub(crate) const OFFERS_OPEN_SPARE: usize = 8;
 /// A piece with this many copies out is not offered again.
 pub(crate) const ENOUGH_COPIES: u32 = 2;
 

@@ -30,7 +30,9 @@ use crate::messages::{ContentId, MAX_HAVE_LIST, Message, OwnerInfo, check_file_n
 use crate::session::{LinkWriter, SharedStream};
 
 use super::schedule::Bitfield;
-use super::seeding::{OFFERS_OPEN, TURN_IDLE, TURN_PIECES, TURN_TIME, pick_offers};
+use super::seeding::{
+    OFFERS_OPEN, OFFERS_OPEN_SPARE, TURN_IDLE, TURN_PIECES, TURN_TIME, pick_offers,
+};
 use super::serve::JOBS_QUEUED;
 use super::store::SharedFile;
 use super::{Ctx, Event};
@@ -380,9 +382,23 @@ impl<'a> Outbox<'a> {
             let Some(peer) = feed.peer.as_ref().filter(|_| feed.gated) else {
                 continue;
             };
-            let budget =
-                (TURN_PIECES.saturating_sub(sent) as usize).saturating_sub(feed.open.len());
-            let room = OFFERS_OPEN.saturating_sub(feed.open.len()).min(budget);
+            // With nobody waiting the turn is renewed when it ends, so its end is no
+            // reason to let the peer's pipeline run dry: a seed serving one downloader
+            // drained it every eighth piece and waited a round trip to fill it again.
+            let budget = if spare {
+                usize::MAX
+            } else {
+                (TURN_PIECES.saturating_sub(sent) as usize).saturating_sub(feed.open.len())
+            };
+            // With room to spare, offers go out once half are taken, several in one `Have`,
+            // so a fast downloader asks for them together.
+            let room = if !spare {
+                OFFERS_OPEN.saturating_sub(feed.open.len()).min(budget)
+            } else if feed.open.len() <= OFFERS_OPEN_SPARE / 2 {
+                OFFERS_OPEN_SPARE - feed.open.len()
+            } else {
+                0
+            };
             if room == 0 {
                 continue;
             }
@@ -551,8 +567,19 @@ impl<'a> Outbox<'a> {
         if let Some(feed) = self.feeds.get_mut(&content) {
             feed.file = Some(file);
             if finished {
-                if feed.open.remove(&piece) {
-                    feed.shared.copies.lock().close(piece, true);
+                // The peer holds it once it lands; it tells everyone else, not this node.
+                let pieces = feed.shared.manifest.piece_count();
+                let peer = feed.peer.get_or_insert_with(|| Bitfield::empty(pieces));
+                let news = !peer.get(piece);
+                peer.set(piece);
+                if feed.gated {
+                    let mut copies = feed.shared.copies.lock();
+                    if news {
+                        copies.add(piece);
+                    }
+                    if feed.open.remove(&piece) {
+                        copies.close(piece, true);
+                    }
                 }
                 let turn_done = self.turn.as_mut().is_some_and(|(sent, _)| {
                     *sent += 1;

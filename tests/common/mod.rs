@@ -251,12 +251,17 @@ pub enum Behaviour {
     /// Lists itself as a partial owner holding every piece and never unchokes: a line
     /// that never moves.
     NeverUnchoke,
+    /// Serves every request faithfully, and counts the `Have`s it is sent for pieces it
+    /// sent itself ([`FakeOwner::told_back`]).
+    Honest,
 }
 
 /// A test owner that speaks the real protocol, misbehaving as told.
 pub struct FakeOwner {
     pub addr: SocketAddr,
     pub pieces_sent: Arc<AtomicU32>,
+    /// `Have`s received for pieces this owner had sent on that connection.
+    pub told_back: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -272,8 +277,10 @@ impl FakeOwner {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let pieces_sent = Arc::new(AtomicU32::new(0));
+        let told_back = Arc::new(AtomicU32::new(0));
         let file = name.to_string();
         let (stop2, sent2) = (Arc::clone(&stop), Arc::clone(&pieces_sent));
+        let told2 = Arc::clone(&told_back);
         let m2 = manifest.clone();
         let thread = std::thread::spawn(move || {
             let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
@@ -288,8 +295,11 @@ impl FakeOwner {
                     continue; // refuse: drop it
                 }
                 let clone = stream.try_clone().unwrap();
-                let (m, d, f, s) = (m2.clone(), data.clone(), file.clone(), Arc::clone(&sent2));
-                let h = std::thread::spawn(move || fake_serve(stream, &m, &d, &f, behaviour, &s));
+                let (m, d, f) = (m2.clone(), data.clone(), file.clone());
+                let (s, t) = (Arc::clone(&sent2), Arc::clone(&told2));
+                let h = std::thread::spawn(move || {
+                    fake_serve(stream, &m, &d, &f, behaviour, (&s, &t));
+                });
                 conns.push((clone, h));
             }
             for (s, h) in conns {
@@ -315,6 +325,7 @@ impl FakeOwner {
         Self {
             addr,
             pieces_sent,
+            told_back,
             stop,
             thread: Some(thread),
         }
@@ -337,8 +348,9 @@ fn fake_serve(
     data: &[u8],
     file: &str,
     behaviour: Behaviour,
-    sent: &AtomicU32,
+    (sent, told_back): (&AtomicU32, &AtomicU32),
 ) {
+    let mut sent_here = std::collections::HashSet::new();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut r = BufReader::new(stream.try_clone().unwrap());
     let mut w = BufWriter::new(stream);
@@ -411,6 +423,7 @@ fn fake_serve(
                         bytes[0] ^= 0xFF;
                     }
                     sent.fetch_add(1, Ordering::SeqCst);
+                    sent_here.insert(piece);
                     write_frame(
                         &mut w,
                         &Message::Data {
@@ -427,7 +440,11 @@ fn fake_serve(
             // What the downloader holds: this owner serves it at once, whatever it holds.
             Message::Bitfield { .. } if behaviour == Behaviour::NeverUnchoke => true,
             Message::Bitfield { .. } => write_frame(&mut w, &Message::Unchoke).is_ok(),
-            Message::Have { .. } => true,
+            Message::Have { pieces, .. } => {
+                let back = pieces.iter().filter(|p| sent_here.contains(p)).count();
+                told_back.fetch_add(back as u32, Ordering::SeqCst);
+                true
+            }
             _ => false,
         };
         if !ok || w.flush().is_err() {

@@ -324,16 +324,17 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                     total: self.job.manifest.piece_count(),
                 });
             }
-            self.tell_all(piece);
+            self.tell_all(piece, slot);
         }
         self.fill(slot);
     }
 
-    /// Tells every connected owner that this node holds `piece`. A worker whose queue is
-    /// full is not reading it, and is let go.
-    fn tell_all(&mut self, piece: u32) {
+    /// Tells every connected owner but the one that sent it (`from`, which counts it as
+    /// held once sent) that this node holds `piece`. A worker whose queue is full is not
+    /// reading it, and is let go.
+    fn tell_all(&mut self, piece: u32, from: usize) {
         let mut stuck = Vec::new();
-        for (&slot, live) in &self.workers {
+        for (&slot, live) in self.workers.iter().filter(|&(&s, _)| s != from) {
             if let Err(TrySendError::Full(_)) = live.worker.asks.try_send(Ask::Have(vec![piece])) {
                 stuck.push(slot);
             }
@@ -493,8 +494,14 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         if !live.connected || !live.unchoked || live.leaving {
             return;
         }
+        // Topped up once half the pipeline is in, not at every piece: the requests then go
+        // out together, and the owner reads them with one wake-up instead of one each.
+        let depth = live.pace.depth();
+        if live.asked.len() > depth / 2 {
+            return;
+        }
         let mut stuck = false;
-        while live.asked.len() < live.pace.depth() {
+        while live.asked.len() < depth {
             let Some(piece) = self.sched.take(slot) else {
                 break;
             };
