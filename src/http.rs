@@ -5,9 +5,9 @@
 //! Turned on with [`TrackerConfig::http`](crate::TrackerConfig::http) or
 //! [`NodeConfig::http`](crate::NodeConfig::http). The server is small and owned: one
 //! `http-accept` thread hands connections to [`WORKERS`] `http-serve` threads through a
-//! queue of [`QUEUED`]; a connection that finds the queue full, or whose address already
-//! has [`PER_ADDRESS`] connections queued or being served, is closed at once, so one
-//! client trickling request heads can hold at most half the workers. Each connection
+//! queue of [`QUEUED`]; a connection that finds the queue full, or whose address (an IPv6
+//! client's /64) already has [`PER_ADDRESS`] connections queued or being served, is closed
+//! at once, so one client trickling request heads can hold at most half the workers. Each connection
 //! carries one request (`Connection: close`), whose head must arrive whole, within
 //! [`HEAD_MAX`] bytes and [`REQUEST_TIME`]; requests are parsed by `httparse`. The handle
 //! joins every thread when it is dropped, breaking any connection still open.
@@ -35,6 +35,7 @@ use crossbeam_channel::{Receiver, bounded};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::host::address_key;
 use crate::tracker::wake_addr;
 
 /// Threads answering requests.
@@ -239,9 +240,18 @@ struct Share {
 }
 
 impl Admitted {
-    /// Counts `stream` against its address; `None` if the address has its share already.
+    /// Counts `stream` against its host (an IPv6 client by its /64, which one host usually
+    /// holds whole); `None` if the host has its share already.
     fn new(stream: TcpStream, per_ip: &Arc<Mutex<HashMap<IpAddr, usize>>>) -> Option<Self> {
-        let ip = stream.peer_addr().ok()?.ip();
+        let host = address_key(stream.peer_addr().ok()?.ip());
+        let share = Share::take(host, per_ip)?;
+        Some(Self { stream, share })
+    }
+}
+
+impl Share {
+    /// Takes a place in `ip`'s share; `None` if it has [`PER_ADDRESS`] already.
+    fn take(ip: IpAddr, per_ip: &Arc<Mutex<HashMap<IpAddr, usize>>>) -> Option<Self> {
         let mut counts = per_ip.lock();
         let n = counts.entry(ip).or_insert(0);
         if *n >= PER_ADDRESS {
@@ -249,11 +259,8 @@ impl Admitted {
         }
         *n += 1;
         Some(Self {
-            stream,
-            share: Share {
-                ip,
-                per_ip: Arc::clone(per_ip),
-            },
+            ip,
+            per_ip: Arc::clone(per_ip),
         })
     }
 }
@@ -476,6 +483,34 @@ mod tests {
     /// A client holding connections open without a word (a slow-loris) holds at most
     /// [`PER_ADDRESS`] workers; another address is answered meanwhile, not after the
     /// silent ones time out.
+    /// Addresses of one IPv6 /64 share one host's share; another /64 has its own.
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64() {
+        let per_ip = Arc::new(Mutex::new(HashMap::new()));
+        let host = |i: u16| {
+            address_key(IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0, 1, i, 0, 0, 1,
+            )))
+        };
+        let held: Vec<Share> = (0..PER_ADDRESS as u16)
+            .map(|i| Share::take(host(i), &per_ip).unwrap())
+            .collect();
+        assert!(
+            Share::take(host(99), &per_ip).is_none(),
+            "the /64 has its share"
+        );
+        let other = address_key("2001:db8:0:2::1".parse().unwrap());
+        assert!(
+            Share::take(other, &per_ip).is_some(),
+            "another /64 is served"
+        );
+        drop(held);
+        assert!(
+            Share::take(host(7), &per_ip).is_some(),
+            "given back on drop"
+        );
+    }
+
     #[test]
     fn one_address_cannot_hold_every_worker() {
         let config = HttpConfig::new("127.0.0.1:0".parse().unwrap());

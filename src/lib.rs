@@ -65,6 +65,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+mod host;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 
 use crate::error::{Error, Result, report};
+use crate::host::address_key;
 use crate::messages::{
     MAGIC, MAX_CONTROL_LEN, MAX_NODE_NAME_LEN, Message, OwnerInfo, PROTOCOL_VERSION,
     read_frame_after_within, read_frame_within, write_frame,
@@ -72,6 +73,7 @@ fn is_exhaustion(e: &io::Error) -> bool {
 
 /// What the accept loop knows of a connection it serves.
 struct Handler {
+    /// The peer's host, as the per-address cap counts it ([`address_key`]).
     ip: IpAddr,
     handle: JoinHandle<()>,
     seen: Arc<Seen>,
@@ -155,7 +157,9 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
-        if !make_room(ctx, &mut handlers, peer.ip()) {
+        // An IPv6 peer is counted by its /64: one host may hold a whole one.
+        let host = address_key(peer.ip());
+        if !make_room(ctx, &mut handlers, host) {
             bump(&ctx.counters.connections_refused, 1);
             continue; // dropping the stream refuses the peer
         }
@@ -167,7 +171,7 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
             .spawn(move || serve_peer(&peer_ctx, stream, &peer_seen));
         if let Ok(handle) = spawned {
             handlers.push(Handler {
-                ip: peer.ip(),
+                ip: host,
                 handle,
                 seen,
                 reaped: false,
@@ -183,7 +187,7 @@ pub(super) fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> Result<()> 
     Ok(())
 }
 
-/// Whether a connection from `ip` may be served: under both caps, or after closing the
+/// Whether a connection from host `ip` ([`address_key`]) may be served: under both caps, or after closing the
 /// connection whose peer has been silent longest (from `ip`, if its cap is the one
 /// reached), when that peer has been silent for `reap_idle_after`.
 fn make_room(ctx: &Ctx, handlers: &mut [Handler], ip: IpAddr) -> bool {

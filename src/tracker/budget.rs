@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::host::address_key;
+
 /// Addresses whose buckets are kept at once.
 pub const MAX_ADDRESSES: usize = 65_536;
 /// How often a throttled address is told so.
@@ -218,22 +220,6 @@ fn burst(rate: f64) -> f64 {
     (rate * 2.0).max(1.0)
 }
 
-/// The address a budget belongs to: an IPv4 address, or an IPv6 address's /64 (an
-/// IPv4-mapped IPv6 address counts as its IPv4 address).
-pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,16 +294,5 @@ mod tests {
             Verdict::Serve
         );
         assert_eq!(budgets.addresses(), 1);
-    }
-
-    #[test]
-    fn an_ipv6_host_is_charged_by_its_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(address_key(a), address_key(b));
-        assert_ne!(address_key(a), address_key(c));
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(address_key(mapped), ip(1));
     }
 }

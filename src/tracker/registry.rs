@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::budget::address_key;
+use crate::host::address_key;
 
 use crate::messages::{
     Announce, ContentId, Counters, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit, check_file_name,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, report};
+use crate::host::address_key;
 use crate::messages::OwnerInfo;
 
 use super::super::Ctx;
@@ -17,9 +18,10 @@ const MAX_BAD_PIECES: u32 = 2;
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Owners one download keeps track of, at most; more heard of are not taken in.
 const MAX_CANDIDATES: usize = 1024;
-/// Peers met (not listed by a tracker) taken in per IP address: a peer names its own port,
-/// so one host cycling connections could otherwise fill the book with ports it does not
-/// serve on. As many as a node serves connections from one address by default.
+/// Peers met (not listed by a tracker) taken in per host (an IPv4 address, an IPv6 /64): a
+/// peer names its own port, so one host cycling connections (or addresses of its /64)
+/// could otherwise fill the book with owners it does not serve as. As many as a node
+/// serves connections from one host by default.
 const MAX_MET_PER_IP: u32 = 16;
 /// Failures kept to explain a download's end; older ones are forgotten.
 const MAX_REASONS: usize = 64;
@@ -70,7 +72,7 @@ impl OwnerBook {
 
     /// Adds a peer met downloading the same file (it connected here holding pieces of it)
     /// if it is not known yet: it is tried like a partial owner the tracker listed.
-    /// At most [`MAX_MET_PER_IP`] per IP address.
+    /// At most [`MAX_MET_PER_IP`] per host (an IPv4 address, an IPv6 /64).
     pub fn met(&mut self, ctx: &Ctx, owner: OwnerInfo) {
         let me = (ctx.config.name.as_str(), ctx.local_addr.port());
         self.met_except(owner, me);
@@ -80,7 +82,10 @@ impl OwnerBook {
         if self.candidates.iter().any(|c| c.addr == owner.addr) {
             return;
         }
-        let n = self.met_per_ip.entry(owner.addr.ip()).or_default();
+        let n = self
+            .met_per_ip
+            .entry(address_key(owner.addr.ip()))
+            .or_default();
         if *n >= MAX_MET_PER_IP {
             return;
         }
@@ -266,6 +271,18 @@ mod tests {
         };
         o.met_except(elsewhere, ("me", 1));
         assert_eq!(o.candidates.len(), 3 + MAX_MET_PER_IP as usize);
+        // An IPv6 host is its /64, whichever of its addresses it comes from.
+        for i in 0..100u16 {
+            let addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, i, 0, 0, 1);
+            o.met_except(
+                OwnerInfo {
+                    addr: SocketAddr::from((addr, 7000)),
+                    ..owner(7000)
+                },
+                ("me", 1),
+            );
+        }
+        assert_eq!(o.candidates.len(), 3 + 2 * MAX_MET_PER_IP as usize);
     }
 
     #[test]
