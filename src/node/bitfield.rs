@@ -69,6 +69,27 @@ impl Bitfield {
     pub fn len(&self) -> u32 {
         self.len
     }
+
+    /// Returns the pieces held here and not in `before`, in order, looking at eight a byte:
+    /// a partial owner asks this of every connection at each piece it verifies.
+    pub fn added_since(&self, before: &Bitfield) -> Vec<u32> {
+        let mut added = Vec::new();
+        for (i, (&now, &then)) in self.bits.iter().zip(&before.bits).enumerate() {
+            let new = now & !then;
+            if new != 0 {
+                added.extend(
+                    (0..8u32)
+                        .filter(|b| new & (0x80 >> b) != 0)
+                        .map(|b| i as u32 * 8 + b)
+                        .filter(|&p| p < self.len),
+                );
+            }
+        }
+        // Past `before`'s end, everything held is new.
+        let tail = before.bits.len().min(self.bits.len()) as u32 * 8;
+        added.extend((tail..self.len).filter(|&p| self.get(p)));
+        added
+    }
 }
 
 #[cfg(test)]
@@ -92,5 +113,19 @@ mod tests {
         );
         assert_eq!(Bitfield::full(10).count(), 10);
         assert!(!b.get(10));
+    }
+
+    #[test]
+    fn added_since_lists_the_pieces_new_here_in_order() {
+        let mut before = Bitfield::empty(20);
+        [1, 8, 15].iter().for_each(|&i| before.set(i));
+        let mut now = before.clone();
+        [0, 9, 15, 16, 19].iter().for_each(|&i| now.set(i));
+        assert_eq!(now.added_since(&before), [0, 9, 16, 19]);
+        assert!(now.added_since(&now).is_empty());
+        assert_eq!(
+            now.added_since(&Bitfield::empty(0)).len(),
+            now.count() as usize
+        );
     }
 }

@@ -328,9 +328,7 @@ impl<'a> Outbox<'a> {
             }
             let now = feed.shared.holdings();
             let peer = feed.peer.as_ref();
-            let fresh: Vec<u32> = (0..now.len())
-                .filter(|&i| now.get(i) && !feed.told.get(i))
-                .collect();
+            let fresh = now.added_since(&feed.told);
             if fresh.is_empty() {
                 continue;
             }
