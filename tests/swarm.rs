@@ -562,8 +562,7 @@ fn a_downloader_leaves_an_owner_that_keeps_it_choked_for_one_waiting() {
 /// packet and a wake-up on both sides.
 #[test]
 fn a_partial_owner_tells_a_downloader_only_of_pieces_it_lacks() {
-    use p2ptorrent::messages::{MAGIC, Message, PROTOCOL_VERSION, read_frame, write_frame};
-    use std::io::BufReader;
+    use p2ptorrent::messages::{Message, read_frame, write_frame};
 
     let (tracker, _te) = start_tracker();
     let seeder = start_node_with("seeder", tracker.local_addr(), |c| {
@@ -579,31 +578,7 @@ fn a_partial_owner_tells_a_downloader_only_of_pieces_it_lacks() {
     });
 
     // A downloader that holds the even pieces asks the owner about the file.
-    let mut s = std::net::TcpStream::connect(owner.node.local_addr()).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let hello = Message::Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        node: "probe".into(),
-        port: 0,
-    };
-    write_frame(&mut s, &hello).unwrap();
-    assert!(matches!(
-        read_frame(&mut r),
-        Ok(Some(Message::Hello { .. }))
-    ));
-    let ask = Message::SizeRequest {
-        file: "f.bin".into(),
-        hashes: false,
-    };
-    write_frame(&mut s, &ask).unwrap();
-    let Ok(Some(Message::SizeInfo(info))) = read_frame(&mut r) else {
-        panic!("no size information");
-    };
-    let Ok(Some(Message::Bitfield { bits: at_first, .. })) = read_frame(&mut r) else {
-        panic!("no bitfield");
-    };
+    let (mut s, mut r, info, at_first) = probe(owner.node.local_addr(), "f.bin");
     let held = |bits: &[u8], i: u32| bits[i as usize / 8] >> (7 - i % 8) & 1 == 1;
     let mine = vec![0xAA; at_first.len()];
     let bitfield = Message::Bitfield {
@@ -684,7 +659,7 @@ fn a_downloader_does_not_tell_an_owner_of_the_pieces_it_sent() {
 /// again.
 #[test]
 fn a_seed_nobody_else_waits_for_keeps_its_downloader_offered_ahead() {
-    use p2ptorrent::messages::{MAGIC, Message, PROTOCOL_VERSION, read_frame, write_frame};
+    use p2ptorrent::messages::{Message, read_frame, write_frame};
     use std::collections::HashSet;
     use std::io::{BufReader, Read};
 
@@ -694,31 +669,7 @@ fn a_seed_nobody_else_waits_for_keeps_its_downloader_offered_ahead() {
     write_random(&seeder.path("f.bin"), 37, u64::from(pieces * PIECE));
     seeder.node.share("f.bin").unwrap();
 
-    let mut s = std::net::TcpStream::connect(seeder.node.local_addr()).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let hello = Message::Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        node: "probe".into(),
-        port: 0,
-    };
-    write_frame(&mut s, &hello).unwrap();
-    assert!(matches!(
-        read_frame(&mut r),
-        Ok(Some(Message::Hello { .. }))
-    ));
-    let ask = Message::SizeRequest {
-        file: "f.bin".into(),
-        hashes: false,
-    };
-    write_frame(&mut s, &ask).unwrap();
-    let Ok(Some(Message::SizeInfo(info))) = read_frame(&mut r) else {
-        panic!("no size information");
-    };
-    let Ok(Some(Message::Bitfield { .. })) = read_frame(&mut r) else {
-        panic!("no bitfield");
-    };
+    let (mut s, mut r, info, _) = probe(seeder.node.local_addr(), "f.bin");
     let nothing = Message::Bitfield {
         content: info.content,
         bits: vec![0; pieces.div_ceil(8) as usize],
@@ -790,4 +741,45 @@ fn a_seed_nobody_else_waits_for_keeps_its_downloader_offered_ahead() {
     drop((s, r));
     seeder.shutdown();
     tracker.shutdown().unwrap();
+}
+
+/// Connects to the node at `addr` as a downloader would and asks about `file`: returns the
+/// connection (to write, and buffered to read), its size information and the bitfield the
+/// node sent.
+fn probe(
+    addr: std::net::SocketAddr,
+    file: &str,
+) -> (
+    std::net::TcpStream,
+    std::io::BufReader<std::net::TcpStream>,
+    p2ptorrent::messages::SizeInformation,
+    Vec<u8>,
+) {
+    use p2ptorrent::messages::{MAGIC, Message, PROTOCOL_VERSION, read_frame, write_frame};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let hello = Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: "probe".into(),
+        port: 0,
+    };
+    write_frame(&mut s, &hello).unwrap();
+    assert!(matches!(
+        read_frame(&mut r),
+        Ok(Some(Message::Hello { .. }))
+    ));
+    let ask = Message::SizeRequest {
+        file: file.into(),
+        hashes: false,
+    };
+    write_frame(&mut s, &ask).unwrap();
+    let Ok(Some(Message::SizeInfo(info))) = read_frame(&mut r) else {
+        panic!("no size information");
+    };
+    let Ok(Some(Message::Bitfield { bits, .. })) = read_frame(&mut r) else {
+        panic!("no bitfield");
+    };
+    (s, r, info, bits)
 }
