@@ -67,9 +67,12 @@ pub(crate) struct Copies {
     /// Offers open now: made to a connection, not yet sent, not yet got elsewhere.
     pub open: Vec<u32>,
     /// Copies this node has sent.
-    pub sent: Vec<u32>,
+    sent: Vec<u32>,
     /// Connected peers that hold it.
-    pub held: Vec<u32>,
+    held: Vec<u32>,
+    /// How many pieces have each number of copies out (sent or held, whichever is more):
+    /// the fewest of any piece, found without a look at every piece.
+    by_copies: Vec<u32>,
 }
 
 impl Copies {
@@ -80,25 +83,20 @@ impl Copies {
             open: zeros.clone(),
             sent: zeros.clone(),
             held: zeros,
+            by_copies: vec![pieces],
         }
     }
 
     /// Counts the pieces of `bits` as held by one more peer (`add`) or one fewer.
     pub fn count(&mut self, bits: &Bitfield, add: bool) {
-        for (i, held) in self.held.iter_mut().enumerate() {
-            if bits.get(i as u32) {
-                *held = if add {
-                    held.saturating_add(1)
-                } else {
-                    held.saturating_sub(1)
-                };
-            }
+        for i in (0..bits.len()).filter(|&i| bits.get(i)) {
+            self.change(i, |c| bump(&mut c.held, i, add));
         }
     }
 
     /// Counts piece `piece` as held by one more peer.
     pub fn add(&mut self, piece: u32) {
-        bump(&mut self.held, piece, true);
+        self.change(piece, |c| bump(&mut c.held, piece, true));
     }
 
     /// Closes an open offer of `piece`: it was sent (`sent`), or the peer got it elsewhere
@@ -106,8 +104,42 @@ impl Copies {
     pub fn close(&mut self, piece: u32, sent: bool) {
         bump(&mut self.open, piece, false);
         if sent {
-            bump(&mut self.sent, piece, true);
+            self.change(piece, |c| bump(&mut c.sent, piece, true));
         }
+    }
+
+    /// Sets the copies of `piece` sent, as if sent that often.
+    #[cfg(test)]
+    fn set_sent(&mut self, piece: u32, n: u32) {
+        self.change(piece, |c| c.sent[piece as usize] = n);
+    }
+
+    /// Applies `f` to `piece`'s counts, keeping the count of pieces by copies out.
+    fn change(&mut self, piece: u32, f: impl FnOnce(&mut Self)) {
+        let i = piece as usize;
+        if i >= self.sent.len() {
+            return;
+        }
+        let before = self.copies(i) as usize;
+        f(self);
+        let after = self.copies(i) as usize;
+        if before != after {
+            self.by_copies[before] -= 1;
+            if self.by_copies.len() <= after {
+                self.by_copies.resize(after + 1, 0);
+            }
+            self.by_copies[after] += 1;
+        }
+    }
+
+    /// Copies of `piece` out: sent, or held by peers, whichever is more.
+    fn copies(&self, piece: usize) -> u32 {
+        self.sent[piece].max(self.held[piece])
+    }
+
+    /// The fewest copies out of any piece: no piece ranks before `(fewest, 0)`.
+    fn fewest(&self) -> u32 {
+        self.by_copies.iter().position(|&n| n > 0).unwrap_or(0) as u32
     }
 
     /// Copies out, as far as this node knows: what it put out (offers open and copies
@@ -119,7 +151,7 @@ impl Copies {
     /// How soon `piece` should be offered, least first: the copies in the swarm (sent, or
     /// held by peers, whichever is more), then the offers open.
     fn rank(&self, piece: usize) -> (u32, u32) {
-        (self.sent[piece].max(self.held[piece]), self.open[piece])
+        (self.copies(piece), self.open[piece])
     }
 
     /// Whether `piece` needs no more copies from this node: enough are out, and either a
@@ -241,7 +273,10 @@ pub(crate) fn pick_offers(
     if n == 0 || len == 0 {
         return Vec::new();
     }
-    // The best found so far, least rank first; among equals the one met first stays.
+    // The best found so far, least rank first; among equals the one met first stays. No
+    // piece ranks before `floor`: once `n` are found there, the pass ends (without it, once
+    // every piece had gone out once, every offer was a pass over the whole file).
+    let floor = (copies.fewest(), 0);
     let mut best: Vec<((u32, u32), u32)> = Vec::with_capacity(n + 1);
     // The pieces in an order drawn at random: from a random start, in steps of a random
     // stride prime to their count, so every piece comes once. Not in plain order from a
@@ -268,7 +303,7 @@ pub(crate) fn pick_offers(
         let at = best.partition_point(|&(r, _)| r <= rank);
         best.insert(at, (rank, piece));
         best.truncate(n);
-        if best.len() == n && best.last().is_some_and(|&(r, _)| r == (0, 0)) {
+        if best.len() == n && best.last().is_some_and(|&(r, _)| r == floor) {
             break;
         }
     }
@@ -344,7 +379,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(6);
         let nothing = Bitfield::empty(2);
         copies.open[0] = 1;
-        copies.sent[1] = 1;
+        copies.set_sent(1, 1);
         assert_eq!(
             pick_offers(&mut copies, &nothing, &nothing, 2, false, &mut rng),
             [0, 1]
@@ -413,8 +448,8 @@ mod tests {
         one.set(0);
         one.set(1);
         copies.count(&one, true);
-        copies.sent[0] = 1;
-        copies.sent[1] = 1;
+        copies.set_sent(0, 1);
+        copies.set_sent(1, 1);
         copies.open[2] = ENOUGH_COPIES + 3;
         assert_eq!(
             pick_offers(&mut copies, &nothing, &nothing, 1, false, &mut rng),
@@ -433,7 +468,7 @@ mod tests {
         one.set(1);
         copies.count(&one, true);
         copies.count(&one, true);
-        copies.sent[0] = 2;
+        copies.set_sent(0, 2);
         assert_eq!(
             pick_offers(&mut copies, &nothing, &nothing, 2, false, &mut rng),
             [0]
@@ -459,6 +494,33 @@ mod tests {
         let mut got = pick_offers(&mut copies, &has, &told, 8, false, &mut rng);
         got.sort_unstable();
         assert_eq!(got, [5, 6, 7]);
+    }
+
+    /// Once every piece has gone out once, offers still go to the pieces with the fewest
+    /// copies, and the count of pieces by copies out stays true to the pieces.
+    #[test]
+    fn after_a_first_copy_the_fewest_copies_go_first() {
+        let n = 300u32;
+        let mut copies = Copies::new(n);
+        let mut rng = fastrand::Rng::with_seed(11);
+        let nothing = Bitfield::empty(n);
+        for p in 0..n {
+            copies.set_sent(p, 1);
+        }
+        let mut twice = Bitfield::empty(n);
+        (0..n).filter(|p| p % 3 != 0).for_each(|p| twice.set(p));
+        copies.count(&twice, true);
+        copies.count(&twice, true);
+        assert_eq!(copies.fewest(), 1);
+        let picked = pick_offers(&mut copies, &nothing, &nothing, 8, true, &mut rng);
+        assert_eq!(picked.len(), 8);
+        assert!(picked.iter().all(|p| p % 3 == 0), "{picked:?}");
+        let mut recount = vec![0u32; 3];
+        (0..n as usize).for_each(|i| recount[copies.copies(i) as usize] += 1);
+        assert_eq!(copies.by_copies, recount);
+        copies.count(&twice, false);
+        copies.count(&twice, false);
+        assert_eq!(copies.by_copies[1], n);
     }
 
     /// A turn handed to a connection in line is released by the same `end` that leaves the
