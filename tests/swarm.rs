@@ -743,6 +743,108 @@ fn a_seed_nobody_else_waits_for_keeps_its_downloader_offered_ahead() {
     tracker.shutdown().unwrap();
 }
 
+/// A seed whose first copy of a file is not yet out does not send a second copy of a
+/// piece: a downloader that asks for a piece sent elsewhere after it was offered has the
+/// offer taken back, gets the piece no one has instead, and the other once every piece has
+/// gone out once.
+#[test]
+fn a_seed_sends_no_second_copy_while_a_piece_has_none() {
+    use p2ptorrent::ContentId;
+    use p2ptorrent::messages::{Message, read_frame, write_frame};
+    use std::io::{BufReader, Read};
+    use std::net::TcpStream;
+
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    write_random(&seeder.path("f.bin"), 41, u64::from(2 * PIECE));
+    seeder.node.share("f.bin").unwrap();
+
+    // What a probe hears next, taking offers (`Have`) and `Unchoke` as they come.
+    enum Heard {
+        Data(u32),
+        Withdrawn(Vec<u32>),
+    }
+    fn next(r: &mut BufReader<TcpStream>, offered: &mut Vec<u32>) -> Heard {
+        loop {
+            match read_frame(r) {
+                Ok(Some(Message::Have { pieces, .. })) => offered.extend(pieces),
+                Ok(Some(Message::Unchoke)) => {}
+                Ok(Some(Message::Withdraw { pieces, .. })) => return Heard::Withdrawn(pieces),
+                Ok(Some(Message::Data { piece, len, .. })) => {
+                    let mut payload = vec![0u8; len as usize];
+                    r.read_exact(&mut payload).unwrap();
+                    return Heard::Data(piece);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    fn join(addr: std::net::SocketAddr) -> (TcpStream, BufReader<TcpStream>, Vec<u32>, ContentId) {
+        let (mut s, mut r, info, _) = probe(addr, "f.bin");
+        let nothing = Message::Bitfield {
+            content: info.content,
+            bits: vec![0],
+        };
+        write_frame(&mut s, &nothing).unwrap();
+        let mut offered = Vec::new();
+        while offered.len() < 2 {
+            match read_frame(&mut r) {
+                Ok(Some(Message::Have { pieces, .. })) => offered.extend(pieces),
+                Ok(Some(Message::Unchoke)) => {}
+                other => panic!("expected offers, got {other:?}"),
+            }
+        }
+        (s, r, offered, info.content)
+    }
+    let ask = |s: &mut TcpStream, content: ContentId, piece: u32| {
+        let request = Message::Request {
+            content,
+            piece,
+            offset: 0,
+            len: PIECE,
+        };
+        write_frame(s, &request).unwrap();
+    };
+
+    // The first downloader is offered both pieces and takes one.
+    let (mut a, mut ar, a_offered, content) = join(seeder.node.local_addr());
+    let first = a_offered[0];
+    ask(&mut a, content, first);
+    let mut more = Vec::new();
+    assert!(matches!(next(&mut ar, &mut more), Heard::Data(p) if p == first));
+
+    // The second is offered both too (the piece no one has first), asks for the one just
+    // sent, and is told it is withdrawn; the other piece it gets.
+    let (mut b, mut br, b_offered, _) = join(seeder.node.local_addr());
+    let other = 1 - first;
+    assert_eq!(
+        b_offered[0], other,
+        "the piece with no copy out is offered first"
+    );
+    let mut offered = Vec::new();
+    ask(&mut b, content, first);
+    assert!(
+        matches!(next(&mut br, &mut offered), Heard::Withdrawn(p) if p == [first]),
+        "a second copy before the first copy is out"
+    );
+    ask(&mut b, content, other);
+    assert!(matches!(next(&mut br, &mut offered), Heard::Data(p) if p == other));
+
+    // Every piece has a copy out now: the withdrawn one is offered again, and sent.
+    while !offered.contains(&first) {
+        match read_frame(&mut br) {
+            Ok(Some(Message::Have { pieces, .. })) => offered.extend(pieces),
+            other => panic!("expected the piece offered again, got {other:?}"),
+        }
+    }
+    ask(&mut b, content, first);
+    assert!(matches!(next(&mut br, &mut offered), Heard::Data(p) if p == first));
+
+    drop((a, ar, b, br));
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
 /// Connects to the node at `addr` as a downloader would and asks about `file`: returns the
 /// connection (to write, and buffered to read), its size information and the bitfield the
 /// node sent.

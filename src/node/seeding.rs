@@ -34,6 +34,11 @@
 //!   a turn first. Offers still open when their connection closes are taken back, and a
 //!   piece no peer holds is always offerable, so no piece can be stranded by peers that
 //!   left.
+//! - **First copy first.** While some piece has no copy out at all, a request for a piece
+//!   that has one (it went to another peer after this offer was made) is not answered with
+//!   a second copy: the offer is withdrawn and another made in its place, so the seed's
+//!   upload goes to the pieces nobody has. The peer gets the piece from its holder, or from
+//!   this node once every piece has gone out once.
 //!
 //! A file being downloaded is not gated by offers: its owner tells everything it holds, and
 //! turns alone decide when a peer may ask.
@@ -135,6 +140,13 @@ impl Copies {
     /// Copies of `piece` out: sent, or held by peers, whichever is more.
     fn copies(&self, piece: usize) -> u32 {
         self.sent[piece].max(self.held[piece])
+    }
+
+    /// Whether sending `piece` now would put a second copy out before the first copy of
+    /// the file is: it was sent, or a peer holds it, and some piece has no copy out.
+    pub fn ahead_of_first_copy(&self, piece: u32) -> bool {
+        let i = piece as usize;
+        i < self.sent.len() && self.copies(i) > 0 && self.fewest() == 0
     }
 
     /// The fewest copies out of any piece: no piece ranks before `(fewest, 0)`.

@@ -500,6 +500,26 @@ impl<'a> Outbox<'a> {
         Ok(())
     }
 
+    /// Takes back the offer of `piece`, whose first copy went to another peer after it was
+    /// offered here, while some piece of the file has no copy out at all: the seed's upload
+    /// goes to that piece instead, and the peer gets this one from whoever holds it (or
+    /// from this node once the first copy is out). At 32 hosts the seed sent five second
+    /// copies this way before its last first copy, each a quarter second of its uplink.
+    fn defer(&mut self, content: ContentId, piece: u32) -> Result<()> {
+        if let Some(feed) = self.feeds.get_mut(&content) {
+            if feed.open.remove(&piece) {
+                feed.shared.copies.lock().close(piece, false);
+            }
+            feed.told.unset(piece);
+            feed.withdrawn.insert(piece);
+        }
+        self.send(&Message::Withdraw {
+            content,
+            pieces: vec![piece],
+        })?;
+        self.offer()
+    }
+
     fn data(&mut self, content: ContentId, piece: u32, offset: u32, len: u32) -> Result<()> {
         let Some(feed) = self.feeds.get_mut(&content) else {
             return self.refuse(format!("content {content} was not asked about first"));
@@ -517,6 +537,18 @@ impl<'a> Outbox<'a> {
         }
         if !feed.told.get(piece) || !feed.shared.holds(piece) {
             return self.refuse(format!("piece {piece} was not offered"));
+        }
+        if offset == 0 && feed.gated {
+            // A copy counts as out from its first byte: two peers served at once were both
+            // sent the same piece, neither copy counted until its last byte went.
+            let mut copies = feed.shared.copies.lock();
+            if copies.ahead_of_first_copy(piece) {
+                drop(copies);
+                return self.defer(content, piece);
+            }
+            if feed.open.remove(&piece) {
+                copies.close(piece, true);
+            }
         }
         if !self.unchoked {
             // Requests in flight when the peer was choked are answered; a peer that keeps
@@ -559,7 +591,9 @@ impl<'a> Outbox<'a> {
         })?;
         self.copy(&shared, &file, start, u64::from(len))?;
         self.last_active = Instant::now();
-        // The piece's last bytes went out: it counts as sent, and as an offer taken.
+        // The piece's last bytes went out: the turn counts it, and the peer holds it once it
+        // lands. (A whole piece's copy and offer were counted at its first byte; a part's
+        // are counted here.)
         let finished =
             u64::from(offset) + u64::from(len) == geometry.piece_len(piece).map_or(0, u64::from);
         if let Some(feed) = self.feeds.get_mut(&content) {
