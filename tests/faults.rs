@@ -186,7 +186,13 @@ fn the_last_owner_failing_ends_the_download_with_a_clear_error() {
 #[test]
 fn a_copy_changed_on_disk_after_announcing_corrupts_nobody() {
     let (tracker, _te) = start_tracker();
-    let good = start_node("good", tracker.local_addr());
+    // The good owner is capped (4 MiB take about 2 s), so the stale one is surely asked:
+    // unlimited on loopback, the good one once sent the whole file in 28 ms, before the
+    // stale one's connection was up, and nothing was there to drop.
+    let good = start_node_with("good", tracker.local_addr(), |mut c| {
+        c.upload_limit = Some(2 << 20);
+        c
+    });
     let stale = start_node_with("stale", tracker.local_addr(), |c| c);
     write_random(&good.path("f.bin"), 6, SIZE);
     std::fs::copy(good.path("f.bin"), stale.path("f.bin")).unwrap();
