@@ -5,13 +5,18 @@
 //! tested with ordinary values. The tracker's UDP thread holds it behind a lock for the
 //! length of one call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap as StdHashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::host::address_key;
+
+/// The table's maps: keyed by what strangers choose (names, addresses), so the hash is
+/// seeded per map, and foldhash's quality variant, several times cheaper than SipHash on
+/// the short keys here (a `need` hashes fifty addresses).
+type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
 
 use crate::messages::{
     Announce, ContentId, Counters, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit, check_file_name,
@@ -60,7 +65,7 @@ pub(crate) struct Registry {
     expiry: Duration,
     /// File name → content id → swarm; a name may carry several contents if owners
     /// disagree, and `need` answers with the one most owners hold.
-    files: BTreeMap<String, HashMap<ContentId, Swarm>>,
+    files: HashMap<String, HashMap<ContentId, Swarm>>,
     nodes: HashMap<SocketAddr, NodeEntry>,
     limits: TableLimits,
     /// Nodes and rows per address, as [`TableLimits`] counts them.
@@ -134,10 +139,10 @@ impl Registry {
     pub fn new(interval: Duration, limits: TableLimits) -> Self {
         Self {
             expiry: interval * EXPIRY_INTERVALS,
-            files: BTreeMap::new(),
-            nodes: HashMap::new(),
+            files: HashMap::default(),
+            nodes: HashMap::default(),
             limits,
-            usage: HashMap::new(),
+            usage: HashMap::default(),
             rows: 0,
             names: Arc::default(),
             names_stale: false,
@@ -220,7 +225,7 @@ impl Registry {
         let node = self.nodes.entry(addr).or_insert_with(|| NodeEntry {
             name: String::new(),
             counters: Counters::default(),
-            files: HashMap::new(),
+            files: HashMap::default(),
         });
         let mut changed = node.name != ann.node || node.counters != ann.counters;
         if node.name != ann.node {
@@ -249,7 +254,7 @@ impl Registry {
         };
         let swarm = swarms.entry(ann.content).or_insert_with(|| Swarm {
             size: ann.size,
-            owners: HashMap::new(),
+            owners: HashMap::default(),
             since: now,
         });
         let new = Ownership {
@@ -311,12 +316,14 @@ impl Registry {
     pub fn names(&mut self) -> Arc<Vec<(String, String)>> {
         if self.names_stale {
             self.names_stale = false;
-            self.names = Arc::new(
-                self.files
-                    .keys()
-                    .map(|n| (n.clone(), n.to_lowercase()))
-                    .collect(),
-            );
+            let mut names: Vec<(String, String)> = self
+                .files
+                .keys()
+                .map(|n| (n.clone(), n.to_lowercase()))
+                .collect();
+            // In name order: a search lists its first hits alphabetically.
+            names.sort_unstable();
+            self.names = Arc::new(names);
         }
         Arc::clone(&self.names)
     }
@@ -416,7 +423,7 @@ impl Registry {
 
     /// Returns a copy of the whole table, sorted for printing.
     pub fn snapshot(&self) -> Snapshot {
-        let files = self
+        let mut files: Vec<FileRow> = self
             .files
             .iter()
             .flat_map(|(name, swarms)| {
@@ -445,6 +452,7 @@ impl Registry {
                 })
             })
             .collect();
+        files.sort_unstable_by(|a, b| (&a.file, a.content).cmp(&(&b.file, b.content)));
         let mut nodes: Vec<NodeRow> = self
             .nodes
             .iter()
@@ -466,40 +474,46 @@ impl Registry {
     /// Returns up to `want` owners of `swarm` of one address family (`v6`), complete ones
     /// first, then in `order`.
     fn ranked_owners(&self, swarm: &Swarm, want: usize, order: Order, v6: bool) -> Vec<OwnerInfo> {
-        use std::cmp::Reverse;
-        // Each owner's node is looked up once, and its sort key computed once; only the
-        // owners that make the cut are turned into `OwnerInfo`s.
-        let mut ranked: Vec<_> = swarm
+        let mut owners: Vec<(SocketAddr, bool)> = swarm
             .owners
             .iter()
             .filter(|(addr, _)| addr.is_ipv6() == v6)
-            .map(|(addr, o)| {
-                let node = self.nodes.get(addr);
-                let counters = node.map(|n| n.counters).unwrap_or_default();
-                let rank = match order {
-                    // The original's "best node": most files sent, then most bytes.
-                    Order::Best => (Reverse(counters.files_sent), Reverse(counters.bytes_sent)),
-                    Order::Shuffled(seed) => (Reverse(shuffle_key(seed, addr)), Reverse(0)),
-                };
-                let key = (Reverse(o.complete), rank, *addr);
-                (key, node)
-            })
+            .map(|(addr, o)| (*addr, o.complete))
             .collect();
-        if want < ranked.len() {
-            if want == 0 {
-                return Vec::new();
+        let want = want.min(owners.len());
+        match order {
+            Order::Shuffled(seed) => shuffle_front(&mut owners, want, seed),
+            Order::Best => {
+                use std::cmp::Reverse;
+                // The original's "best node": most files sent, then most bytes.
+                let key = |&(addr, complete): &(SocketAddr, bool)| {
+                    let c = self
+                        .nodes
+                        .get(&addr)
+                        .map(|n| n.counters)
+                        .unwrap_or_default();
+                    (
+                        Reverse(complete),
+                        Reverse(c.files_sent),
+                        Reverse(c.bytes_sent),
+                        addr,
+                    )
+                };
+                owners.sort_by_cached_key(key);
             }
-            ranked.select_nth_unstable_by_key(want - 1, |(key, _)| *key);
-            ranked.truncate(want);
         }
-        ranked.sort_unstable_by_key(|(key, _)| *key);
-        ranked
+        owners.truncate(want);
+        // Only the owners that made the cut are looked up and named.
+        owners
             .into_iter()
-            .map(|((Reverse(complete), _, addr), node)| OwnerInfo {
-                node: node.map(|n| n.name.clone()).unwrap_or_default(),
-                addr,
-                uploads: node.map_or(0, |n| n.counters.files_sent),
-                complete,
+            .map(|(addr, complete)| {
+                let node = self.nodes.get(&addr);
+                OwnerInfo {
+                    node: node.map(|n| n.name.clone()).unwrap_or_default(),
+                    addr,
+                    uploads: node.map_or(0, |n| n.counters.files_sent),
+                    complete,
+                }
             })
             .collect()
     }
@@ -514,21 +528,23 @@ enum Order {
     Shuffled(u64),
 }
 
-/// Where `addr` falls in the random order drawn from `seed`: a SplitMix64 finish of the
-/// two, so a fresh seed per request gives each asker its own permutation of the owners at
-/// a few instructions per owner (SipHash here was a tenth of a look-up's cost).
-fn shuffle_key(seed: u64, addr: &SocketAddr) -> u64 {
-    let bits = match addr.ip() {
-        IpAddr::V4(ip) => u64::from(ip.to_bits()),
-        IpAddr::V6(ip) => {
-            let b = ip.to_bits();
-            (b as u64) ^ ((b >> 64) as u64).rotate_left(29)
+/// Puts `want` owners drawn at random from `seed` at the front of `owners`, complete ones
+/// first: the complete ones are moved ahead, then a partial Fisher-Yates shuffle fills
+/// each place from what is left of its group. Linear in the owners, with one draw per
+/// place; a fresh seed per request gives each asker its own random subset.
+fn shuffle_front(owners: &mut [(SocketAddr, bool)], want: usize, seed: u64) {
+    let mut complete = 0;
+    for i in 0..owners.len() {
+        if owners[i].1 {
+            owners.swap(i, complete);
+            complete += 1;
         }
-    };
-    let mut z = seed ^ (bits << 16 | u64::from(addr.port())) ^ (bits >> 48);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for i in 0..want.min(owners.len()) {
+        let end = if i < complete { complete } else { owners.len() };
+        owners.swap(i, rng.usize(i..end));
+    }
 }
 
 /// The names in `names` that contain `pattern`, ignoring case, in order, at most
@@ -546,7 +562,7 @@ pub(crate) fn matching<'a>(names: &'a [(String, String)], pattern: &str) -> Vec<
 /// Removes `addr` from the swarm of `content` under `file`, and what it leaves empty.
 /// Returns whether the name left the table.
 fn remove_owner(
-    files: &mut BTreeMap<String, HashMap<ContentId, Swarm>>,
+    files: &mut HashMap<String, HashMap<ContentId, Swarm>>,
     file: &str,
     content: ContentId,
     addr: SocketAddr,
@@ -649,7 +665,7 @@ impl fmt::Display for Snapshot {
         writeln!(f, "nodes ({}):", self.nodes.len())?;
         // A name is whatever a node says; two live nodes may say the same one. Both are
         // listed, each with its address, and marked, so nobody takes them for one node.
-        let mut named: HashMap<&str, usize> = HashMap::new();
+        let mut named: HashMap<&str, usize> = HashMap::default();
         for n in &self.nodes {
             *named.entry(n.node.as_str()).or_default() += 1;
         }
@@ -739,6 +755,29 @@ mod tests {
         assert!(r.need("g", 5, 0, None, false).is_none());
         // Search still ranks the original's best node first.
         assert_eq!(r.search("f")[0].owners[0].node, "n3");
+    }
+
+    /// Each place is filled uniformly from what is left of its group: with four complete
+    /// owners among ten, a one-owner answer names each complete owner about as often,
+    /// never a partial one; a full answer lists every owner once.
+    #[test]
+    fn the_random_subset_is_drawn_evenly_from_the_complete_owners_first() {
+        let mut owners: Vec<(SocketAddr, bool)> = (1..=10u16)
+            .map(|p| (SocketAddr::new(IP, p), p % 3 == 0 || p == 10))
+            .collect();
+        let mut picked = std::collections::HashMap::new();
+        for seed in 0..4000 {
+            shuffle_front(&mut owners, 1, seed);
+            assert!(owners[0].1, "a complete owner first");
+            *picked.entry(owners[0].0.port()).or_insert(0) += 1;
+        }
+        assert_eq!(picked.len(), 4, "{picked:?}");
+        assert!(picked.values().all(|&n| (850..1150).contains(&n)), "{picked:?}");
+        shuffle_front(&mut owners, 10, 99);
+        assert!(owners[..4].iter().all(|o| o.1) && owners[4..].iter().all(|o| !o.1));
+        let mut ports: Vec<u16> = owners.iter().map(|o| o.0.port()).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, (1..=10).collect::<Vec<_>>());
     }
 
     /// Two live nodes under one name, at two addresses: both are listed, each with its
