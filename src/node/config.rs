@@ -62,8 +62,9 @@ pub struct NodeConfig {
     /// How long a peer has to complete its hello, and any later frame once it has begun:
     /// a peer trickling bytes to hold a connection open (slow loris) is dropped.
     pub handshake_timeout: Duration,
-    /// How many connections may be sent pieces of complete files at once, node-wide; the
-    /// others wait their turn, in order (see the `seeding` module).
+    /// How many connections may be sent pieces at once, node-wide (of any file); the
+    /// others wait their turn, in order (see the `seeding` module). Default 2: on a capped
+    /// uplink each gets its piece sooner and passes it on sooner than with 4.
     pub upload_slots: usize,
     /// Bytes per second this node sends to all peers together; `None` is unlimited.
     pub upload_limit: Option<u64>,
@@ -99,7 +100,7 @@ impl NodeConfig {
             max_connections_per_ip: 16,
             reap_idle_after: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
-            upload_slots: 4,
+            upload_slots: 2,
             upload_limit: None,
             download_limit: None,
             key: None,
@@ -165,7 +166,7 @@ impl NodeConfig {
         self
     }
 
-    /// Sets how many connections may be sent pieces of complete files at once (at least
+    /// Sets how many connections may be sent pieces at once (at least
     /// one).
     pub fn upload_slots(mut self, slots: usize) -> Self {
         self.upload_slots = slots.max(1);

@@ -772,7 +772,10 @@ mod tests {
             *picked.entry(owners[0].0.port()).or_insert(0) += 1;
         }
         assert_eq!(picked.len(), 4, "{picked:?}");
-        assert!(picked.values().all(|&n| (850..1150).contains(&n)), "{picked:?}");
+        assert!(
+            picked.values().all(|&n| (850..1150).contains(&n)),
+            "{picked:?}"
+        );
         shuffle_front(&mut owners, 10, 99);
         assert!(owners[..4].iter().all(|o| o.1) && owners[4..].iter().all(|o| !o.1));
         let mut ports: Vec<u16> = owners.iter().map(|o| o.0.port()).collect();

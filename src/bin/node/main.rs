@@ -77,7 +77,7 @@ struct Args {
     /// Limit what this node receives, in bytes per second (e.g. 16MiB, 500k).
     #[arg(long, value_name = "RATE", value_parser = rate)]
     download_limit: Option<u64>,
-    /// Peers sent pieces of complete files at once; the others wait their turn, in order.
+    /// Peers sent pieces at once; the others wait their turn, in order.
     #[arg(long, default_value_t = 4, value_name = "N")]
     upload_slots: usize,
     /// Most peer connections served at once.

@@ -51,6 +51,8 @@ pub(super) struct OwnerBook {
     tried: HashSet<SocketAddr>,
     /// Peers met and taken in, per IP address.
     met_per_ip: HashMap<std::net::IpAddr, u32>,
+    /// Peers met, in the order they were taken in: the newest untried one is tried first.
+    met_order: Vec<SocketAddr>,
     pub reasons: Vec<(SocketAddr, String)>,
     /// Whether the tracker was asked again since the last piece arrived with no owner left.
     pub asked_again: bool,
@@ -90,6 +92,7 @@ impl OwnerBook {
             return;
         }
         *n += 1;
+        self.met_order.push(owner.addr);
         self.add_except(vec![owner], me);
     }
 
@@ -165,10 +168,12 @@ impl OwnerBook {
         self.reasons.push((addr, report(e)));
     }
 
-    /// Chooses the owner to try next, one not `running`: at random among those never
-    /// tried, else at random among the others that may be asked now. Random, not the
-    /// tracker's order: every downloader in a swarm hears of the same owners, and taking
-    /// them in list order gave the first few listed every downloader and the last none.
+    /// Chooses the owner to try next, one not `running`: the peer met most recently among
+    /// those never tried, else one at random among those never tried, else at random
+    /// among the others that may be asked now. Random, not the tracker's order: every
+    /// downloader in a swarm hears of the same owners, and taking them in list order gave
+    /// the first few listed every downloader and the last none. A peer met has just got
+    /// pieces and connected here for more, so likely nobody fetches from it yet.
     pub fn next(
         &self,
         now: Instant,
@@ -185,6 +190,9 @@ impl OwnerBook {
             .copied()
             .filter(|a| !self.tried.contains(a))
             .collect();
+        if let Some(newest) = self.met_order.iter().rev().find(|a| fresh.contains(a)) {
+            return Some(*newest);
+        }
         let pool = if fresh.is_empty() { free } else { fresh };
         (!pool.is_empty()).then(|| pool[rng.usize(..pool.len())])
     }
@@ -283,6 +291,29 @@ mod tests {
             );
         }
         assert_eq!(o.candidates.len(), 3 + 2 * MAX_MET_PER_IP as usize);
+    }
+
+    /// A peer that connected here holding pieces is tried before the owners the tracker
+    /// listed, the newest first: it has just got pieces, so nobody fetches from it yet,
+    /// where every downloader heard of the listed ones alike.
+    #[test]
+    fn the_newest_peer_met_is_tried_first() {
+        let mut o = book();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let now = Instant::now();
+        o.met_except(owner(10), ("me", 1));
+        o.met_except(owner(11), ("me", 1));
+        assert_eq!(o.next(now, &[], &mut rng), Some(owner(11).addr));
+        assert_eq!(
+            o.next(now, &[owner(11).addr], &mut rng),
+            Some(owner(10).addr),
+            "one running is not tried twice at once"
+        );
+        o.tried(owner(11).addr);
+        o.tried(owner(10).addr);
+        let listed = [owner(1).addr, owner(2).addr];
+        let next = o.next(now, &[], &mut rng);
+        assert!(next.is_some_and(|a| listed.contains(&a)), "{next:?}");
     }
 
     #[test]
