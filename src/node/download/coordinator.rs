@@ -11,7 +11,8 @@
 //!   needs, and hears of more owners than it uses (the tracker lists `numwant` at random);
 //! - it also takes in every peer that connects to this node holding pieces of the file
 //!   (the serving side passes it on, with the port the peer's `Hello` names): a leecher
-//!   is found by those it fetches from at once, not at their next look-up;
+//!   is found by those it fetches from at once, not at their next look-up, and is fetched
+//!   from at once, up to [`MET_EXTRA`] owners beyond `max_owners`;
 //! - it asks the tracker again soon after starting (0.5 s, then doubling up to the announce
 //!   interval), and at once when it runs out of owners to try;
 //! - every [`ROTATE_EVERY`] it replaces the owner that delivered least (one that kept it
@@ -51,6 +52,8 @@ mod prune;
 
 use prune::ROTATE_EVERY;
 
+/// Owners a download may run beyond `max_owners` for peers just met.
+const MET_EXTRA: usize = 2;
 /// How often the coordinator looks at its timers.
 const TICK: Duration = Duration::from_millis(100);
 /// How often a running download saves its resume record.
@@ -213,7 +216,9 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 recv(steer) -> _ => self.steer()?,
                 recv(met) -> owner => {
                     if let Ok(owner) = owner {
+                        let addr = owner.addr;
                         self.book.met(self.job.ctx, owner);
+                        self.take_met(addr)?;
                         self.top_up()?;
                     }
                 }
@@ -419,6 +424,21 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             self.rotate(now);
         }
         self.top_up()
+    }
+
+    /// Starts a worker for a peer just met, never tried, even with every owner slot
+    /// taken, up to [`MET_EXTRA`] beyond them: it has just got pieces, so likely nobody
+    /// fetches from it yet, and waiting for a rotation left such peers idle for seconds.
+    fn take_met(&mut self, addr: SocketAddr) -> Result<()> {
+        let max = self.ctx().config.max_owners + MET_EXTRA;
+        if self.paused
+            || self.workers.len() >= max
+            || self.workers.values().any(|l| l.worker.addr == addr)
+            || !self.book.untried(addr, Instant::now())
+        {
+            return Ok(());
+        }
+        self.start(addr, None)
     }
 
     /// Hands `lookup` to the `node-lookup` thread; returns `false` if it is still busy

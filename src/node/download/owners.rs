@@ -224,6 +224,11 @@ impl OwnerBook {
         self.candidates.iter().any(|o| o.addr == addr && o.complete)
     }
 
+    /// Whether `addr` is known, never tried, and may be asked now.
+    pub fn untried(&self, addr: SocketAddr, now: Instant) -> bool {
+        !self.tried.contains(&addr) && self.usable(usize::MAX, now).contains(&addr)
+    }
+
     /// Rests `addr` until `until` (it was replaced, not failed).
     pub fn rest(&mut self, addr: SocketAddr, until: Instant) {
         self.retry_at.insert(addr, until);
@@ -314,6 +319,22 @@ mod tests {
         let listed = [owner(1).addr, owner(2).addr];
         let next = o.next(now, &[], &mut rng);
         assert!(next.is_some_and(|a| listed.contains(&a)), "{next:?}");
+    }
+
+    /// A peer may be started beyond the owner slots only while it is known, untried and
+    /// not resting.
+    #[test]
+    fn only_an_untried_peer_that_may_be_asked_counts_as_untried() {
+        let mut o = book();
+        let now = Instant::now();
+        assert!(!o.untried(owner(10).addr, now), "not known");
+        o.met_except(owner(10), ("me", 1));
+        assert!(o.untried(owner(10).addr, now));
+        o.rest(owner(10).addr, now + Duration::from_secs(10));
+        assert!(!o.untried(owner(10).addr, now), "resting");
+        o.met_except(owner(11), ("me", 1));
+        o.tried(owner(11).addr);
+        assert!(!o.untried(owner(11).addr, now), "tried");
     }
 
     #[test]
