@@ -499,7 +499,18 @@ impl Registry {
                         addr,
                     )
                 };
-                owners.sort_by_cached_key(key);
+                // The best `want` found in linear time, then only those sorted: a search
+                // lists a few owners of swarms that may hold thousands.
+                let mut keyed: Vec<_> = owners.iter().map(|o| (key(o), *o)).collect();
+                if want < keyed.len() {
+                    if want == 0 {
+                        return Vec::new();
+                    }
+                    keyed.select_nth_unstable_by_key(want - 1, |(k, _)| *k);
+                    keyed.truncate(want);
+                }
+                keyed.sort_unstable_by_key(|(k, _)| *k);
+                owners = keyed.into_iter().map(|(_, o)| o).collect();
             }
         }
         owners.truncate(want);
