@@ -232,6 +232,8 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
     let mut failed = 0;
     // With a trace: pieces received by leechers and pieces the seeder sent, per second.
     let (mut held, mut seeded) = (Vec::<u32>::new(), Vec::<u32>::new());
+    // The piece count, from a leecher's first line: "downloading f.bin: N bytes, P pieces, …".
+    let mut pieces = 0u32;
     while finished.len() + failed < n {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok((i, line, at)) = lines.recv_timeout(left) else {
@@ -241,6 +243,16 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         if let Some(log) = log.as_mut() {
             let t = at.saturating_duration_since(began).as_secs_f64();
             let _ = writeln!(log, "{t:.3} {} {line}", hosts[i]);
+        }
+        if pieces == 0
+            && let Some(rest) = line.strip_prefix("downloading f.bin: ")
+        {
+            pieces = rest
+                .split(", ")
+                .nth(1)
+                .and_then(|p| p.strip_suffix(" pieces"))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
         }
         if i >= 2 && line.starts_with("downloaded f.bin") {
             finished.insert(i, at.duration_since(began).as_secs_f64());
@@ -253,7 +265,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         }
     }
     if trace {
-        let pieces = size.div_ceil(256 * 1024) as f64;
+        let pieces = f64::from(pieces.max(1));
         let (mut h, mut s) = (0, 0);
         for sec in 0..held.len().max(seeded.len()) {
             h += held.get(sec).copied().unwrap_or(0);
