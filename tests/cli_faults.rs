@@ -129,8 +129,8 @@ fn a_downloader_killed_and_restarted_finishes_sooner_than_a_fresh_one() {
         cwd,
         Stdio::null(),
     );
-    // Pieces are 256 KiB here: 128 of them. Kill after half, and after a record was saved.
-    c.line_with("[64/128]");
+    // Pieces are 128 KiB here: 256 of them. Kill after half, and after a record was saved.
+    c.line_with("[128/256]");
     wait_until("the resume record", Duration::from_secs(10), || {
         let p = folder.join("f.bin.part.state");
         if p.exists() { Ok(()) } else { Err(p) }
@@ -150,7 +150,7 @@ fn a_downloader_killed_and_restarted_finishes_sooner_than_a_fresh_one() {
         Stdio::null(),
     );
     let start = again.line_with("downloading f.bin");
-    // "downloading f.bin: 33554432 bytes, 128 pieces, 1 owner listed, 66 of them already here"
+    // "downloading f.bin: 33554432 bytes, 256 pieces, 1 owner listed, 130 of them already here"
     let resumed: u32 = start
         .trim()
         .rsplit(", ")
@@ -158,7 +158,7 @@ fn a_downloader_killed_and_restarted_finishes_sooner_than_a_fresh_one() {
         .and_then(|s| s.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap();
-    assert!(resumed >= 64, "{start}");
+    assert!(resumed >= 128, "{start}");
     let done = again.line_with("downloaded f.bin");
     assert!(again.wait(PATIENCE).success());
     assert_same_file(&original, &folder.join("f.bin"));
