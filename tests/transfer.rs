@@ -109,6 +109,37 @@ fn events_number_every_piece_on_both_sides() {
     tracker.shutdown().unwrap();
 }
 
+/// Without piece events, nodes say nothing per piece, yet the download ends the same, its
+/// report and counters whole: a command line that neither prints nor draws them is not
+/// woken thousands of times a second.
+#[test]
+fn piece_events_can_be_turned_off() {
+    let (tracker, _te) = start_tracker();
+    let a = start_node_with("A", tracker.local_addr(), |c| c.piece_events(false));
+    let b = start_node_with("B", tracker.local_addr(), |c| c.piece_events(false));
+    let size = u64::from(PIECE) * 5 + 3;
+    write_random(&a.path("f.bin"), 9, size);
+    a.node.share("f.bin").unwrap();
+    let report = b.node.download("f.bin").unwrap().wait().unwrap();
+    assert_eq!(report.pieces, 6);
+    assert_same_file(&a.path("f.bin"), &b.path("f.bin"));
+    let per_piece = |e: &Event| matches!(e, Event::PieceReceived { .. } | Event::PieceSent { .. });
+    let (a_events, b_events): (Vec<Event>, Vec<Event>) =
+        (a.events.try_iter().collect(), b.events.try_iter().collect());
+    assert!(!a_events.iter().chain(&b_events).any(per_piece));
+    assert!(
+        b_events
+            .iter()
+            .any(|e| matches!(e, Event::DownloadFinished(_))),
+        "{b_events:?}"
+    );
+    assert_eq!(b.node.status().unwrap().counters.bytes_received, size);
+    assert_eq!(a.node.status().unwrap().counters.bytes_sent, size);
+    b.shutdown();
+    a.shutdown();
+    tracker.shutdown().unwrap();
+}
+
 #[test]
 fn an_existing_file_is_never_overwritten() {
     let (tracker, _te) = start_tracker();

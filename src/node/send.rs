@@ -632,11 +632,13 @@ impl<'a> Outbox<'a> {
         if self.sent_files.insert(content) {
             counters.files_sent.fetch_add(1, Ordering::Relaxed);
         }
-        self.ctx.emit(Event::PieceSent {
-            file: shared.name.clone(),
-            piece,
-            to: self.addr,
-        });
+        if self.ctx.config.piece_events {
+            self.ctx.emit(Event::PieceSent {
+                file: shared.name.clone(),
+                piece,
+                to: self.addr,
+            });
+        }
         self.offer()
     }
 

@@ -137,6 +137,14 @@ fn main() -> ExitCode {
         .max_connections(args.max_connections, args.max_connections_per_ip);
     config.upload_limit = args.upload_limit;
     config.download_limit = args.download_limit;
+    // Bars would wipe what a person types at the prompt: lines then instead.
+    let typing = !args.no_prompt && std::io::stdin().is_terminal();
+    let (bars, lines) = (
+        !args.verbose && !typing && std::io::stderr().is_terminal(),
+        !args.verbose && typing,
+    );
+    // Each piece event wakes this thread: asked for only when printed or drawn.
+    config.piece_events = args.verbose || bars || lines;
     match keyflags::load_key(args.key.as_deref()) {
         Ok(key) => config.key = key,
         Err(e) => {
@@ -169,15 +177,7 @@ fn main() -> ExitCode {
     let mut session = Session {
         node,
         verbose: args.verbose,
-        progress: {
-            // Bars would wipe what a person types at the prompt: lines then instead.
-            let typing = !args.no_prompt && std::io::stdin().is_terminal();
-            let quiet = args.verbose;
-            Progress::new(
-                !quiet && !typing && std::io::stderr().is_terminal(),
-                !quiet && typing,
-            )
-        },
+        progress: Progress::new(bars, lines),
         pending: Vec::new(),
         started: 0,
         failures: 0,

@@ -319,6 +319,8 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             }
             if let Some(addr) = addr {
                 *self.received.entry(addr).or_default() += u64::from(bytes);
+            }
+            if let Some(addr) = addr.filter(|_| ctx.config.piece_events) {
                 ctx.emit(Event::PieceReceived {
                     download: self.job.id,
                     file: self.job.file.into(),
