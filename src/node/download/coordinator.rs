@@ -23,7 +23,7 @@
 //!   owner trickling bytes under the silence timeout: that owner is dropped (its pieces go
 //!   to the others) when another live owner holds the piece;
 //! - it tells every owner each piece it verifies (`Have`), at once; when all its owners
-//!   are complete (no swarm to steer), with the next requests to each, [`HAVE_BATCH`] at
+//!   are complete (no swarm to steer), with the next requests to each, 32 at
 //!   a time, or at the next tick;
 //! - once every piece is verified it returns at once; workers still connecting are told to
 //!   stop and do not hold up publishing.
@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select, tick};
+use crossbeam_channel::{Receiver, Sender, select, tick};
 
 use crate::error::{Error, Result, report};
 use crate::tracker::Owners as Listed;
@@ -47,8 +47,9 @@ use super::super::store::SharedFile;
 use super::super::{Ctx, Event, Running};
 use super::owners::OwnerBook;
 use super::pace::Pace;
-use super::worker::{Ask, Job, Report, Worker};
+use super::worker::{Job, Report, Worker};
 
+mod asking;
 mod prune;
 
 use prune::ROTATE_EVERY;
@@ -69,15 +70,6 @@ pub(super) enum Lookup {
     /// Announce this node as a partial owner.
     Announce(Arc<SharedFile>),
 }
-
-/// Pieces verified here and not yet told to a complete owner, at most, while every owner
-/// of the download is complete. Such an owner needs this node's pieces only to offer the
-/// rest, so they wait for the next requests to it, this many, or the next tick: a `Have`
-/// of its own for each piece woke three threads on each side per piece and owner. With a
-/// partial owner among them this node is in a swarm, where a seed's offers steer the
-/// swarm's first copy: everyone is told at once (64 hosts finished 0.01 × S/R later
-/// when the seed heard late).
-const HAVE_BATCH: usize = 32;
 
 /// One worker as the coordinator tracks it.
 struct Live<'s> {
@@ -100,21 +92,6 @@ struct Live<'s> {
     complete: bool,
     /// Pieces verified here that a complete owner has not been told of yet.
     haves: Vec<u32>,
-}
-
-impl Live<'_> {
-    /// Tells the owner of the pieces not yet told; `false` if its queue is full (it is not
-    /// reading it, and is let go).
-    fn flush_haves(&mut self) -> bool {
-        if self.haves.is_empty() || self.leaving {
-            return true;
-        }
-        let haves = std::mem::take(&mut self.haves);
-        !matches!(
-            self.worker.asks.try_send(Ask::Have(haves)),
-            Err(TrySendError::Full(_))
-        )
-    }
 }
 
 /// The coordinator of one download.
@@ -365,27 +342,6 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         self.fill(slot);
     }
 
-    /// Tells every connected owner but the one that sent it (`from`, which counts it as
-    /// held once sent) that this node holds `piece`: now, or with the next requests when
-    /// every owner is complete (see [`HAVE_BATCH`]). A worker whose queue is full is not
-    /// reading it, and is let go.
-    fn tell_all(&mut self, piece: u32, from: usize) {
-        let mut stuck = Vec::new();
-        let only_complete = self.workers.values().all(|l| l.complete);
-        for (&slot, live) in self.workers.iter_mut().filter(|&(&s, _)| s != from) {
-            live.haves.push(piece);
-            if only_complete && live.haves.len() < HAVE_BATCH {
-                continue;
-            }
-            if !live.flush_haves() {
-                stuck.push(slot);
-            }
-        }
-        for slot in stuck {
-            self.let_go(slot);
-        }
-    }
-
     fn on_stopped(&mut self, slot: usize, error: Option<Error>) -> Result<()> {
         let Some(live) = self.workers.remove(&slot) else {
             return Ok(());
@@ -455,14 +411,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             self.poll_gap = (self.poll_gap * 2).min(self.ctx().announce_interval());
             self.next_poll = now + self.poll_gap;
         }
-        let stuck: Vec<usize> = self
-            .workers
-            .iter_mut()
-            .filter_map(|(&slot, live)| (!live.flush_haves()).then_some(slot))
-            .collect();
-        for slot in stuck {
-            self.let_go(slot);
-        }
+        self.flush_all_haves();
         self.drop_slow(now);
         if now.duration_since(self.last_rotation) >= ROTATE_EVERY {
             self.last_rotation = now;
@@ -551,43 +500,6 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             },
         );
         Ok(())
-    }
-
-    /// Requests pieces for `slot` until its pipeline is as deep as its rate needs.
-    fn fill(&mut self, slot: usize) {
-        let Some(live) = self.workers.get_mut(&slot) else {
-            return;
-        };
-        if !live.connected || !live.unchoked || live.leaving {
-            return;
-        }
-        // Topped up once half the pipeline is in, not at every piece: the requests then go
-        // out together, and the owner reads them with one wake-up instead of one each.
-        let depth = live.pace.depth();
-        if live.asked.len() > depth / 2 {
-            return;
-        }
-        let mut stuck = !live.flush_haves();
-        while !stuck && live.asked.len() < depth {
-            let Some(piece) = self.sched.take(slot) else {
-                break;
-            };
-            if live.worker.asks.try_send(Ask::Piece(piece)).is_err() {
-                stuck = true;
-                break;
-            }
-            live.asked.insert(piece, Instant::now());
-        }
-        if stuck {
-            self.let_go(slot);
-        }
-    }
-
-    fn fill_all(&mut self) {
-        let slots: Vec<usize> = self.workers.keys().copied().collect();
-        for slot in slots {
-            self.fill(slot);
-        }
     }
 
     /// Tells a worker to stop: its pieces go back to the others now, and its report of
