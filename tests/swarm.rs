@@ -268,7 +268,12 @@ impl Swarm {
             .iter()
             .zip(downloads)
             .map(|(l, d)| {
-                let report = d.wait().unwrap();
+                // Far past any honest finish: a leecher left with owners that give it
+                // nothing sat until their idle timeout, two minutes.
+                let report = d
+                    .wait_timeout(PATIENCE)
+                    .expect("a leecher stalled")
+                    .unwrap();
                 assert_same_file(&seeder.path("f.bin"), &l.path("f.bin"));
                 report
             })
@@ -884,4 +889,59 @@ fn probe(
         panic!("no bitfield");
     };
     (s, r, info, bits)
+}
+
+/// A seed whose other peers hold every piece leaves those pieces to them, but not at the
+/// cost of a downloader that cannot reach them and gets nothing anywhere else. Here two
+/// peers the tracker does not list tell the seed they hold the whole file, and two
+/// leechers share its one upload slot: one holds the turn while the other waits, so the
+/// uplink is never spare. Offered nothing in every turn, the leechers waited until the
+/// seed's idle timeout closed their connections, two minutes later (at 64 hosts a quarter
+/// of the leechers once sat this way, every owner they had a complete node).
+#[test]
+fn a_downloader_that_gets_nothing_elsewhere_is_fed_though_the_seeds_peers_hold_everything() {
+    use p2ptorrent::messages::{Message, read_frame, write_frame};
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node_with("seeder", tracker.local_addr(), |c| {
+        c.upload_slots(1).upload_limit(MIB / 4)
+    });
+    write_random(&seeder.path("f.bin"), 23, 8 * u64::from(PIECE));
+    seeder.node.share("f.bin").unwrap();
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut s, mut r, info, _) = probe(seeder.node.local_addr(), "f.bin");
+            let all = Message::Bitfield {
+                content: info.content,
+                bits: vec![0xff],
+            };
+            write_frame(&mut s, &all).unwrap();
+            // Answered in order: the answer to this says the bitfield was taken in.
+            let again = Message::SizeRequest {
+                file: "f.bin".into(),
+                hashes: false,
+            };
+            write_frame(&mut s, &again).unwrap();
+            assert!(matches!(read_frame(&mut r), Ok(Some(Message::SizeInfo(_)))));
+            (s, r)
+        })
+        .collect();
+    let leeches: Vec<TestNode> = (0..2)
+        .map(|i| start_node(&format!("L{i}"), tracker.local_addr()))
+        .collect();
+    let downloads: Vec<_> = leeches
+        .iter()
+        .map(|l| l.node.download("f.bin").unwrap())
+        .collect();
+    for (l, d) in leeches.iter().zip(&downloads) {
+        let report = d
+            .wait_timeout(std::time::Duration::from_secs(20))
+            .expect("the download stalled")
+            .unwrap();
+        assert_same_file(&seeder.path("f.bin"), &l.path("f.bin"));
+        eprintln!("{} in {:?}", report.file, report.elapsed);
+    }
+    drop(holders);
+    leeches.into_iter().for_each(TestNode::shutdown);
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
 }

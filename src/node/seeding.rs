@@ -29,9 +29,12 @@
 //!   peer may be waiting for its next turn), so the first copy this node sends covers
 //!   the whole file (super-seeding, from this node's own view). A piece with
 //!   [`ENOUGH_COPIES`] out, counting open offers, that some peer holds is not offered
-//!   at all, since the peer can get it from them; a piece never sent is offered however
-//!   many offers of it are open, so the last pieces of a first copy go to whoever gets
-//!   a turn first. Offers still open when their connection closes are taken back, and a
+//!   at all, since the peer can get it from them (unless the peer has gained no piece,
+//!   from this node or any other, for [`STARVING`]: it may not reach them, and at 64
+//!   hosts a quarter of the leechers once sat two minutes this way, every owner they had
+//!   a complete node that left the pieces to peers they could not reach); a piece
+//!   never sent is offered however many offers of it are open, so the last pieces of a
+//!   first copy go to whoever gets a turn first. Offers still open when their connection closes are taken back, and a
 //!   piece no peer holds is always offerable, so no piece can be stranded by peers that
 //!   left.
 //! - **First copy first.** While some piece has no copy out at all, a request for a piece
@@ -68,6 +71,10 @@ pub(crate) const OFFERS_OPEN: usize = 4;
 pub(crate) const OFFERS_OPEN_SPARE: usize = 8;
 /// A piece with this many copies out is not offered again.
 pub(crate) const ENOUGH_COPIES: u32 = 2;
+/// A peer that has gained no piece for this long, from this node or any other, is offered
+/// what it lacks however many copies are out: the peers holding them may be out of its
+/// reach.
+pub(crate) const STARVING: Duration = Duration::from_secs(2);
 
 /// What a node knows of one complete file's copies in the swarm, per piece.
 #[derive(Debug, Default)]
@@ -269,8 +276,8 @@ impl Turns {
 /// each one chosen.
 ///
 /// A piece that has enough copies out ([`ENOUGH_COPIES`]) is left to the peers that hold it,
-/// unless the uplink has room to `spare` (nobody waits for a turn): upload left idle is
-/// lost, and a peer that cannot reach the others must not starve beside an idle seed.
+/// unless `spare`: the uplink has room to spare (nobody waits for a turn), for upload left
+/// idle is lost, or the peer is starving ([`STARVING`]), for it may not reach the others.
 ///
 /// One pass over the pieces, which stops once `n` pieces nobody has and nobody is offered
 /// are found: a seed serving one fast downloader offers a piece for every piece it sends,

@@ -31,7 +31,7 @@ use crate::session::{LinkWriter, SharedStream};
 
 use super::schedule::Bitfield;
 use super::seeding::{
-    OFFERS_OPEN, OFFERS_OPEN_SPARE, TURN_IDLE, TURN_PIECES, TURN_TIME, pick_offers,
+    OFFERS_OPEN, OFFERS_OPEN_SPARE, STARVING, TURN_IDLE, TURN_PIECES, TURN_TIME, pick_offers,
 };
 use super::serve::JOBS_QUEUED;
 use super::store::SharedFile;
@@ -88,6 +88,10 @@ struct Feed {
     withdrawn: HashSet<u32>,
     /// Whether pieces are offered a few at a time (a complete file) or all told.
     gated: bool,
+    /// When the peer last gained a piece (it said so, or this node began sending it one),
+    /// or the feed began: a peer that gains nothing for [`STARVING`] is offered pieces
+    /// however many copies are out.
+    gained: Instant,
 }
 
 /// The `node-send` thread's state.
@@ -250,6 +254,13 @@ impl<'a> Outbox<'a> {
                     copies.count(&bits, true);
                 }
                 feed.open.retain(|&p| !bits.get(p));
+                if feed
+                    .peer
+                    .as_ref()
+                    .is_some_and(|old| bits.count() > old.count())
+                {
+                    feed.gained = Instant::now();
+                }
                 feed.peer = Some(bits);
                 self.introduce(content);
                 self.offer()
@@ -265,10 +276,11 @@ impl<'a> Outbox<'a> {
                 let peer = feed.peer.get_or_insert_with(|| Bitfield::empty(count));
                 let mut copies = feed.gated.then(|| feed.shared.copies.lock());
                 for &p in &pieces {
-                    if !peer.get(p)
-                        && let Some(c) = copies.as_mut()
-                    {
-                        c.add(p);
+                    if !peer.get(p) {
+                        feed.gained = Instant::now();
+                        if let Some(c) = copies.as_mut() {
+                            c.add(p);
+                        }
                     }
                     peer.set(p);
                     // An offer the peer got elsewhere is free for another.
@@ -400,9 +412,12 @@ impl<'a> Outbox<'a> {
             if room == 0 {
                 continue;
             }
+            // A peer that gains nothing anywhere is offered what it lacks, however many
+            // copies this node's other peers hold: it may not reach them.
+            let relaxed = spare || feed.gained.elapsed() >= STARVING;
             let picked = {
                 let mut copies = feed.shared.copies.lock();
-                pick_offers(&mut copies, peer, &feed.told, room, spare, &mut self.rng)
+                pick_offers(&mut copies, peer, &feed.told, room, relaxed, &mut self.rng)
             };
             for &p in &picked {
                 feed.told.set(p);
@@ -537,6 +552,9 @@ impl<'a> Outbox<'a> {
         }
         if !feed.told.get(piece) || !feed.shared.holds(piece) {
             return self.refuse(format!("piece {piece} was not offered"));
+        }
+        if offset == 0 {
+            feed.gained = Instant::now();
         }
         if offset == 0 && feed.gated {
             // A copy counts as out from its first byte: two peers served at once were both
@@ -731,6 +749,7 @@ impl Feed {
             peer: None,
             open: HashSet::new(),
             withdrawn: HashSet::new(),
+            gained: Instant::now(),
         }
     }
 }
