@@ -198,6 +198,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// An owner does not share the file it was asked about: not yet (a tracker can list a
+    /// node before its download has the piece list) or no longer. Unlike a broken
+    /// protocol, this may pass: the owner is asked again after a backoff.
+    #[error("peer {addr} does not share {file}: {reason}")]
+    NotShared {
+        /// The owner's address.
+        addr: SocketAddr,
+        /// The file asked about.
+        file: String,
+        /// The owner's stated reason.
+        reason: String,
+    },
+
     /// A piece failed verification.
     #[error("piece {piece} of {file} from {addr} failed verification")]
     HashMismatch {

@@ -481,6 +481,11 @@ fn a_downloader_fetches_from_a_peer_that_connected_to_it() {
     seeder.node.share("f.bin").unwrap();
     let a = start_node("A", t1.local_addr());
     let a_download = a.node.download("f.bin").unwrap();
+    // A serves the file once it holds a piece; listed at T2 before that, it refused B,
+    // and B gave up on it (on a loaded machine, one run in ten).
+    wait_event(&a.events, PATIENCE, |e| {
+        matches!(e, p2ptorrent::Event::PieceReceived { .. }).then_some(())
+    });
 
     let b = start_node("B", t2.local_addr());
     plant_part(&b, &seeder.path("f.bin"), "f.bin", 16..32);
@@ -515,6 +520,87 @@ fn a_downloader_fetches_from_a_peer_that_connected_to_it() {
     }
     t1.shutdown().unwrap();
     t2.shutdown().unwrap();
+}
+
+/// A tracker can list a node before its download has the piece list to serve (here the
+/// test announces it): the node refuses, "not shared", and the downloader asks it again
+/// after a backoff instead of giving up on it, which left the download with no owner.
+#[test]
+fn an_owner_listed_before_it_serves_the_file_is_asked_again() {
+    let (t1, _e1) = tracker_with_interval(1);
+    let (t2, _e2) = tracker_with_interval(1);
+    let seeder = start_node("seeder", t1.local_addr());
+    write_random(&seeder.path("f.bin"), 25, 8 * u64::from(PIECE));
+    seeder.node.share("f.bin").unwrap();
+    let a = start_node("A", t1.local_addr());
+    let manifest =
+        p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
+    p2ptorrent::TrackerClient::new(t2.local_addr())
+        .announce(p2ptorrent::messages::Announce {
+            node: "A".into(),
+            port: a.node.local_addr().port(),
+            file: "f.bin".into(),
+            content: manifest.content(),
+            size: manifest.size(),
+            pieces: 8,
+            complete: true,
+            counters: p2ptorrent::messages::Counters::default(),
+        })
+        .unwrap();
+    let b = start_node("B", t2.local_addr());
+    let b_download = b.node.download("f.bin").unwrap();
+    let refusal = wait_event(&b.events, PATIENCE, |e| match e {
+        p2ptorrent::Event::OwnerFailed { error, .. } => Some(error.clone()),
+        _ => None,
+    });
+    assert!(refusal.contains("does not share"), "{refusal}");
+    a.node.download("f.bin").unwrap().wait().unwrap();
+    let report = b_download.wait().unwrap();
+    assert_same_file(&seeder.path("f.bin"), &b.path("f.bin"));
+    assert_eq!(report.from.len(), 1, "{:?}", report.from);
+    for node in [a, b, seeder] {
+        node.shutdown();
+    }
+    t1.shutdown().unwrap();
+    t2.shutdown().unwrap();
+}
+
+/// A complete owner that unchokes a downloader and never offers it a piece does not hold
+/// the download, though complete owners are otherwise kept for their place in line: once
+/// nothing has arrived for a while, it is replaced by an owner waiting to be tried, even
+/// with one owner slot. (It held the slot until it closed the connection; at 64 hosts
+/// leechers whose every owner was such a seed sat two minutes.)
+#[test]
+fn a_complete_owner_that_offers_nothing_is_replaced_once_the_download_stalls() {
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    write_random(&seeder.path("f.bin"), 27, 8 * u64::from(PIECE));
+    // The only owner listed when the download starts: it takes the one owner slot.
+    let fake = FakeOwner::start(
+        &seeder.path("f.bin"),
+        "f.bin",
+        tracker.local_addr(),
+        Behaviour::OffersNothing,
+    );
+    let leech = start_node_with("leech", tracker.local_addr(), |c| c.max_owners(1));
+    let download = leech.node.download("f.bin").unwrap();
+    wait_event(&leech.events, PATIENCE, |e| {
+        matches!(e, p2ptorrent::Event::DownloadStarted { .. }).then_some(())
+    });
+    seeder.node.share("f.bin").unwrap();
+    let report = download
+        .wait_timeout(std::time::Duration::from_secs(30))
+        .expect("the download stalled behind the owner that offers nothing")
+        .unwrap();
+    assert_same_file(&seeder.path("f.bin"), &leech.path("f.bin"));
+    assert_eq!(
+        report.from,
+        [(seeder.node.local_addr(), 8 * u64::from(PIECE))]
+    );
+    drop(fake);
+    leech.shutdown();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
 }
 
 /// An owner that keeps a downloader choked and sends nothing is replaced by one waiting to

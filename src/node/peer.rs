@@ -133,8 +133,9 @@ impl<'a> PeerConn<'a> {
     ///
     /// # Errors
     ///
-    /// [`Error::Peer`] if the peer refuses or answers with anything else, or with a
-    /// bitfield that does not fit the file.
+    /// [`Error::NotShared`] if the peer does not share the file, [`Error::Peer`] if it
+    /// rejects the request or answers with anything else, or with a bitfield that does not
+    /// fit the file.
     pub fn size_info(&mut self, file: &str, hashes: bool) -> Result<(SizeInformation, Bitfield)> {
         self.ask_size_info(file, hashes)?;
         self.flush()?;
@@ -163,7 +164,14 @@ impl<'a> PeerConn<'a> {
         // The one frame that may be large: it carries the piece hashes when asked for.
         let info = match self.read_within(MAX_FRAME_LEN)? {
             Message::SizeInfo(info) => info,
-            Message::Refused { reason, .. } | Message::Reject { reason } => {
+            Message::Refused { file, reason } => {
+                return Err(Error::NotShared {
+                    addr: self.addr,
+                    file: crate::messages::shown(&file),
+                    reason: crate::messages::shown(&reason),
+                });
+            }
+            Message::Reject { reason } => {
                 return Err(Error::Peer {
                     addr: self.addr,
                     reason,

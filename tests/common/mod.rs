@@ -251,6 +251,9 @@ pub enum Behaviour {
     /// Lists itself as a partial owner holding every piece and never unchokes: a line
     /// that never moves.
     NeverUnchoke,
+    /// Lists itself as a complete owner, unchokes every downloader and never offers it a
+    /// piece: a seed that leaves every piece to peers the downloader cannot reach.
+    OffersNothing,
     /// Serves every request faithfully, and counts the `Have`s it is sent for pieces it
     /// sent itself ([`FakeOwner::told_back`]).
     Honest,
@@ -368,8 +371,12 @@ fn fake_serve(
                 if behaviour == Behaviour::ForgedPieceList && !info.hashes.is_empty() {
                     info.hashes[0] = [0xAA; 32];
                 }
-                let bits = vec![0xFF; manifest.piece_count().div_ceil(8) as usize];
-                let mut bits = bits;
+                let all = if behaviour == Behaviour::OffersNothing {
+                    0x00
+                } else {
+                    0xFF
+                };
+                let mut bits = vec![all; manifest.piece_count().div_ceil(8) as usize];
                 let spare = bits.len() as u32 * 8 - manifest.piece_count();
                 if let Some(last) = bits.last_mut() {
                     *last &= 0xFFu8 << spare;

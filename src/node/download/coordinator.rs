@@ -18,7 +18,9 @@
 //! - every [`ROTATE_EVERY`] it replaces the owner that delivered least (one that kept it
 //!   choked and sent nothing counts as least), if another is waiting to be tried, and
 //!   drops owners that hold nothing it lacks: an owner that has just got its first pieces
-//!   finds downloaders within a second or two, however full their owner slots were;
+//!   finds downloaders within a second or two, however full their owner slots were.
+//!   Complete owners are kept while the download moves (they serve in turns, and leaving
+//!   loses the place in line), but not once nothing has arrived for a while;
 //! - a piece in flight at one owner far longer than pieces take elsewhere is a sign of an
 //!   owner trickling bytes under the silence timeout: that owner is dropped (its pieces go
 //!   to the others) when another live owner holds the piece;
@@ -121,6 +123,8 @@ pub(super) struct Coordinator<'s, 'd> {
     last_rotation: Instant,
     /// Median seconds per piece over recent pieces, for spotting slow owners.
     piece_secs: Vec<f64>,
+    /// When a piece was last verified here (or the download began).
+    progressed: Instant,
     rng: fastrand::Rng,
     /// Paused by the handle: no owner is asked for anything, and the partial file is not
     /// served, until resumed.
@@ -162,6 +166,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             next_announce: now,
             last_rotation: now,
             piece_secs: Vec::new(),
+            progressed: now,
             rng: fastrand::Rng::new(),
             paused: false,
         }
@@ -310,6 +315,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         if !written {
             self.sched.landed_elsewhere(slot, piece);
         } else if self.sched.complete(slot, piece) {
+            self.progressed = now;
             let ctx = self.ctx();
             if let Some(p) = &self.partial {
                 p.mark(piece);

@@ -35,8 +35,9 @@ const MAX_REASONS: usize = 64;
 /// again as complete where it was partial: a busy leecher whose uplink dropped the
 /// handshakes is the best source there is once it has finished. One that sends a piece
 /// that fails verification is retried once more and dropped for good at the second
-/// ([`MAX_BAD_PIECES`]). One that breaks the protocol or refuses the file is dropped at
-/// once.
+/// ([`MAX_BAD_PIECES`]). One that breaks the protocol is dropped at once; one that says it
+/// does not share the file is retried like one that timed out (a tracker can list a node
+/// before its download has the piece list to serve).
 #[derive(Debug, Default)]
 pub(super) struct OwnerBook {
     /// Every owner heard of, best first.
@@ -267,6 +268,39 @@ mod tests {
             op: "connecting",
             source: std::io::ErrorKind::ConnectionRefused.into(),
         }
+    }
+
+    /// An owner that does not share the file yet is asked again after a backoff, and
+    /// given up on after [`MAX_FAILURES`] refusals like any failure that may pass; one
+    /// that breaks the protocol is not asked again.
+    #[test]
+    fn an_owner_not_sharing_the_file_yet_is_retried_one_breaking_the_protocol_is_not() {
+        let mut o = book();
+        let now = Instant::now();
+        let not_yet = Error::NotShared {
+            addr: owner(1).addr,
+            file: "f".into(),
+            reason: "not shared by this node".into(),
+        };
+        o.failed(owner(1).addr, &not_yet, now);
+        o.failed(
+            owner(2).addr,
+            &Error::Peer {
+                addr: owner(2).addr,
+                reason: "nonsense".into(),
+            },
+            now,
+        );
+        assert_eq!(o.usable(9, now), Vec::<SocketAddr>::new());
+        assert_eq!(o.next_retry(now), Some(now + BACKOFF));
+        assert_eq!(o.usable(9, now + BACKOFF), [owner(1).addr]);
+        for _ in 1..MAX_FAILURES {
+            o.failed(owner(1).addr, &not_yet, now);
+        }
+        assert_eq!(
+            o.usable(9, now + Duration::from_secs(3600)),
+            Vec::<SocketAddr>::new()
+        );
     }
 
     /// A host that connects from many ports, each time naming another port it claims to

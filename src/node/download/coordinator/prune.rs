@@ -1,6 +1,7 @@
 //! Which owners a download lets go, beyond those that fail: the one that delivered least
-//! (or kept it waiting in a line that did not move), those holding nothing it lacks, and
-//! one that holds a piece far longer than pieces take elsewhere. Part of the
+//! (or kept it waiting in a line that did not move), those holding nothing it lacks
+//! (complete owners too, once the download has stalled), and one that holds a piece far
+//! longer than pieces take elsewhere. Part of the
 //! [`Coordinator`], which calls [`Coordinator::drop_slow`] and [`Coordinator::rotate`] on
 //! its tick; the owners let go rest before they may be tried again.
 
@@ -23,6 +24,11 @@ use super::Coordinator;
 pub(super) const ROTATE_EVERY: Duration = Duration::from_secs(1);
 /// How long a replaced owner rests before it may be tried again.
 const REST: Duration = Duration::from_secs(10);
+/// With no piece verified for this long, complete owners that sent nothing are replaced
+/// too: a seed that offers a downloader nothing (it leaves the pieces to peers this node
+/// may not reach, or it lies) would otherwise hold an owner slot for as long as it keeps
+/// the connection open.
+const STALLED: Duration = Duration::from_secs(5);
 /// A piece in flight this many times longer than the median piece takes (and at least the
 /// peer timeout) marks its owner as too slow to keep.
 const SLOW_FACTOR: u32 = 8;
@@ -91,7 +97,9 @@ impl Coordinator<'_, '_> {
         if waiting == 0 {
             return;
         }
-        // Complete owners are kept: they serve in turns, and leaving loses the place in line.
+        // Complete owners are kept while pieces arrive: they serve in turns, and leaving
+        // loses the place in line. A line that gave nothing for STALLED is worth nothing.
+        let stalled = now.duration_since(self.progressed) >= STALLED;
         let settled: Vec<(usize, u64, bool)> = self
             .workers
             .iter()
@@ -99,7 +107,7 @@ impl Coordinator<'_, '_> {
                 l.connected
                     && !l.leaving
                     && now.duration_since(l.started) >= ROTATE_EVERY
-                    && !self.book.is_complete(l.worker.addr)
+                    && (stalled || !self.book.is_complete(l.worker.addr))
             })
             .map(|(&slot, l)| (slot, l.bytes, self.sched.useful(slot)))
             .collect();
