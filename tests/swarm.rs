@@ -489,20 +489,14 @@ fn a_downloader_fetches_from_a_peer_that_connected_to_it() {
 
     let b = start_node("B", t2.local_addr());
     plant_part(&b, &seeder.path("f.bin"), "f.bin", 16..32);
-    let manifest =
-        p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
-    p2ptorrent::TrackerClient::new(t2.local_addr())
-        .announce(p2ptorrent::messages::Announce {
-            node: "A".into(),
-            port: a.node.local_addr().port(),
-            file: "f.bin".into(),
-            content: manifest.content(),
-            size: manifest.size(),
-            pieces: 1,
-            complete: false,
-            counters: p2ptorrent::messages::Counters::default(),
-        })
-        .unwrap();
+    announce_as(
+        t2.local_addr(),
+        "A",
+        a.node.local_addr().port(),
+        &seeder.path("f.bin"),
+        1,
+        false,
+    );
     let b_download = b.node.download("f.bin").unwrap();
 
     let report = a_download.wait().unwrap();
@@ -533,20 +527,14 @@ fn an_owner_listed_before_it_serves_the_file_is_asked_again() {
     write_random(&seeder.path("f.bin"), 25, 8 * u64::from(PIECE));
     seeder.node.share("f.bin").unwrap();
     let a = start_node("A", t1.local_addr());
-    let manifest =
-        p2ptorrent::manifest::Manifest::from_file(&seeder.path("f.bin"), Some(PIECE)).unwrap();
-    p2ptorrent::TrackerClient::new(t2.local_addr())
-        .announce(p2ptorrent::messages::Announce {
-            node: "A".into(),
-            port: a.node.local_addr().port(),
-            file: "f.bin".into(),
-            content: manifest.content(),
-            size: manifest.size(),
-            pieces: 8,
-            complete: true,
-            counters: p2ptorrent::messages::Counters::default(),
-        })
-        .unwrap();
+    announce_as(
+        t2.local_addr(),
+        "A",
+        a.node.local_addr().port(),
+        &seeder.path("f.bin"),
+        8,
+        true,
+    );
     let b = start_node("B", t2.local_addr());
     let b_download = b.node.download("f.bin").unwrap();
     let refusal = wait_event(&b.events, PATIENCE, |e| match e {
@@ -934,6 +922,31 @@ fn a_seed_sends_no_second_copy_while_a_piece_has_none() {
     drop((a, ar, b, br));
     seeder.shutdown();
     tracker.shutdown().unwrap();
+}
+
+/// Announces node `name`, serving on `port`, to `tracker` as an owner of `f.bin` (the file
+/// at `path`) holding `pieces` pieces, `complete` or not: a listing the node did not make.
+fn announce_as(
+    tracker: std::net::SocketAddr,
+    name: &str,
+    port: u16,
+    path: &std::path::Path,
+    pieces: u32,
+    complete: bool,
+) {
+    let manifest = p2ptorrent::manifest::Manifest::from_file(path, Some(PIECE)).unwrap();
+    p2ptorrent::TrackerClient::new(tracker)
+        .announce(p2ptorrent::messages::Announce {
+            node: name.into(),
+            port,
+            file: "f.bin".into(),
+            content: manifest.content(),
+            size: manifest.size(),
+            pieces,
+            complete,
+            counters: p2ptorrent::messages::Counters::default(),
+        })
+        .unwrap();
 }
 
 /// Connects to the node at `addr` as a downloader would and asks about `file`: returns the
