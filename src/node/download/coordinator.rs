@@ -53,6 +53,7 @@ use super::worker::{Job, Report, Worker};
 
 mod asking;
 mod prune;
+mod steer;
 
 use prune::ROTATE_EVERY;
 
@@ -522,53 +523,6 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         self.fill_all();
     }
 
-    /// Tells every worker to stop.
-    /// Follows the handle's wish: pausing lets every owner go, saves the resume record and
-    /// stops serving the partial file; resuming serves it again, announces it and starts
-    /// owners afresh. What is verified stays in the schedule either way.
-    fn steer(&mut self) -> Result<()> {
-        let wanted = self
-            .running
-            .as_ref()
-            .is_some_and(|r| r.paused.load(Ordering::SeqCst));
-        if wanted == self.paused {
-            return Ok(());
-        }
-        self.paused = wanted;
-        let ctx = self.ctx();
-        let file = self.job.file;
-        if wanted {
-            self.stop_all();
-            self.record();
-            if let Some(partial) = &self.partial {
-                ctx.store.withdraw(partial);
-            }
-            ctx.emit(Event::DownloadPaused {
-                download: self.job.id,
-                file: file.into(),
-                verified: self.sched.done_count(),
-            });
-            return Ok(());
-        }
-        self.partial = ctx.store.insert_partial(
-            file,
-            self.job.part.path().to_owned(),
-            self.job.manifest.clone(),
-            self.sched.done_bitfield(),
-        );
-        let now = Instant::now();
-        (self.next_announce, self.next_poll, self.announced) = (now, now, 0);
-        // Owners let go by the pause are not failures: ask them again at once.
-        self.book.asked_again = false;
-        ctx.emit(Event::DownloadResumed {
-            download: self.job.id,
-            file: file.into(),
-        });
-        self.top_up()?;
-        self.fill_all();
-        Ok(())
-    }
-
     /// Publishes the piece bytes asked of owners and not yet received, for the node's
     /// metrics.
     fn count_in_flight(&self) {
@@ -583,6 +537,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
         run.in_flight.store(in_flight, Ordering::Relaxed);
     }
 
+    /// Tells every worker to stop; their reports of stopping are not failures.
     fn stop_all(&mut self) {
         let slots: Vec<usize> = self.workers.keys().copied().collect();
         for slot in slots {
@@ -591,23 +546,6 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 let (dead, _) = crossbeam_channel::bounded(0);
                 live.worker.asks = dead;
             }
-        }
-    }
-
-    /// Saves the resume record if pieces were verified since the last one. A failure is
-    /// reported and not fatal: a resumed download verifies every piece anyway.
-    fn record(&mut self) {
-        let done = self.sched.done_bitfield();
-        if done.count() == self.recorded || done.count() == done.len() {
-            return;
-        }
-        match self.job.part.save_record(&done) {
-            Ok(()) => self.recorded = done.count(),
-            Err(e) => self.ctx().emit(Event::RecordFailed {
-                download: self.job.id,
-                file: self.job.file.into(),
-                error: format!("saving {}: {e}", self.job.part.record_path().display()),
-            }),
         }
     }
 }
