@@ -98,36 +98,41 @@ impl Coordinator<'_, '_> {
             return;
         }
         // Complete owners are kept while pieces arrive: they serve in turns, and leaving
-        // loses the place in line. A line that gave nothing for STALLED is worth nothing.
+        // loses the place in line. Once nothing has arrived for STALLED, those that hold
+        // nothing this node lacks go too; one still sending a piece is never the slowest.
         let stalled = now.duration_since(self.progressed) >= STALLED;
-        let settled: Vec<(usize, u64, bool)> = self
+        let settled: Vec<(usize, u64, bool, bool)> = self
             .workers
             .iter()
             .filter(|(_, l)| {
-                l.connected
-                    && !l.leaving
-                    && now.duration_since(l.started) >= ROTATE_EVERY
-                    && (stalled || !self.book.is_complete(l.worker.addr))
+                l.connected && !l.leaving && now.duration_since(l.started) >= ROTATE_EVERY
             })
-            .map(|(&slot, l)| (slot, l.bytes, self.sched.useful(slot)))
+            .map(|(&slot, l)| {
+                let complete = self.book.is_complete(l.worker.addr);
+                (slot, l.bytes, self.sched.useful(slot), complete)
+            })
             .collect();
         let mut gone: Vec<usize> = settled
             .iter()
-            .filter(|(_, bytes, useful)| *bytes == 0 && !useful)
+            .filter(|&&(_, bytes, useful, complete)| {
+                bytes == 0 && !useful && (stalled || !complete)
+            })
             .map(|(slot, ..)| *slot)
             .take(waiting)
             .collect();
-        // The slowest of those serving now, or one whose line has not moved since the last
-        // rotation (it keeps this node choked and sent nothing): a place in a line that does
-        // not move is worth less than a try of an owner nobody fetches from yet.
+        // The slowest partial owner serving now, or one whose line has not moved since the
+        // last rotation (it keeps this node choked and sent nothing): a place in a line that
+        // does not move is worth less than a try of an owner nobody fetches from yet.
         let slowest = settled
             .iter()
-            .filter(|(slot, bytes, _)| {
-                self.workers
-                    .get(slot)
-                    .is_some_and(|l| l.unchoked || *bytes == 0)
+            .filter(|&&(slot, bytes, _, complete)| {
+                !complete
+                    && self
+                        .workers
+                        .get(&slot)
+                        .is_some_and(|l| l.unchoked || bytes == 0)
             })
-            .min_by_key(|(_, bytes, _)| *bytes);
+            .min_by_key(|(_, bytes, ..)| *bytes);
         if gone.is_empty()
             && self.workers.len() >= self.ctx().config.max_owners
             && let Some((slot, ..)) = slowest
