@@ -553,11 +553,11 @@ fn an_owner_listed_before_it_serves_the_file_is_asked_again() {
     t2.shutdown().unwrap();
 }
 
-/// A complete owner that unchokes a downloader and never offers it a piece does not hold
-/// the download, though complete owners are otherwise kept for their place in line: once
-/// nothing has arrived for a while, it is replaced by an owner waiting to be tried, even
-/// with one owner slot. (It held the slot until it closed the connection; at 64 hosts
-/// leechers whose every owner was such a seed sat two minutes.)
+/// A complete owner that keeps a downloader waiting and never offers it a piece does not
+/// hold the download, though complete owners are otherwise kept for their place in line:
+/// once nothing has arrived for a while, it is replaced by an owner waiting to be tried,
+/// even with one owner slot. (It held the slot until it closed the connection; at 64 hosts
+/// leechers whose every owner was a seed offering nothing sat two minutes.)
 #[test]
 fn a_complete_owner_that_offers_nothing_is_replaced_once_the_download_stalls() {
     let (tracker, _te) = start_tracker();
@@ -568,7 +568,7 @@ fn a_complete_owner_that_offers_nothing_is_replaced_once_the_download_stalls() {
         &seeder.path("f.bin"),
         "f.bin",
         tracker.local_addr(),
-        Behaviour::OffersNothing,
+        Behaviour::SilentSeed,
     );
     let leech = start_node_with("leech", tracker.local_addr(), |c| c.max_owners(1));
     let download = leech.node.download("f.bin").unwrap();
@@ -588,6 +588,50 @@ fn a_complete_owner_that_offers_nothing_is_replaced_once_the_download_stalls() {
     drop(fake);
     leech.shutdown();
     seeder.shutdown();
+    tracker.shutdown().unwrap();
+}
+
+/// A complete owner that gives a downloader its turn and offers nothing in it is telling
+/// the downloader to get those pieces elsewhere: it is replaced by an owner waiting to be
+/// tried even while the download moves (here slowly, from a capped seed), not kept for
+/// its place in line. Kept, it held one of two owner slots to the end, and the fast seed
+/// that arrived meanwhile was never asked.
+#[test]
+fn a_complete_owner_that_offers_nothing_in_its_turn_is_replaced_while_the_download_moves() {
+    let (tracker, _te) = start_tracker();
+    let slow = start_node_with("slow", tracker.local_addr(), |c| c.upload_limit(MIB / 4));
+    write_random(&slow.path("f.bin"), 29, 32 * u64::from(PIECE));
+    slow.node.share("f.bin").unwrap();
+    let fake = FakeOwner::start(
+        &slow.path("f.bin"),
+        "f.bin",
+        tracker.local_addr(),
+        Behaviour::OffersNothing,
+    );
+    let leech = start_node_with("leech", tracker.local_addr(), |c| c.max_owners(2));
+    let download = leech.node.download("f.bin").unwrap();
+    wait_event(&leech.events, PATIENCE, |e| {
+        matches!(e, p2ptorrent::Event::DownloadStarted { .. }).then_some(())
+    });
+    let fast = start_node("fast", tracker.local_addr());
+    std::fs::copy(slow.path("f.bin"), fast.path("f.bin")).unwrap();
+    fast.node.share("f.bin").unwrap();
+    let report = download.wait_timeout(PATIENCE).expect("stalled").unwrap();
+    assert_same_file(&slow.path("f.bin"), &leech.path("f.bin"));
+    let from_fast = report
+        .from
+        .iter()
+        .find(|(addr, _)| *addr == fast.node.local_addr())
+        .map_or(0, |(_, bytes)| *bytes);
+    assert!(
+        from_fast > 0,
+        "the fast seed was never asked: {:?}",
+        report.from
+    );
+    drop(fake);
+    for node in [leech, fast, slow] {
+        node.shutdown();
+    }
     tracker.shutdown().unwrap();
 }
 

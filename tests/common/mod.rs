@@ -254,6 +254,9 @@ pub enum Behaviour {
     /// Lists itself as a complete owner, unchokes every downloader and never offers it a
     /// piece: a seed that leaves every piece to peers the downloader cannot reach.
     OffersNothing,
+    /// Lists itself as a complete owner, offers nothing and never unchokes: a seed whose
+    /// line never reaches the downloader.
+    SilentSeed,
     /// Serves every request faithfully, and counts the `Have`s it is sent for pieces it
     /// sent itself ([`FakeOwner::told_back`]).
     Honest,
@@ -371,7 +374,7 @@ fn fake_serve(
                 if behaviour == Behaviour::ForgedPieceList && !info.hashes.is_empty() {
                     info.hashes[0] = [0xAA; 32];
                 }
-                let all = if behaviour == Behaviour::OffersNothing {
+                let all = if matches!(behaviour, Behaviour::OffersNothing | Behaviour::SilentSeed) {
                     0x00
                 } else {
                     0xFF
@@ -445,7 +448,11 @@ fn fake_serve(
                 }
             }
             // What the downloader holds: this owner serves it at once, whatever it holds.
-            Message::Bitfield { .. } if behaviour == Behaviour::NeverUnchoke => true,
+            Message::Bitfield { .. }
+                if matches!(behaviour, Behaviour::NeverUnchoke | Behaviour::SilentSeed) =>
+            {
+                true
+            }
             Message::Bitfield { .. } => write_frame(&mut w, &Message::Unchoke).is_ok(),
             Message::Have { pieces, .. } => {
                 let back = pieces.iter().filter(|p| sent_here.contains(p)).count();

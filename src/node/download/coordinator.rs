@@ -19,8 +19,9 @@
 //!   choked and sent nothing counts as least), if another is waiting to be tried, and
 //!   drops owners that hold nothing it lacks: an owner that has just got its first pieces
 //!   finds downloaders within a second or two, however full their owner slots were.
-//!   Complete owners are kept while the download moves (they serve in turns, and leaving
-//!   loses the place in line), but not once nothing has arrived for a while;
+//!   Complete owners are kept while they may yet give (they serve in turns, and leaving
+//!   loses the place in line), but not one that gave this node its turn and offered
+//!   nothing it lacks, nor any that sent nothing once nothing has arrived for a while;
 //! - a piece in flight at one owner far longer than pieces take elsewhere is a sign of an
 //!   owner trickling bytes under the silence timeout: that owner is dropped (its pieces go
 //!   to the others) when another live owner holds the piece;
@@ -79,8 +80,8 @@ struct Live<'s> {
     worker: Worker<'s>,
     /// Whether its owner has said what it holds.
     connected: bool,
-    /// Whether its owner takes new requests (it unchoked this connection).
-    unchoked: bool,
+    /// Whether its owner takes new requests (it unchoked this connection), and since when.
+    unchoked: Option<Instant>,
     /// Requests sent and not answered, with when each was sent.
     asked: HashMap<u32, Instant>,
     pace: Pace,
@@ -269,7 +270,11 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             }
             Report::Choked { slot, choked } => {
                 if let Some(live) = self.workers.get_mut(&slot) {
-                    live.unchoked = !choked;
+                    live.unchoked = match (choked, live.unchoked) {
+                        (true, _) => None,
+                        (false, Some(since)) => Some(since),
+                        (false, None) => Some(Instant::now()),
+                    };
                 }
                 self.fill(slot);
             }
@@ -495,7 +500,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
             Live {
                 worker,
                 connected: false,
-                unchoked: false,
+                unchoked: None,
                 asked: HashMap::new(),
                 pace: Pace::new(depth, piece),
                 bytes: 0,

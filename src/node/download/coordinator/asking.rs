@@ -60,7 +60,7 @@ impl Coordinator<'_, '_> {
         let Some(live) = self.workers.get_mut(&slot) else {
             return;
         };
-        if !live.connected || !live.unchoked || live.leaving {
+        if !live.connected || live.unchoked.is_none() || live.leaving {
             return;
         }
         // Topped up once half the pipeline is in, not at every piece: the requests then go

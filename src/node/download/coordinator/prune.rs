@@ -29,6 +29,10 @@ const REST: Duration = Duration::from_secs(10);
 /// may not reach, or it lies) would otherwise hold an owner slot for as long as it keeps
 /// the connection open.
 const STALLED: Duration = Duration::from_secs(5);
+/// How long after its unchoke a complete owner that has offered nothing this node lacks
+/// counts as declining: its offers follow the unchoke at once, so this is a margin for them
+/// to arrive.
+const OFFER_GRACE: Duration = Duration::from_millis(500);
 /// A piece in flight this many times longer than the median piece takes (and at least the
 /// peer timeout) marks its owner as too slow to keep.
 const SLOW_FACTOR: u32 = 8;
@@ -97,9 +101,12 @@ impl Coordinator<'_, '_> {
         if waiting == 0 {
             return;
         }
-        // Complete owners are kept while pieces arrive: they serve in turns, and leaving
-        // loses the place in line. Once nothing has arrived for STALLED, those that hold
-        // nothing this node lacks go too; one still sending a piece is never the slowest.
+        // Complete owners are kept while they may yet give: they serve in turns, and leaving
+        // loses the place in line. One that holds nothing this node lacks goes too once
+        // nothing has arrived for STALLED, or once it has given this node its turn and
+        // offered nothing in it: it leaves those pieces to peers it expects this node to
+        // reach, so this node looks for them. One still sending a piece is never the
+        // slowest.
         let stalled = now.duration_since(self.progressed) >= STALLED;
         let settled: Vec<(usize, u64, bool, bool)> = self
             .workers
@@ -109,14 +116,20 @@ impl Coordinator<'_, '_> {
             })
             .map(|(&slot, l)| {
                 let complete = self.book.is_complete(l.worker.addr);
-                (slot, l.bytes, self.sched.useful(slot), complete)
+                let declined = l
+                    .unchoked
+                    .is_some_and(|since| now.duration_since(since) >= OFFER_GRACE);
+                (
+                    slot,
+                    l.bytes,
+                    self.sched.useful(slot),
+                    !complete || stalled || declined,
+                )
             })
             .collect();
         let mut gone: Vec<usize> = settled
             .iter()
-            .filter(|&&(_, bytes, useful, complete)| {
-                bytes == 0 && !useful && (stalled || !complete)
-            })
+            .filter(|&&(_, bytes, useful, may_go)| bytes == 0 && !useful && may_go)
             .map(|(slot, ..)| *slot)
             .take(waiting)
             .collect();
@@ -125,12 +138,10 @@ impl Coordinator<'_, '_> {
         // does not move is worth less than a try of an owner nobody fetches from yet.
         let slowest = settled
             .iter()
-            .filter(|&&(slot, bytes, _, complete)| {
-                !complete
-                    && self
-                        .workers
-                        .get(&slot)
-                        .is_some_and(|l| l.unchoked || bytes == 0)
+            .filter(|&&(slot, bytes, ..)| {
+                self.workers.get(&slot).is_some_and(|l| {
+                    !self.book.is_complete(l.worker.addr) && (l.unchoked.is_some() || bytes == 0)
+                })
             })
             .min_by_key(|(_, bytes, ..)| *bytes);
         if gone.is_empty()
