@@ -145,7 +145,7 @@ impl Download {
     }
 }
 
-/// One download while it runs, for [`Status`], and how its handle steers it.
+/// One download while it runs, for [`Status`](super::Status), and how its handle steers it.
 #[derive(Debug)]
 pub(crate) struct Running {
     /// The download's id: a handle acts only on the entry with its own.

@@ -89,7 +89,8 @@ struct Feed {
     /// Whether pieces are offered a few at a time (a complete file) or all told.
     gated: bool,
     /// When the peer last gained a piece (it said so, or this node began sending it one),
-    /// or the feed began: a peer that gains nothing for [`STARVING`] is offered pieces
+    /// or the feed began: a peer that gains nothing for
+    /// [`STARVING`](super::seeding::STARVING) is offered pieces
     /// however many copies are out.
     gained: Instant,
 }

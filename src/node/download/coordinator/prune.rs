@@ -1,7 +1,7 @@
 //! Which owners a download lets go, beyond those that fail: the one that delivered least
 //! (or kept it waiting in a line that did not move), those holding nothing it lacks
-//! (complete owners too, once the download has stalled), and one that holds a piece far
-//! longer than pieces take elsewhere. Part of the
+//! (complete owners too, once one has offered nothing in this node's turn or the download
+//! has stalled), and one that holds a piece far longer than pieces take elsewhere. Part of the
 //! [`Coordinator`], which calls [`Coordinator::drop_slow`] and [`Coordinator::rotate`] on
 //! its tick; the owners let go rest before they may be tried again.
 
