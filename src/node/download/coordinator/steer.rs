@@ -46,6 +46,8 @@ impl Coordinator<'_, '_> {
         );
         let now = Instant::now();
         (self.next_announce, self.next_poll, self.announced) = (now, now, 0);
+        // The pause was not a stall: owners started now get their time to give.
+        self.progressed = now;
         // Owners let go by the pause are not failures: ask them again at once.
         self.book.asked_again = false;
         ctx.emit(Event::DownloadResumed {
