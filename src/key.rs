@@ -57,6 +57,8 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(30);
 const SALT_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const TIME_LEN: usize = 8;
+/// Bytes a sealed datagram carries before its body: the magic, the salt and the send time.
+pub(crate) const SEAL_HEAD: usize = SEALED_MAGIC.len() + SALT_LEN + TIME_LEN;
 /// Bytes a sealed datagram adds to its body.
 pub const SEAL_OVERHEAD: usize = SEALED_MAGIC.len() + SALT_LEN + TIME_LEN + TAG_LEN;
 
@@ -256,28 +258,56 @@ impl DatagramSeal {
     ///
     /// As [`seal`](Self::seal).
     pub fn seal_at(&self, direction: Direction, body: &[u8], sent: u64) -> Result<Vec<u8>> {
-        let mut salt = [0u8; SALT_LEN];
-        getrandom::fill(&mut salt).map_err(|e| Error::Random(e.to_string()))?;
-        let mut out = Vec::with_capacity(body.len() + SEAL_OVERHEAD);
-        out.extend_from_slice(&SEALED_MAGIC);
-        out.extend_from_slice(&salt);
-        let head = out.len();
-        out.extend_from_slice(&sent.to_be_bytes());
-        out.extend_from_slice(body);
-        let (aad, in_out) = out.split_at_mut(head);
+        let mut out = vec![0; SEAL_HEAD + body.len() + TAG_LEN];
+        out[SEAL_HEAD..SEAL_HEAD + body.len()].copy_from_slice(body);
+        let len = self.seal_in_place(direction, &mut out, body.len(), sent)?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// Seals, where it lies, a body already written at `buf[SEAL_HEAD..SEAL_HEAD + len]`:
+    /// the head goes before it and the tag after. Returns the sealed datagram's length,
+    /// `len + SEAL_OVERHEAD`. This is how the tracker seals a reply without copying it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FrameTooLarge`] if `buf` has no room for the tag, [`Error::Random`] if the
+    /// random source fails.
+    pub(crate) fn seal_in_place(
+        &self,
+        direction: Direction,
+        buf: &mut [u8],
+        len: usize,
+        sent: u64,
+    ) -> Result<usize> {
+        let sealed_len = SEAL_HEAD + len + TAG_LEN;
+        if buf.len() < sealed_len {
+            return Err(Error::FrameTooLarge {
+                len: len as u64,
+                max: buf.len().saturating_sub(SEAL_OVERHEAD) as u64,
+            });
+        }
+        let (aad, rest) = buf[..sealed_len].split_at_mut(SEALED_MAGIC.len() + SALT_LEN);
+        let (magic, salt) = aad.split_at_mut(SEALED_MAGIC.len());
+        magic.copy_from_slice(&SEALED_MAGIC);
+        getrandom::fill(salt).map_err(|e| Error::Random(e.to_string()))?;
+        let mut salt_copy = [0u8; SALT_LEN];
+        salt_copy.copy_from_slice(salt);
+        let (in_out, tag_room) = rest.split_at_mut(TIME_LEN + len);
+        in_out[..TIME_LEN].copy_from_slice(&sent.to_be_bytes());
         let tag = self
-            .cipher(direction, &salt)
+            .cipher(direction, &salt_copy)
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key([0; 12]),
-                Aad::from(aad),
+                Aad::from(&*aad),
                 in_out,
             )
             .map_err(|_| Error::FrameTooLarge {
-                len: body.len() as u64,
+                len: len as u64,
                 max: MAX_DATAGRAM_LEN as u64,
             })?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        tag_room.copy_from_slice(tag.as_ref());
+        Ok(sealed_len)
     }
 
     /// Opens a sealed datagram in place, returning its send time (milliseconds since the

@@ -77,6 +77,9 @@ pub mod split;
 pub mod tracker;
 pub mod values;
 
+#[cfg(test)]
+mod counting_alloc;
+
 pub use crossbeam_channel;
 pub use error::{Error, KeyProblem, Result, report};
 pub use key::NetworkKey;

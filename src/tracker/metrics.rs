@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::messages::{NodeToTracker, TrackerToNode};
+use super::wire::BodyView;
+use crate::messages::TrackerToNode;
 
 /// What a request asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,13 +48,13 @@ impl RequestKind {
         }
     }
 
-    pub(crate) fn of(body: &NodeToTracker) -> Self {
+    pub(crate) fn of(body: &BodyView<'_>) -> Self {
         match body {
-            NodeToTracker::Connect => Self::Connect,
-            NodeToTracker::Have(_) => Self::Announce,
-            NodeToTracker::Need { .. } => Self::Lookup,
-            NodeToTracker::Search { .. } => Self::Search,
-            NodeToTracker::Exit { .. } => Self::Exit,
+            BodyView::Connect => Self::Connect,
+            BodyView::Have(_) => Self::Announce,
+            BodyView::Need { .. } => Self::Lookup,
+            BodyView::Search { .. } => Self::Search,
+            BodyView::Exit { .. } => Self::Exit,
         }
     }
 }

@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::host::address_key;
+use crate::tracker::wire::{AnnounceView, OwnerRef};
+use rank::{Order, owner_ref, rank};
+
+mod rank;
 
 /// The table's maps: keyed by what strangers choose (names, addresses), so the hash is
 /// seeded per map, and foldhash's quality variant, several times cheaper than SipHash on
@@ -19,7 +23,7 @@ use crate::host::address_key;
 type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
 
 use crate::messages::{
-    Announce, ContentId, Counters, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit, check_file_name,
+    ContentId, Counters, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit, check_file_name,
 };
 
 /// Most owners listed in one `Need` answer, whatever the request's `numwant`.
@@ -76,6 +80,8 @@ pub(crate) struct Registry {
     names: Arc<Vec<(String, String)>>,
     /// Whether names were added or removed since `names` was built.
     names_stale: bool,
+    /// The owners the last look-up picked, kept so the next one allocates nothing.
+    picked: Vec<(SocketAddr, bool)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -108,14 +114,24 @@ struct NodeEntry {
     files: HashMap<String, ContentId>,
 }
 
-/// What a `Need` finds: the content chosen under a name, its best owners, and how many
-/// contents the name has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Found {
+/// What a `Need` finds, borrowed from the table: the content chosen under a name, the
+/// owners picked, and how many contents the name has.
+pub(crate) struct Picked<'r> {
     pub content: ContentId,
     pub size: u64,
-    pub owners: Vec<OwnerInfo>,
     pub contents: u32,
+    chosen: &'r [(SocketAddr, bool)],
+    nodes: &'r HashMap<SocketAddr, NodeEntry>,
+}
+
+impl<'r> Picked<'r> {
+    /// The owners picked, in order, named from the table.
+    pub fn owners(&self) -> impl ExactSizeIterator<Item = OwnerRef<'r>> + Clone + 'r {
+        let nodes = self.nodes;
+        self.chosen
+            .iter()
+            .map(move |&(addr, complete)| owner_ref(nodes, addr, complete))
+    }
 }
 
 impl Swarm {
@@ -146,6 +162,7 @@ impl Registry {
             rows: 0,
             names: Arc::default(),
             names_stale: false,
+            picked: Vec::new(),
         }
     }
 
@@ -201,8 +218,14 @@ impl Registry {
     ///
     /// Returns whether the table changed in a way a reader would see, or the reason the
     /// announce is refused.
-    pub fn announce(&mut self, ip: IpAddr, ann: &Announce, now: Instant) -> Result<bool, String> {
-        check_file_name(&ann.file).map_err(|e| e.to_string())?;
+    pub fn announce<'a>(
+        &mut self,
+        ip: IpAddr,
+        ann: impl Into<AnnounceView<'a>>,
+        now: Instant,
+    ) -> Result<bool, String> {
+        let ann: AnnounceView<'a> = ann.into();
+        check_file_name(ann.file).map_err(|e| e.to_string())?;
         if ann.node.is_empty() || ann.node.len() > MAX_NODE_NAME_LEN {
             return Err(format!("node names are 1 to {MAX_NODE_NAME_LEN} bytes"));
         }
@@ -215,7 +238,7 @@ impl Registry {
         let held = self
             .nodes
             .get(&addr)
-            .map(|n| n.files.get(&ann.file).copied());
+            .map(|n| n.files.get(ann.file).copied());
         let (new_node, new_row) = match held {
             None => (true, true),
             Some(content) => (false, content.is_none()),
@@ -229,27 +252,27 @@ impl Registry {
         });
         let mut changed = node.name != ann.node || node.counters != ann.counters;
         if node.name != ann.node {
-            node.name.clone_from(&ann.node);
+            ann.node.clone_into(&mut node.name);
         }
         node.counters = ann.counters;
         // An owner announces one content per name: a changed file replaces the old one.
         match held.flatten() {
             Some(old) if old == ann.content => {}
             Some(old) => {
-                node.files.insert(ann.file.clone(), ann.content);
+                node.files.insert(ann.file.to_owned(), ann.content);
                 // The name itself stays: this node's new content is added under it below.
-                remove_owner(&mut self.files, &ann.file, old, addr);
+                remove_owner(&mut self.files, ann.file, old, addr);
                 changed = true;
             }
             None => {
-                node.files.insert(ann.file.clone(), ann.content);
+                node.files.insert(ann.file.to_owned(), ann.content);
             }
         }
-        let swarms = match self.files.get_mut(&ann.file) {
+        let swarms = match self.files.get_mut(ann.file) {
             Some(swarms) => swarms,
             None => {
                 self.names_stale = true;
-                self.files.entry(ann.file.clone()).or_default()
+                self.files.entry(ann.file.to_owned()).or_default()
             }
         };
         let swarm = swarms.entry(ann.content).or_insert_with(|| Swarm {
@@ -284,13 +307,13 @@ impl Registry {
     /// Only owners of the asker's address family are listed (`v6`): those are the ones it
     /// can reach, when the tracker serves IPv4 and IPv6 nodes on one socket.
     pub fn need(
-        &self,
+        &mut self,
         file: &str,
         numwant: u16,
         seed: u64,
         pin: Option<ContentId>,
         v6: bool,
-    ) -> Option<Found> {
+    ) -> Option<Picked<'_>> {
         let swarms = self.files.get(file)?;
         let mut live = swarms.iter().filter(|(_, s)| !s.owners.is_empty());
         let (content, swarm) = match pin {
@@ -303,11 +326,14 @@ impl Registry {
             })?,
         };
         let want = usize::from(numwant).min(MAX_OWNERS_LISTED);
-        Some(Found {
+        let order = Order::Shuffled(seed);
+        rank(&self.nodes, swarm, want, order, v6, &mut self.picked);
+        Some(Picked {
             content: *content,
             size: swarm.size,
-            owners: self.ranked_owners(swarm, want, Order::Shuffled(seed), v6),
             contents: u32::try_from(swarms.len()).unwrap_or(u32::MAX),
+            chosen: &self.picked,
+            nodes: &self.nodes,
         })
     }
 
@@ -344,10 +370,26 @@ impl Registry {
                         content: *content,
                         size: swarm.size,
                         owner_count: u32::try_from(swarm.owners.len()).unwrap_or(u32::MAX),
-                        owners: self.ranked_owners(swarm, MAX_OWNERS_PER_HIT, Order::Best, v6),
+                        owners: self.best_owners(swarm, v6),
                     })
             })
             .take(MAX_SEARCH_HITS)
+            .collect()
+    }
+
+    /// The best owners of `swarm` of one address family, for a search hit.
+    fn best_owners(&self, swarm: &Swarm, v6: bool) -> Vec<OwnerInfo> {
+        let mut best = Vec::new();
+        rank(
+            &self.nodes,
+            swarm,
+            MAX_OWNERS_PER_HIT,
+            Order::Best,
+            v6,
+            &mut best,
+        );
+        best.into_iter()
+            .map(|(addr, complete)| owner_ref(&self.nodes, addr, complete).into())
             .collect()
     }
 
@@ -469,92 +511,6 @@ impl Registry {
             .collect();
         nodes.sort_by(|a, b| (&a.node, a.addr).cmp(&(&b.node, b.addr)));
         Snapshot { files, nodes }
-    }
-
-    /// Returns up to `want` owners of `swarm` of one address family (`v6`), complete ones
-    /// first, then in `order`.
-    fn ranked_owners(&self, swarm: &Swarm, want: usize, order: Order, v6: bool) -> Vec<OwnerInfo> {
-        let mut owners: Vec<(SocketAddr, bool)> = swarm
-            .owners
-            .iter()
-            .filter(|(addr, _)| addr.is_ipv6() == v6)
-            .map(|(addr, o)| (*addr, o.complete))
-            .collect();
-        let want = want.min(owners.len());
-        match order {
-            Order::Shuffled(seed) => shuffle_front(&mut owners, want, seed),
-            Order::Best => {
-                use std::cmp::Reverse;
-                // The original's "best node": most files sent, then most bytes.
-                let key = |&(addr, complete): &(SocketAddr, bool)| {
-                    let c = self
-                        .nodes
-                        .get(&addr)
-                        .map(|n| n.counters)
-                        .unwrap_or_default();
-                    (
-                        Reverse(complete),
-                        Reverse(c.files_sent),
-                        Reverse(c.bytes_sent),
-                        addr,
-                    )
-                };
-                // The best `want` found in linear time, then only those sorted: a search
-                // lists a few owners of swarms that may hold thousands.
-                let mut keyed: Vec<_> = owners.iter().map(|o| (key(o), *o)).collect();
-                if want < keyed.len() {
-                    if want == 0 {
-                        return Vec::new();
-                    }
-                    keyed.select_nth_unstable_by_key(want - 1, |(k, _)| *k);
-                    keyed.truncate(want);
-                }
-                keyed.sort_unstable_by_key(|(k, _)| *k);
-                owners = keyed.into_iter().map(|(_, o)| o).collect();
-            }
-        }
-        owners.truncate(want);
-        // Only the owners that made the cut are looked up and named.
-        owners
-            .into_iter()
-            .map(|(addr, complete)| {
-                let node = self.nodes.get(&addr);
-                OwnerInfo {
-                    node: node.map(|n| n.name.clone()).unwrap_or_default(),
-                    addr,
-                    uploads: node.map_or(0, |n| n.counters.files_sent),
-                    complete,
-                }
-            })
-            .collect()
-    }
-}
-
-/// How owners are ordered within the complete and the partial ones.
-#[derive(Debug, Clone, Copy)]
-enum Order {
-    /// Most files sent first, then most bytes (search results, for people).
-    Best,
-    /// A random permutation drawn from the seed (owners for a download).
-    Shuffled(u64),
-}
-
-/// Puts `want` owners drawn at random from `seed` at the front of `owners`, complete ones
-/// first: the complete ones are moved ahead, then a partial Fisher-Yates shuffle fills
-/// each place from what is left of its group. Linear in the owners, with one draw per
-/// place; a fresh seed per request gives each asker its own random subset.
-fn shuffle_front(owners: &mut [(SocketAddr, bool)], want: usize, seed: u64) {
-    let mut complete = 0;
-    for i in 0..owners.len() {
-        if owners[i].1 {
-            owners.swap(i, complete);
-            complete += 1;
-        }
-    }
-    let mut rng = fastrand::Rng::with_seed(seed);
-    for i in 0..want.min(owners.len()) {
-        let end = if i < complete { complete } else { owners.len() };
-        owners.swap(i, rng.usize(i..end));
     }
 }
 
@@ -707,8 +663,37 @@ impl fmt::Display for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::Announce;
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// What a look-up finds, owned, so two can be compared.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Found {
+        content: ContentId,
+        size: u64,
+        owners: Vec<OwnerInfo>,
+        contents: u32,
+    }
+
+    impl Registry {
+        fn need_owned(
+            &mut self,
+            file: &str,
+            numwant: u16,
+            seed: u64,
+            pin: Option<ContentId>,
+            v6: bool,
+        ) -> Option<Found> {
+            let p = self.need(file, numwant, seed, pin, v6)?;
+            Some(Found {
+                content: p.content,
+                size: p.size,
+                owners: p.owners().map(OwnerInfo::from).collect(),
+                contents: p.contents,
+            })
+        }
+    }
 
     fn ann(node: &str, port: u16, file: &str, content: u8, sent: u64) -> Announce {
         Announce {
@@ -745,7 +730,7 @@ mod tests {
         let mut firsts = std::collections::HashSet::new();
         let mut listed = std::collections::HashSet::new();
         for seed in 0..50 {
-            let found = r.need("f", 8, seed, None, false).unwrap();
+            let found = r.need_owned("f", 8, seed, None, false).unwrap();
             assert_eq!(found.owners.len(), 8);
             assert!(
                 found.owners[..3].iter().all(|o| o.complete),
@@ -759,39 +744,13 @@ mod tests {
         assert!(listed.len() > 30, "{} owners listed", listed.len());
         assert!(firsts.len() > 10);
         assert_eq!(
-            r.need("f", 8, 7, None, false),
-            r.need("f", 8, 7, None, false),
+            r.need_owned("f", 8, 7, None, false),
+            r.need_owned("f", 8, 7, None, false),
             "a seed is one permutation"
         );
-        assert!(r.need("g", 5, 0, None, false).is_none());
+        assert!(r.need_owned("g", 5, 0, None, false).is_none());
         // Search still ranks the original's best node first.
         assert_eq!(r.search("f")[0].owners[0].node, "n3");
-    }
-
-    /// Each place is filled uniformly from what is left of its group: with four complete
-    /// owners among ten, a one-owner answer names each complete owner about as often,
-    /// never a partial one; a full answer lists every owner once.
-    #[test]
-    fn the_random_subset_is_drawn_evenly_from_the_complete_owners_first() {
-        let mut owners: Vec<(SocketAddr, bool)> = (1..=10u16)
-            .map(|p| (SocketAddr::new(IP, p), p % 3 == 0 || p == 10))
-            .collect();
-        let mut picked = std::collections::HashMap::new();
-        for seed in 0..4000 {
-            shuffle_front(&mut owners, 1, seed);
-            assert!(owners[0].1, "a complete owner first");
-            *picked.entry(owners[0].0.port()).or_insert(0) += 1;
-        }
-        assert_eq!(picked.len(), 4, "{picked:?}");
-        assert!(
-            picked.values().all(|&n| (850..1150).contains(&n)),
-            "{picked:?}"
-        );
-        shuffle_front(&mut owners, 10, 99);
-        assert!(owners[..4].iter().all(|o| o.1) && owners[4..].iter().all(|o| !o.1));
-        let mut ports: Vec<u16> = owners.iter().map(|o| o.0.port()).collect();
-        ports.sort_unstable();
-        assert_eq!(ports, (1..=10).collect::<Vec<_>>());
     }
 
     /// Two live nodes under one name, at two addresses: both are listed, each with its
@@ -841,12 +800,15 @@ mod tests {
         r.announce(IpAddr::from([10, 0, 0, 3]), &ann("C", 3, "f", 2, 0), now)
             .unwrap();
         assert_eq!(
-            r.need("f", 10, 0, None, false).unwrap().content,
+            r.need_owned("f", 10, 0, None, false).unwrap().content,
             ContentId([2; 32])
         );
         // A changes its file to content 2: content 1 has no owner left.
         r.announce(IP, &ann("A", 1, "f", 2, 0), now).unwrap();
-        assert_eq!(r.need("f", 10, 0, None, false).unwrap().owners.len(), 3);
+        assert_eq!(
+            r.need_owned("f", 10, 0, None, false).unwrap().owners.len(),
+            3
+        );
         assert_eq!(r.snapshot().files.len(), 1);
     }
 
@@ -858,8 +820,11 @@ mod tests {
         r.announce(IP, &ann("B", 2, "g", 3, 0), now).unwrap();
         assert!(r.exit(SocketAddr::new(IP, 1)));
         assert!(!r.exit(SocketAddr::new(IP, 1)));
-        assert!(r.need("f", 5, 0, None, false).is_none());
-        assert_eq!(r.need("g", 5, 0, None, false).unwrap().owners.len(), 1);
+        assert!(r.need_owned("f", 5, 0, None, false).is_none());
+        assert_eq!(
+            r.need_owned("g", 5, 0, None, false).unwrap().owners.len(),
+            1
+        );
         assert_eq!(r.snapshot().nodes.len(), 1);
     }
 
@@ -871,7 +836,7 @@ mod tests {
             .unwrap();
         assert!(!r.expire(now + Duration::from_secs(29)));
         assert!(r.expire(now + Duration::from_secs(30)));
-        let found = r.need("f", 5, 0, None, false).unwrap();
+        let found = r.need_owned("f", 5, 0, None, false).unwrap();
         assert_eq!(found.owners.len(), 1);
         assert_eq!(found.owners[0].node, "B");
         assert!(r.expire(now + Duration::from_secs(50)));
@@ -969,17 +934,17 @@ mod tests {
             r.announce(squatter, &ann("fake", port, "movie.bin", 2, 0), now)
                 .unwrap();
         }
-        let found = r.need("movie.bin", 10, 1, None, false).unwrap();
+        let found = r.need_owned("movie.bin", 10, 1, None, false).unwrap();
         assert_eq!(found.content, ContentId([1; 32]));
         assert_eq!(found.contents, 2);
         // A pin gets the pinned content, and only it.
         let pinned = r
-            .need("movie.bin", 10, 1, Some(ContentId([2; 32])), false)
+            .need_owned("movie.bin", 10, 1, Some(ContentId([2; 32])), false)
             .unwrap();
         assert_eq!(pinned.content, ContentId([2; 32]));
         assert_eq!(pinned.owners.len(), 3);
         assert!(
-            r.need("movie.bin", 10, 1, Some(ContentId([9; 32])), false)
+            r.need_owned("movie.bin", 10, 1, Some(ContentId([9; 32])), false)
                 .is_none()
         );
         // Partial owners of a stale content do not outvote a complete owner of the new.
@@ -992,7 +957,7 @@ mod tests {
         r.announce(genuine, &ann("real", 1, "doc.bin", 4, 0), now)
             .unwrap();
         assert_eq!(
-            r.need("doc.bin", 10, 1, None, false).unwrap().content,
+            r.need_owned("doc.bin", 10, 1, None, false).unwrap().content,
             ContentId([4; 32])
         );
     }

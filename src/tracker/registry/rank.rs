@@ -1,0 +1,137 @@
+//! Which owners the tracker lists, and in what order: complete owners first, then a random
+//! subset drawn afresh for each download's look-up, or the best for a search.
+//!
+//! The picks are addresses; [`owner_ref`] names one from the table when the reply is
+//! written, so only the owners listed are looked up.
+
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+
+use super::{HashMap, NodeEntry, Swarm};
+use crate::tracker::wire::OwnerRef;
+
+/// How owners are ordered within the complete and the partial ones.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Order {
+    /// Most files sent first, then most bytes (search results, for people).
+    Best,
+    /// A random permutation drawn from the seed (owners for a download).
+    Shuffled(u64),
+}
+
+/// Puts in `out` (cleared first) up to `want` owners of `swarm` of one address family
+/// (`v6`), complete ones first, then in `order`. `out` is the caller's, kept from one
+/// look-up to the next, so a look-up allocates nothing once it has grown.
+pub(super) fn rank(
+    nodes: &HashMap<SocketAddr, NodeEntry>,
+    swarm: &Swarm,
+    want: usize,
+    order: Order,
+    v6: bool,
+    out: &mut Vec<(SocketAddr, bool)>,
+) {
+    out.clear();
+    out.extend(
+        swarm
+            .owners
+            .iter()
+            .filter(|(addr, _)| addr.is_ipv6() == v6)
+            .map(|(addr, o)| (*addr, o.complete)),
+    );
+    let want = want.min(out.len());
+    match order {
+        Order::Shuffled(seed) => shuffle_front(out, want, seed),
+        Order::Best => {
+            // The original's "best node": most files sent, then most bytes.
+            let key = |&(addr, complete): &(SocketAddr, bool)| {
+                let c = nodes.get(&addr).map(|n| n.counters).unwrap_or_default();
+                (
+                    Reverse(complete),
+                    Reverse(c.files_sent),
+                    Reverse(c.bytes_sent),
+                    addr,
+                )
+            };
+            // The best `want` found in linear time, then only those sorted: a search
+            // lists a few owners of swarms that may hold thousands.
+            let mut keyed: Vec<_> = out.iter().map(|o| (key(o), *o)).collect();
+            if want < keyed.len() && want > 0 {
+                keyed.select_nth_unstable_by_key(want - 1, |(k, _)| *k);
+            }
+            keyed.truncate(want);
+            keyed.sort_unstable_by_key(|(k, _)| *k);
+            out.clear();
+            out.extend(keyed.into_iter().map(|(_, o)| o));
+        }
+    }
+    out.truncate(want);
+}
+
+/// The owner at `addr` as a reply lists it, named from the table.
+pub(super) fn owner_ref(
+    nodes: &HashMap<SocketAddr, NodeEntry>,
+    addr: SocketAddr,
+    complete: bool,
+) -> OwnerRef<'_> {
+    let node = nodes.get(&addr);
+    OwnerRef {
+        node: node.map_or("", |n| n.name.as_str()),
+        addr,
+        uploads: node.map_or(0, |n| n.counters.files_sent),
+        complete,
+    }
+}
+
+/// Puts `want` owners drawn at random from `seed` at the front of `owners`, complete ones
+/// first: the complete ones are moved ahead, then a partial Fisher-Yates shuffle fills
+/// each place from what is left of its group. Linear in the owners, with one draw per
+/// place; a fresh seed per request gives each asker its own random subset.
+fn shuffle_front(owners: &mut [(SocketAddr, bool)], want: usize, seed: u64) {
+    let mut complete = 0;
+    for i in 0..owners.len() {
+        if owners[i].1 {
+            owners.swap(i, complete);
+            complete += 1;
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for i in 0..want.min(owners.len()) {
+        let end = if i < complete { complete } else { owners.len() };
+        owners.swap(i, rng.usize(i..end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Each place is filled uniformly from what is left of its group: with four complete
+    /// owners among ten, a one-owner answer names each complete owner about as often,
+    /// never a partial one; a full answer lists every owner once.
+    #[test]
+    fn the_random_subset_is_drawn_evenly_from_the_complete_owners_first() {
+        let mut owners: Vec<(SocketAddr, bool)> = (1..=10u16)
+            .map(|p| (SocketAddr::new(IP, p), p % 3 == 0 || p == 10))
+            .collect();
+        let mut picked = std::collections::HashMap::new();
+        for seed in 0..4000 {
+            shuffle_front(&mut owners, 1, seed);
+            assert!(owners[0].1, "a complete owner first");
+            *picked.entry(owners[0].0.port()).or_insert(0) += 1;
+        }
+        assert_eq!(picked.len(), 4, "{picked:?}");
+        assert!(
+            picked.values().all(|&n| (850..1150).contains(&n)),
+            "{picked:?}"
+        );
+        shuffle_front(&mut owners, 10, 99);
+        assert!(owners[..4].iter().all(|o| o.1) && owners[4..].iter().all(|o| !o.1));
+        let mut ports: Vec<u16> = owners.iter().map(|o| o.0.port()).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, (1..=10).collect::<Vec<_>>());
+    }
+}

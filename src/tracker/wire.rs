@@ -1,0 +1,413 @@
+//! The tracker's side of the datagram format, read and written without allocating.
+//!
+//! A request is decoded borrowing its names from the datagram ([`RequestView`]), and a
+//! reply is encoded into the serving thread's own buffer ([`ReplyBuf`]), sealed where it
+//! lies when the network has a key; an owner list is written straight from the table
+//! ([`OwnersReply`]), naming each owner from the table's own strings. On the wire these
+//! are byte for byte [`TrackerRequest`](crate::messages::TrackerRequest) and
+//! [`TrackerReply`](crate::messages::TrackerReply) (the tests below hold them to it), so nodes see no difference; what
+//! changes is that a look-up or an announce costs the tracker no allocation at all.
+
+use std::net::SocketAddr;
+
+use serde::ser::{SerializeStruct, SerializeStructVariant};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::key::{DatagramSeal, Direction, SEAL_HEAD, SEAL_OVERHEAD, unix_millis};
+use crate::messages::{
+    Announce, ContentId, Counters, MAX_DATAGRAM_LEN, OwnerInfo, PROTOCOL_VERSION, Token,
+};
+
+/// A request as it lies in the datagram: [`TrackerRequest`](crate::messages::TrackerRequest)
+/// with borrowed names.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RequestView<'a> {
+    pub version: u16,
+    pub txid: u64,
+    pub token: Token,
+    #[serde(borrow)]
+    pub body: BodyView<'a>,
+}
+
+/// [`NodeToTracker`](crate::messages::NodeToTracker) with borrowed names; the variants in
+/// the same order.
+#[derive(Debug, Deserialize)]
+pub(crate) enum BodyView<'a> {
+    Have(#[serde(borrow)] AnnounceView<'a>),
+    Need {
+        file: &'a str,
+        numwant: u16,
+        content: Option<ContentId>,
+    },
+    Search {
+        pattern: &'a str,
+    },
+    Exit {
+        port: u16,
+    },
+    Connect,
+}
+
+/// [`Announce`] with borrowed names.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) struct AnnounceView<'a> {
+    pub node: &'a str,
+    pub port: u16,
+    pub file: &'a str,
+    pub content: ContentId,
+    pub size: u64,
+    pub pieces: u32,
+    pub complete: bool,
+    pub counters: Counters,
+}
+
+impl<'a> From<&'a Announce> for AnnounceView<'a> {
+    fn from(a: &'a Announce) -> Self {
+        Self {
+            node: &a.node,
+            port: a.port,
+            file: &a.file,
+            content: a.content,
+            size: a.size,
+            pieces: a.pieces,
+            complete: a.complete,
+            counters: a.counters,
+        }
+    }
+}
+
+/// Decodes a request, borrowing its names from `bytes`; refuses anything over
+/// [`MAX_DATAGRAM_LEN`].
+///
+/// # Errors
+///
+/// [`Error::FrameTooLarge`] or [`Error::Decode`].
+pub(crate) fn decode_request(bytes: &[u8]) -> Result<RequestView<'_>> {
+    if bytes.len() > MAX_DATAGRAM_LEN {
+        return Err(Error::FrameTooLarge {
+            len: bytes.len() as u64,
+            max: MAX_DATAGRAM_LEN as u64,
+        });
+    }
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// One serving thread's reply buffer: a reply is written into it after room for a seal's
+/// head, and sealed there if the network has a key.
+pub(crate) struct ReplyBuf {
+    buf: Vec<u8>,
+}
+
+impl ReplyBuf {
+    /// A buffer for the largest reply, sealed.
+    pub fn new() -> Self {
+        Self {
+            buf: vec![0; MAX_DATAGRAM_LEN + SEAL_OVERHEAD],
+        }
+    }
+
+    /// Writes `reply` after room for a seal's head; returns its length, for
+    /// [`datagram`](Self::datagram).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FrameTooLarge`] if the reply would not fit in one datagram.
+    pub fn write(&mut self, reply: &impl Serialize) -> Result<usize> {
+        let room = &mut self.buf[SEAL_HEAD..SEAL_HEAD + MAX_DATAGRAM_LEN];
+        match postcard::to_slice(reply, room) {
+            Ok(body) => Ok(body.len()),
+            Err(postcard::Error::SerializeBufferFull) => Err(Error::FrameTooLarge {
+                len: MAX_DATAGRAM_LEN as u64 + 1,
+                max: MAX_DATAGRAM_LEN as u64,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The reply last written (`len` bytes long), sealed under `seal` if given: the
+    /// datagram to send. A look-up writes its reply under the table's lock and seals it
+    /// after letting go.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Random`] if sealing finds no random salt.
+    pub fn datagram(&mut self, len: usize, seal: Option<&DatagramSeal>) -> Result<&[u8]> {
+        Ok(match seal {
+            Some(seal) => {
+                let sealed =
+                    seal.seal_in_place(Direction::Reply, &mut self.buf, len, unix_millis())?;
+                &self.buf[..sealed]
+            }
+            None => &self.buf[SEAL_HEAD..SEAL_HEAD + len],
+        })
+    }
+
+    /// Writes `reply` and returns the datagram: [`write`](Self::write), then
+    /// [`datagram`](Self::datagram).
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    #[cfg(test)]
+    pub fn encode(&mut self, reply: &impl Serialize, seal: Option<&DatagramSeal>) -> Result<&[u8]> {
+        let len = self.write(reply)?;
+        self.datagram(len, seal)
+    }
+}
+
+/// One owner as [`OwnerInfo`] encodes it, its name borrowed
+/// from the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct OwnerRef<'a> {
+    pub node: &'a str,
+    pub addr: SocketAddr,
+    pub uploads: u64,
+    pub complete: bool,
+}
+
+impl From<OwnerRef<'_>> for OwnerInfo {
+    fn from(o: OwnerRef<'_>) -> Self {
+        Self {
+            node: o.node.to_owned(),
+            addr: o.addr,
+            uploads: o.uploads,
+            complete: o.complete,
+        }
+    }
+}
+
+/// A [`TrackerReply`](crate::messages::TrackerReply) carrying [`TrackerToNode::Owners`](crate::messages::TrackerToNode),
+/// encoded from the table: `owners` is walked once, as it is written.
+pub(crate) struct OwnersReply<'a, I> {
+    pub txid: u64,
+    pub file: &'a str,
+    pub content: ContentId,
+    pub size: u64,
+    pub owners: I,
+    pub interval_secs: u32,
+    pub contents: u32,
+}
+
+/// Where `Owners` stands among [`TrackerToNode`](crate::messages::TrackerToNode)'s
+/// variants: its index on the wire.
+const OWNERS_VARIANT: u32 = 1;
+
+impl<'a, I> Serialize for OwnersReply<'a, I>
+where
+    I: Iterator<Item = OwnerRef<'a>> + ExactSizeIterator + Clone,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut reply = s.serialize_struct("TrackerReply", 3)?;
+        reply.serialize_field("version", &PROTOCOL_VERSION)?;
+        reply.serialize_field("txid", &self.txid)?;
+        reply.serialize_field("body", &OwnersBody(self))?;
+        reply.end()
+    }
+}
+
+/// The `body` field of an [`OwnersReply`].
+struct OwnersBody<'r, 'a, I>(&'r OwnersReply<'a, I>);
+
+impl<'a, I> Serialize for OwnersBody<'_, 'a, I>
+where
+    I: Iterator<Item = OwnerRef<'a>> + ExactSizeIterator + Clone,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut body = s.serialize_struct_variant("TrackerToNode", OWNERS_VARIANT, "Owners", 6)?;
+        body.serialize_field("file", r.file)?;
+        body.serialize_field("content", &r.content)?;
+        body.serialize_field("size", &r.size)?;
+        body.serialize_field("owners", &Owners(r.owners.clone()))?;
+        body.serialize_field("interval_secs", &r.interval_secs)?;
+        body.serialize_field("contents", &r.contents)?;
+        body.end()
+    }
+}
+
+/// A sequence of owners, written as a `Vec<OwnerInfo>` is.
+struct Owners<I>(I);
+
+impl<'a, I> Serialize for Owners<I>
+where
+    I: Iterator<Item = OwnerRef<'a>> + ExactSizeIterator + Clone,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::NetworkKey;
+    use crate::messages::{
+        NodeToTracker, TrackerReply, TrackerRequest, TrackerToNode, decode_reply, encode_reply,
+        encode_request,
+    };
+
+    fn content(b: u8) -> ContentId {
+        ContentId([b; 32])
+    }
+
+    fn request(body: NodeToTracker) -> Vec<u8> {
+        encode_request(&TrackerRequest {
+            version: PROTOCOL_VERSION,
+            txid: 0x1234_5678_9abc,
+            token: [9; 16],
+            body,
+        })
+        .unwrap()
+    }
+
+    /// Every request a node sends reads the same through the borrowed view.
+    #[test]
+    fn every_request_reads_the_same_through_the_view() {
+        let ann = Announce {
+            node: "név-1".into(),
+            port: 4001,
+            file: "disk image.iso".into(),
+            content: content(3),
+            size: 1 << 40,
+            pieces: 77,
+            complete: true,
+            counters: Counters {
+                files_sent: 5,
+                bytes_sent: 1 << 33,
+                ..Counters::default()
+            },
+        };
+        let bytes = request(NodeToTracker::Have(ann.clone()));
+        let view = decode_request(&bytes).unwrap();
+        assert_eq!(
+            (view.version, view.txid, view.token),
+            (PROTOCOL_VERSION, 0x1234_5678_9abc, [9; 16])
+        );
+        let BodyView::Have(a) = view.body else {
+            panic!("{view:?}")
+        };
+        let back = Announce {
+            node: a.node.into(),
+            file: a.file.into(),
+            port: a.port,
+            content: a.content,
+            size: a.size,
+            pieces: a.pieces,
+            complete: a.complete,
+            counters: a.counters,
+        };
+        assert_eq!(back, ann);
+        for pin in [None, Some(content(7))] {
+            let bytes = request(NodeToTracker::Need {
+                file: "f.bin".into(),
+                numwant: 50,
+                content: pin,
+            });
+            let view = decode_request(&bytes).unwrap();
+            assert!(
+                matches!(view.body, BodyView::Need { file: "f.bin", numwant: 50, content } if content == pin),
+                "{view:?}"
+            );
+        }
+        let bytes = request(NodeToTracker::Search {
+            pattern: "ISO".into(),
+        });
+        let view = decode_request(&bytes).unwrap();
+        assert!(matches!(view.body, BodyView::Search { pattern: "ISO" }));
+        let bytes = request(NodeToTracker::Exit { port: 9 });
+        let view = decode_request(&bytes).unwrap();
+        assert!(matches!(view.body, BodyView::Exit { port: 9 }));
+        let bytes = request(NodeToTracker::Connect);
+        let view = decode_request(&bytes).unwrap();
+        assert!(matches!(view.body, BodyView::Connect));
+        assert!(decode_request(&vec![0; MAX_DATAGRAM_LEN + 1]).is_err());
+        assert!(decode_request(&[4, 0]).is_err(), "cut short");
+    }
+
+    fn owners() -> Vec<OwnerInfo> {
+        (0..50u16)
+            .map(|i| OwnerInfo {
+                node: format!("node-{i}"),
+                addr: if i % 2 == 0 {
+                    SocketAddr::from(([10, 0, 0, i as u8], 4000 + i))
+                } else {
+                    SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, i], 4000 + i))
+                },
+                uploads: u64::from(i) << 20,
+                complete: i < 7,
+            })
+            .collect()
+    }
+
+    /// An owner list written from borrowed names is the `TrackerReply` a node decodes, to
+    /// the byte, plain and sealed.
+    #[test]
+    fn an_owner_list_is_written_as_the_owned_reply_is() {
+        for listed in [0, 1, 50] {
+            let owned = &owners()[..listed];
+            let reply = TrackerReply {
+                version: PROTOCOL_VERSION,
+                txid: u64::MAX - 3,
+                body: TrackerToNode::Owners {
+                    file: "f.bin".into(),
+                    content: content(1),
+                    size: 123_456_789,
+                    owners: owned.to_vec(),
+                    interval_secs: 30,
+                    contents: 2,
+                },
+            };
+            let view = OwnersReply {
+                txid: u64::MAX - 3,
+                file: "f.bin",
+                content: content(1),
+                size: 123_456_789,
+                owners: owned.iter().map(|o| OwnerRef {
+                    node: &o.node,
+                    addr: o.addr,
+                    uploads: o.uploads,
+                    complete: o.complete,
+                }),
+                interval_secs: 30,
+                contents: 2,
+            };
+            let mut buf = ReplyBuf::new();
+            assert_eq!(
+                buf.encode(&view, None).unwrap(),
+                encode_reply(&reply).unwrap()
+            );
+            let key = NetworkKey::from_bytes([5; 32]);
+            let seal = DatagramSeal::new(&key);
+            let mut sealed = buf.encode(&view, Some(&seal)).unwrap().to_vec();
+            let (_, plain) = seal.open(Direction::Reply, &mut sealed).unwrap();
+            assert_eq!(decode_reply(plain).unwrap(), reply);
+        }
+    }
+
+    /// An owned reply too large for a datagram is refused, not cut.
+    #[test]
+    fn a_reply_too_large_for_a_datagram_is_refused() {
+        let reply = TrackerReply {
+            version: PROTOCOL_VERSION,
+            txid: 1,
+            body: TrackerToNode::Reject {
+                reason: "x".repeat(MAX_DATAGRAM_LEN),
+            },
+        };
+        let mut buf = ReplyBuf::new();
+        assert!(matches!(
+            buf.encode(&reply, None),
+            Err(Error::FrameTooLarge { .. })
+        ));
+        let small = TrackerReply {
+            version: PROTOCOL_VERSION,
+            txid: 1,
+            body: TrackerToNode::BadToken,
+        };
+        assert_eq!(
+            buf.encode(&small, None).unwrap(),
+            encode_reply(&small).unwrap()
+        );
+    }
+}
