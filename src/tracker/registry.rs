@@ -677,15 +677,15 @@ mod tests {
     }
 
     impl Registry {
-        fn need_owned(
+        /// An IPv4 asker's look-up, owned.
+        fn look_up(
             &mut self,
             file: &str,
-            numwant: u16,
+            want: u16,
             seed: u64,
             pin: Option<ContentId>,
-            v6: bool,
         ) -> Option<Found> {
-            let p = self.need(file, numwant, seed, pin, v6)?;
+            let p = self.need(file, want, seed, pin, false)?;
             Some(Found {
                 content: p.content,
                 size: p.size,
@@ -730,7 +730,7 @@ mod tests {
         let mut firsts = std::collections::HashSet::new();
         let mut listed = std::collections::HashSet::new();
         for seed in 0..50 {
-            let found = r.need_owned("f", 8, seed, None, false).unwrap();
+            let found = r.look_up("f", 8, seed, None).unwrap();
             assert_eq!(found.owners.len(), 8);
             assert!(
                 found.owners[..3].iter().all(|o| o.complete),
@@ -744,11 +744,11 @@ mod tests {
         assert!(listed.len() > 30, "{} owners listed", listed.len());
         assert!(firsts.len() > 10);
         assert_eq!(
-            r.need_owned("f", 8, 7, None, false),
-            r.need_owned("f", 8, 7, None, false),
+            r.look_up("f", 8, 7, None),
+            r.look_up("f", 8, 7, None),
             "a seed is one permutation"
         );
-        assert!(r.need_owned("g", 5, 0, None, false).is_none());
+        assert!(r.look_up("g", 5, 0, None).is_none());
         // Search still ranks the original's best node first.
         assert_eq!(r.search("f")[0].owners[0].node, "n3");
     }
@@ -800,15 +800,12 @@ mod tests {
         r.announce(IpAddr::from([10, 0, 0, 3]), &ann("C", 3, "f", 2, 0), now)
             .unwrap();
         assert_eq!(
-            r.need_owned("f", 10, 0, None, false).unwrap().content,
+            r.look_up("f", 10, 0, None).unwrap().content,
             ContentId([2; 32])
         );
         // A changes its file to content 2: content 1 has no owner left.
         r.announce(IP, &ann("A", 1, "f", 2, 0), now).unwrap();
-        assert_eq!(
-            r.need_owned("f", 10, 0, None, false).unwrap().owners.len(),
-            3
-        );
+        assert_eq!(r.look_up("f", 10, 0, None).unwrap().owners.len(), 3);
         assert_eq!(r.snapshot().files.len(), 1);
     }
 
@@ -820,11 +817,8 @@ mod tests {
         r.announce(IP, &ann("B", 2, "g", 3, 0), now).unwrap();
         assert!(r.exit(SocketAddr::new(IP, 1)));
         assert!(!r.exit(SocketAddr::new(IP, 1)));
-        assert!(r.need_owned("f", 5, 0, None, false).is_none());
-        assert_eq!(
-            r.need_owned("g", 5, 0, None, false).unwrap().owners.len(),
-            1
-        );
+        assert!(r.look_up("f", 5, 0, None).is_none());
+        assert_eq!(r.look_up("g", 5, 0, None).unwrap().owners.len(), 1);
         assert_eq!(r.snapshot().nodes.len(), 1);
     }
 
@@ -836,7 +830,7 @@ mod tests {
             .unwrap();
         assert!(!r.expire(now + Duration::from_secs(29)));
         assert!(r.expire(now + Duration::from_secs(30)));
-        let found = r.need_owned("f", 5, 0, None, false).unwrap();
+        let found = r.look_up("f", 5, 0, None).unwrap();
         assert_eq!(found.owners.len(), 1);
         assert_eq!(found.owners[0].node, "B");
         assert!(r.expire(now + Duration::from_secs(50)));
@@ -934,17 +928,17 @@ mod tests {
             r.announce(squatter, &ann("fake", port, "movie.bin", 2, 0), now)
                 .unwrap();
         }
-        let found = r.need_owned("movie.bin", 10, 1, None, false).unwrap();
+        let found = r.look_up("movie.bin", 10, 1, None).unwrap();
         assert_eq!(found.content, ContentId([1; 32]));
         assert_eq!(found.contents, 2);
         // A pin gets the pinned content, and only it.
         let pinned = r
-            .need_owned("movie.bin", 10, 1, Some(ContentId([2; 32])), false)
+            .look_up("movie.bin", 10, 1, Some(ContentId([2; 32])))
             .unwrap();
         assert_eq!(pinned.content, ContentId([2; 32]));
         assert_eq!(pinned.owners.len(), 3);
         assert!(
-            r.need_owned("movie.bin", 10, 1, Some(ContentId([9; 32])), false)
+            r.look_up("movie.bin", 10, 1, Some(ContentId([9; 32])))
                 .is_none()
         );
         // Partial owners of a stale content do not outvote a complete owner of the new.
@@ -957,7 +951,7 @@ mod tests {
         r.announce(genuine, &ann("real", 1, "doc.bin", 4, 0), now)
             .unwrap();
         assert_eq!(
-            r.need_owned("doc.bin", 10, 1, None, false).unwrap().content,
+            r.look_up("doc.bin", 10, 1, None).unwrap().content,
             ContentId([4; 32])
         );
     }
