@@ -156,8 +156,7 @@ impl ReplyBuf {
     }
 }
 
-/// One owner as [`OwnerInfo`] encodes it, its name borrowed
-/// from the table.
+/// One owner as [`OwnerInfo`] encodes it, its name borrowed from the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub(crate) struct OwnerRef<'a> {
     pub node: &'a str,
