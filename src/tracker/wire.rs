@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use serde::ser::{SerializeStruct, SerializeStructVariant};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::outbox::Ready;
 use crate::error::{Error, Result};
 use crate::key::{DatagramSeal, Direction, SEAL_HEAD, SEAL_OVERHEAD, unix_millis};
 use crate::messages::{
@@ -97,6 +98,8 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<RequestView<'_>> {
 /// head, and sealed there if the network has a key.
 pub(crate) struct ReplyBuf {
     buf: Vec<u8>,
+    /// The datagram ready to send, as where it starts and ends in `buf`, and where to.
+    ready: Option<(usize, usize, SocketAddr)>,
 }
 
 impl ReplyBuf {
@@ -104,11 +107,12 @@ impl ReplyBuf {
     pub fn new() -> Self {
         Self {
             buf: vec![0; MAX_DATAGRAM_LEN + SEAL_OVERHEAD],
+            ready: None,
         }
     }
 
     /// Writes `reply` after room for a seal's head; returns its length, for
-    /// [`datagram`](Self::datagram).
+    /// [`ready`](Self::ready).
     ///
     /// # Errors
     ///
@@ -132,14 +136,40 @@ impl ReplyBuf {
     /// # Errors
     ///
     /// [`Error::Random`] if sealing finds no random salt.
+    #[cfg(test)]
     pub fn datagram(&mut self, len: usize, seal: Option<&DatagramSeal>) -> Result<&[u8]> {
+        let (start, end) = self.finish(len, seal)?;
+        Ok(&self.buf[start..end])
+    }
+
+    /// Makes the reply last written (`len` bytes long) ready to send to `to`, sealed under
+    /// `seal` if given; [`take_ready`](Self::take_ready) hands it over.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Random`] if sealing finds no random salt; nothing is then ready.
+    pub fn ready(&mut self, len: usize, seal: Option<&DatagramSeal>, to: SocketAddr) -> Result<()> {
+        self.ready = None;
+        let (start, end) = self.finish(len, seal)?;
+        self.ready = Some((start, end, to));
+        Ok(())
+    }
+
+    /// The datagram made ready, and where it goes; none after this until the next.
+    pub fn take_ready(&mut self) -> Option<Ready<'_>> {
+        let (start, end, to) = self.ready.take()?;
+        Some((&self.buf[start..end], to))
+    }
+
+    /// Seals the reply last written if there is a key; returns where the datagram lies.
+    fn finish(&mut self, len: usize, seal: Option<&DatagramSeal>) -> Result<(usize, usize)> {
         Ok(match seal {
             Some(seal) => {
                 let sealed =
                     seal.seal_in_place(Direction::Reply, &mut self.buf, len, unix_millis())?;
-                &self.buf[..sealed]
+                (0, sealed)
             }
-            None => &self.buf[SEAL_HEAD..SEAL_HEAD + len],
+            None => (SEAL_HEAD, SEAL_HEAD + len),
         })
     }
 
