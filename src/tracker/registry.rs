@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 
 use crate::host::address_key;
 use crate::tracker::wire::{AnnounceView, OwnerRef};
+use nodes::{NodeId, Nodes};
 use rank::{Order, owner_ref, rank};
+use swarm::{Owner, Swarm};
 
+mod nodes;
 mod rank;
+mod swarm;
 
 /// The table's maps: keyed by what strangers choose (names, addresses), so the hash is
 /// seeded per map, and foldhash's quality variant, several times cheaper than SipHash on
@@ -70,7 +74,7 @@ pub(crate) struct Registry {
     /// File name → content id → swarm; a name may carry several contents if owners
     /// disagree, and `need` answers with the one most owners hold.
     files: HashMap<String, HashMap<ContentId, Swarm>>,
-    nodes: HashMap<SocketAddr, NodeEntry>,
+    nodes: Nodes,
     limits: TableLimits,
     /// Nodes and rows per address, as [`TableLimits`] counts them.
     usage: HashMap<IpAddr, Usage>,
@@ -81,7 +85,7 @@ pub(crate) struct Registry {
     /// Whether names were added or removed since `names` was built.
     names_stale: bool,
     /// The owners the last look-up picked, kept so the next one allocates nothing.
-    picked: Vec<(SocketAddr, bool)>,
+    picked: Vec<(NodeId, bool)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -90,38 +94,14 @@ struct Usage {
     rows: usize,
 }
 
-#[derive(Debug)]
-struct Swarm {
-    size: u64,
-    owners: HashMap<SocketAddr, Ownership>,
-    /// When this content was first announced under its name: of two contents owned
-    /// alike, the older one is listed (a newcomer cannot take over a name by matching it).
-    since: Instant,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ownership {
-    pieces: u32,
-    complete: bool,
-    last_seen: Instant,
-}
-
-#[derive(Debug)]
-struct NodeEntry {
-    name: String,
-    counters: Counters,
-    /// File name → the content this node announced under it (one per name).
-    files: HashMap<String, ContentId>,
-}
-
 /// What a `Need` finds, borrowed from the table: the content chosen under a name, the
 /// owners picked, and how many contents the name has.
 pub(crate) struct Picked<'r> {
     pub content: ContentId,
     pub size: u64,
     pub contents: u32,
-    chosen: &'r [(SocketAddr, bool)],
-    nodes: &'r HashMap<SocketAddr, NodeEntry>,
+    chosen: &'r [(NodeId, bool)],
+    nodes: &'r Nodes,
 }
 
 impl<'r> Picked<'r> {
@@ -130,23 +110,7 @@ impl<'r> Picked<'r> {
         let nodes = self.nodes;
         self.chosen
             .iter()
-            .map(move |&(addr, complete)| owner_ref(nodes, addr, complete))
-    }
-}
-
-impl Swarm {
-    /// How many distinct addresses (IPv6 /64s) its owners are on, only complete ones if
-    /// `complete`.
-    fn addresses(&self, complete: bool) -> usize {
-        let mut ips: Vec<IpAddr> = self
-            .owners
-            .iter()
-            .filter(|(_, o)| o.complete || !complete)
-            .map(|(a, _)| address_key(a.ip()))
-            .collect();
-        ips.sort_unstable();
-        ips.dedup();
-        ips.len()
+            .map(move |&(id, complete)| owner_ref(nodes, id, complete))
     }
 }
 
@@ -156,7 +120,7 @@ impl Registry {
         Self {
             expiry: interval * EXPIRY_INTERVALS,
             files: HashMap::default(),
-            nodes: HashMap::default(),
+            nodes: Nodes::default(),
             limits,
             usage: HashMap::default(),
             rows: 0,
@@ -245,11 +209,7 @@ impl Registry {
         };
         self.check_limits(addr, new_node, new_row)?;
         self.count(addr, isize::from(new_node), isize::from(new_row));
-        let node = self.nodes.entry(addr).or_insert_with(|| NodeEntry {
-            name: String::new(),
-            counters: Counters::default(),
-            files: HashMap::default(),
-        });
+        let (id, node) = self.nodes.entry(addr);
         let mut changed = node.name != ann.node || node.counters != ann.counters;
         if node.name != ann.node {
             ann.node.clone_into(&mut node.name);
@@ -261,7 +221,7 @@ impl Registry {
             Some(old) => {
                 node.files.insert(ann.file.to_owned(), ann.content);
                 // The name itself stays: this node's new content is added under it below.
-                remove_owner(&mut self.files, ann.file, old, addr);
+                remove_owner(&mut self.files, ann.file, old, id);
                 changed = true;
             }
             None => {
@@ -275,17 +235,17 @@ impl Registry {
                 self.files.entry(ann.file.to_owned()).or_default()
             }
         };
-        let swarm = swarms.entry(ann.content).or_insert_with(|| Swarm {
-            size: ann.size,
-            owners: HashMap::default(),
-            since: now,
-        });
-        let new = Ownership {
+        let swarm = swarms
+            .entry(ann.content)
+            .or_insert_with(|| Swarm::new(ann.size, now));
+        let new = Owner {
+            node: id,
             pieces: ann.pieces,
             complete: ann.complete,
+            v6: addr.is_ipv6(),
             last_seen: now,
         };
-        let old = swarm.owners.insert(addr, new);
+        let old = swarm.insert(new);
         changed |= old.is_none_or(|o| o.pieces != new.pieces || o.complete != new.complete);
         Ok(changed)
     }
@@ -315,14 +275,15 @@ impl Registry {
         v6: bool,
     ) -> Option<Picked<'_>> {
         let swarms = self.files.get(file)?;
-        let mut live = swarms.iter().filter(|(_, s)| !s.owners.is_empty());
+        let mut live = swarms.iter().filter(|(_, s)| !s.is_empty());
         let (content, swarm) = match pin {
             Some(pin) => live.find(|(c, _)| **c == pin)?,
             // One content, as nearly always: nothing to weigh.
             None if swarms.len() == 1 => live.next()?,
             None => live.max_by_key(|(c, s)| {
                 let older = std::cmp::Reverse((s.since, **c));
-                (s.addresses(true), s.addresses(false), older)
+                let nodes = &self.nodes;
+                (s.addresses(nodes, true), s.addresses(nodes, false), older)
             })?,
         };
         let want = usize::from(numwant).min(MAX_OWNERS_LISTED);
@@ -364,12 +325,12 @@ impl Registry {
             .flat_map(|(name, swarms)| {
                 swarms
                     .iter()
-                    .filter(|(_, s)| !s.owners.is_empty())
+                    .filter(|(_, s)| !s.is_empty())
                     .map(|(content, swarm)| SearchHit {
                         file: name.clone(),
                         content: *content,
                         size: swarm.size,
-                        owner_count: u32::try_from(swarm.owners.len()).unwrap_or(u32::MAX),
+                        owner_count: u32::try_from(swarm.len()).unwrap_or(u32::MAX),
                         owners: self.best_owners(swarm, v6),
                     })
             })
@@ -389,7 +350,7 @@ impl Registry {
             &mut best,
         );
         best.into_iter()
-            .map(|(addr, complete)| owner_ref(&self.nodes, addr, complete).into())
+            .map(|(id, complete)| owner_ref(&self.nodes, id, complete).into())
             .collect()
     }
 
@@ -405,13 +366,13 @@ impl Registry {
 
     /// Removes the node serving at `addr` from every file. Returns whether it was known.
     pub fn exit(&mut self, addr: SocketAddr) -> bool {
-        let Some(node) = self.nodes.remove(&addr) else {
+        let Some((id, node)) = self.nodes.remove(&addr) else {
             return false;
         };
         let rows = isize::try_from(node.files.len()).unwrap_or(isize::MAX);
         self.count(addr, -1, -rows);
         for (file, content) in node.files {
-            self.names_stale |= remove_owner(&mut self.files, &file, content, addr);
+            self.names_stale |= remove_owner(&mut self.files, &file, content, id);
         }
         true
     }
@@ -423,32 +384,32 @@ impl Registry {
         let mut dropped = Vec::new();
         for (file, swarms) in &mut self.files {
             for (content, swarm) in swarms.iter_mut() {
-                swarm.owners.retain(|addr, o| {
-                    let keep = now.saturating_duration_since(o.last_seen) < expiry;
-                    if !keep {
-                        dropped.push((*addr, file.clone(), *content));
-                    }
-                    keep
-                });
+                swarm.retain(
+                    |o| now.saturating_duration_since(o.last_seen) < expiry,
+                    |o| dropped.push((o.node, file.clone(), *content)),
+                );
             }
-            swarms.retain(|_, s| !s.owners.is_empty());
+            swarms.retain(|_, s| !s.is_empty());
         }
         let names = self.files.len();
         self.files.retain(|_, swarms| !swarms.is_empty());
         self.names_stale |= self.files.len() != names;
-        for (addr, file, content) in &dropped {
-            if let Some(node) = self.nodes.get_mut(addr)
+        for (id, file, content) in &dropped {
+            let Some(addr) = self.nodes.by_id(*id).map(|n| n.addr) else {
+                continue;
+            };
+            if let Some(node) = self.nodes.get_mut(&addr)
                 && node.files.get(file) == Some(content)
             {
                 node.files.remove(file);
-                self.count(*addr, 0, -1);
+                self.count(addr, 0, -1);
             }
         }
         let empty: Vec<SocketAddr> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.files.is_empty())
-            .map(|(a, _)| *a)
+            .filter(|n| n.files.is_empty())
+            .map(|n| n.addr)
             .collect();
         for addr in empty {
             self.nodes.remove(&addr);
@@ -471,17 +432,16 @@ impl Registry {
             .flat_map(|(name, swarms)| {
                 swarms.iter().map(move |(content, swarm)| {
                     let mut owners: Vec<OwnerRow> = swarm
-                        .owners
+                        .owners()
                         .iter()
-                        .map(|(addr, o)| OwnerRow {
-                            node: self
-                                .nodes
-                                .get(addr)
-                                .map(|n| n.name.clone())
-                                .unwrap_or_default(),
-                            addr: *addr,
-                            pieces: o.pieces,
-                            complete: o.complete,
+                        .filter_map(|o| {
+                            let node = self.nodes.by_id(o.node)?;
+                            Some(OwnerRow {
+                                node: node.name.clone(),
+                                addr: node.addr,
+                                pieces: o.pieces,
+                                complete: o.complete,
+                            })
                         })
                         .collect();
                     owners.sort_by(|a, b| (&a.node, a.addr).cmp(&(&b.node, b.addr)));
@@ -498,12 +458,12 @@ impl Registry {
         let mut nodes: Vec<NodeRow> = self
             .nodes
             .iter()
-            .map(|(addr, n)| {
+            .map(|n| {
                 let mut files: Vec<String> = n.files.keys().cloned().collect();
                 files.sort();
                 NodeRow {
                     node: n.name.clone(),
-                    addr: *addr,
+                    addr: n.addr,
                     files,
                     counters: n.counters,
                 }
@@ -526,20 +486,20 @@ pub(crate) fn matching<'a>(names: &'a [(String, String)], pattern: &str) -> Vec<
         .collect()
 }
 
-/// Removes `addr` from the swarm of `content` under `file`, and what it leaves empty.
+/// Removes `node` from the swarm of `content` under `file`, and what it leaves empty.
 /// Returns whether the name left the table.
 fn remove_owner(
     files: &mut HashMap<String, HashMap<ContentId, Swarm>>,
     file: &str,
     content: ContentId,
-    addr: SocketAddr,
+    node: NodeId,
 ) -> bool {
     let Some(swarms) = files.get_mut(file) else {
         return false;
     };
     if let Some(swarm) = swarms.get_mut(&content) {
-        swarm.owners.remove(&addr);
-        if swarm.owners.is_empty() {
+        swarm.remove(node);
+        if swarm.is_empty() {
             swarms.remove(&content);
         }
     }
@@ -661,298 +621,4 @@ impl fmt::Display for Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::messages::Announce;
-
-    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-    /// What a look-up finds, owned, so two can be compared.
-    #[derive(Debug, PartialEq, Eq)]
-    struct Found {
-        content: ContentId,
-        size: u64,
-        owners: Vec<OwnerInfo>,
-        contents: u32,
-    }
-
-    impl Registry {
-        /// An IPv4 asker's look-up, owned.
-        fn look_up(
-            &mut self,
-            file: &str,
-            want: u16,
-            seed: u64,
-            pin: Option<ContentId>,
-        ) -> Option<Found> {
-            let p = self.need(file, want, seed, pin, false)?;
-            Some(Found {
-                content: p.content,
-                size: p.size,
-                owners: p.owners().map(OwnerInfo::from).collect(),
-                contents: p.contents,
-            })
-        }
-    }
-
-    fn ann(node: &str, port: u16, file: &str, content: u8, sent: u64) -> Announce {
-        Announce {
-            node: node.into(),
-            port,
-            file: file.into(),
-            content: ContentId([content; 32]),
-            size: 1000,
-            pieces: 4,
-            complete: true,
-            counters: Counters {
-                files_sent: sent,
-                ..Counters::default()
-            },
-        }
-    }
-
-    fn registry() -> (Registry, Instant) {
-        (
-            Registry::new(Duration::from_secs(10), TableLimits::default()),
-            Instant::now(),
-        )
-    }
-
-    #[test]
-    fn need_lists_a_random_subset_complete_owners_first() {
-        let (mut r, now) = registry();
-        for port in 1..=40 {
-            let mut a = ann(&format!("n{port}"), port, "f", 1, u64::from(port));
-            a.complete = port <= 3;
-            a.pieces = if a.complete { 10 } else { 5 };
-            r.announce(IP, &a, now).unwrap();
-        }
-        let mut firsts = std::collections::HashSet::new();
-        let mut listed = std::collections::HashSet::new();
-        for seed in 0..50 {
-            let found = r.look_up("f", 8, seed, None).unwrap();
-            assert_eq!(found.owners.len(), 8);
-            assert!(
-                found.owners[..3].iter().all(|o| o.complete),
-                "complete first"
-            );
-            assert!(found.owners[3..].iter().all(|o| !o.complete));
-            firsts.insert(found.owners[3].addr);
-            listed.extend(found.owners.iter().map(|o| o.addr));
-        }
-        // Fifty requests see most of the 37 partial owners, not the same five.
-        assert!(listed.len() > 30, "{} owners listed", listed.len());
-        assert!(firsts.len() > 10);
-        assert_eq!(
-            r.look_up("f", 8, 7, None),
-            r.look_up("f", 8, 7, None),
-            "a seed is one permutation"
-        );
-        assert!(r.look_up("g", 5, 0, None).is_none());
-        // Search still ranks the original's best node first.
-        assert_eq!(r.search("f")[0].owners[0].node, "n3");
-    }
-
-    /// Two live nodes under one name, at two addresses: both are listed, each with its
-    /// address, and marked as sharing the name; a name used once is not marked.
-    #[test]
-    fn two_nodes_under_one_name_are_listed_apart_and_marked() {
-        let (mut r, now) = registry();
-        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
-        r.announce(IpAddr::from([10, 0, 0, 2]), &ann("A", 2, "g", 2, 0), now)
-            .unwrap();
-        r.announce(IP, &ann("B", 3, "f", 1, 0), now).unwrap();
-        let table = r.snapshot().to_string();
-        let rows: Vec<&str> = table.lines().filter(|l| l.contains("sent")).collect();
-        let a: Vec<&&str> = rows
-            .iter()
-            .filter(|l| l.trim_start().starts_with("A "))
-            .collect();
-        assert_eq!(a.len(), 2, "{table}");
-        assert!(a.iter().any(|l| l.contains("127.0.0.1:1")), "{table}");
-        assert!(a.iter().any(|l| l.contains("10.0.0.2:2")), "{table}");
-        assert!(
-            a.iter()
-                .all(|l| l.ends_with("(another node uses this name)")),
-            "{table}"
-        );
-        let b = rows
-            .iter()
-            .find(|l| l.trim_start().starts_with("B "))
-            .unwrap();
-        assert!(!b.contains("name)"), "{table}");
-    }
-
-    #[test]
-    fn re_announcing_unchanged_is_not_a_change() {
-        let (mut r, now) = registry();
-        assert!(r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap());
-        assert!(!r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap());
-        assert!(r.announce(IP, &ann("A", 1, "f", 1, 1), now).unwrap());
-    }
-
-    #[test]
-    fn need_answers_with_the_content_owned_from_most_addresses() {
-        let (mut r, now) = registry();
-        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
-        r.announce(IpAddr::from([10, 0, 0, 2]), &ann("B", 2, "f", 2, 0), now)
-            .unwrap();
-        r.announce(IpAddr::from([10, 0, 0, 3]), &ann("C", 3, "f", 2, 0), now)
-            .unwrap();
-        assert_eq!(
-            r.look_up("f", 10, 0, None).unwrap().content,
-            ContentId([2; 32])
-        );
-        // A changes its file to content 2: content 1 has no owner left.
-        r.announce(IP, &ann("A", 1, "f", 2, 0), now).unwrap();
-        assert_eq!(r.look_up("f", 10, 0, None).unwrap().owners.len(), 3);
-        assert_eq!(r.snapshot().files.len(), 1);
-    }
-
-    #[test]
-    fn exit_removes_the_node_everywhere() {
-        let (mut r, now) = registry();
-        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
-        r.announce(IP, &ann("A", 1, "g", 3, 0), now).unwrap();
-        r.announce(IP, &ann("B", 2, "g", 3, 0), now).unwrap();
-        assert!(r.exit(SocketAddr::new(IP, 1)));
-        assert!(!r.exit(SocketAddr::new(IP, 1)));
-        assert!(r.look_up("f", 5, 0, None).is_none());
-        assert_eq!(r.look_up("g", 5, 0, None).unwrap().owners.len(), 1);
-        assert_eq!(r.snapshot().nodes.len(), 1);
-    }
-
-    #[test]
-    fn silent_owners_expire_after_three_intervals() {
-        let (mut r, now) = registry();
-        r.announce(IP, &ann("A", 1, "f", 1, 0), now).unwrap();
-        r.announce(IP, &ann("B", 2, "f", 1, 0), now + Duration::from_secs(20))
-            .unwrap();
-        assert!(!r.expire(now + Duration::from_secs(29)));
-        assert!(r.expire(now + Duration::from_secs(30)));
-        let found = r.look_up("f", 5, 0, None).unwrap();
-        assert_eq!(found.owners.len(), 1);
-        assert_eq!(found.owners[0].node, "B");
-        assert!(r.expire(now + Duration::from_secs(50)));
-        assert_eq!(r.snapshot(), Snapshot::default());
-    }
-
-    #[test]
-    fn bad_announces_are_refused() {
-        let (mut r, now) = registry();
-        assert!(r.announce(IP, &ann("A", 1, "../x", 1, 0), now).is_err());
-        assert!(r.announce(IP, &ann("", 1, "x", 1, 0), now).is_err());
-        assert!(r.announce(IP, &ann("A", 0, "x", 1, 0), now).is_err());
-        assert_eq!(r.snapshot(), Snapshot::default());
-    }
-
-    #[test]
-    fn search_matches_substrings_ignoring_case() {
-        let (mut r, now) = registry();
-        r.announce(IP, &ann("A", 1, "Movie.bin", 1, 0), now)
-            .unwrap();
-        r.announce(IP, &ann("A", 1, "notes.txt", 2, 0), now)
-            .unwrap();
-        let hits = r.search("movie");
-        assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].file, "Movie.bin");
-        assert_eq!(hits[0].owner_count, 1);
-        assert_eq!(r.search("").len(), 2);
-    }
-
-    #[test]
-    fn one_address_cannot_grow_the_table_past_its_limits() {
-        let limits = TableLimits {
-            nodes_per_address: 2,
-            files_per_node: 3,
-            rows_per_address: 5,
-            rows: 7,
-        };
-        let mut r = Registry::new(Duration::from_secs(10), limits);
-        let now = Instant::now();
-        for f in 0..3 {
-            r.announce(IP, &ann("a", 1, &format!("f{f}"), 1, 0), now)
-                .unwrap();
-        }
-        let err = r.announce(IP, &ann("a", 1, "f3", 1, 0), now).unwrap_err();
-        assert!(err.contains("files per node"), "{err}");
-        // Re-announcing what is listed is never refused.
-        r.announce(IP, &ann("a", 1, "f0", 2, 0), now).unwrap();
-        r.announce(IP, &ann("b", 2, "g0", 1, 0), now).unwrap();
-        let err = r.announce(IP, &ann("c", 3, "h0", 1, 0), now).unwrap_err();
-        assert!(err.contains("nodes per address"), "{err}");
-        r.announce(IP, &ann("b", 2, "g1", 1, 0), now).unwrap();
-        let err = r.announce(IP, &ann("b", 2, "g2", 1, 0), now).unwrap_err();
-        assert!(err.contains("from one address"), "{err}");
-        // Other addresses fill the rest of the table, then nobody can add.
-        let other = IpAddr::from([10, 0, 0, 2]);
-        r.announce(other, &ann("d", 1, "x", 1, 0), now).unwrap();
-        r.announce(other, &ann("d", 1, "y", 1, 0), now).unwrap();
-        let err = r.announce(other, &ann("d", 1, "z", 1, 0), now).unwrap_err();
-        assert!(err.contains("table is full"), "{err}");
-        // Leaving frees the rows and the node's place.
-        assert!(r.exit(SocketAddr::new(IP, 1)));
-        r.announce(IP, &ann("c", 3, "h0", 1, 0), now).unwrap();
-        r.announce(other, &ann("d", 1, "z", 1, 0), now).unwrap();
-        // Expiry frees them too.
-        assert!(r.expire(now + Duration::from_secs(60)));
-        assert_eq!((r.rows, r.usage.len()), (0, 0));
-    }
-
-    #[test]
-    fn search_scans_a_copy_of_the_names_rebuilt_when_they_change() {
-        let (mut r, now) = registry();
-        r.announce(IP, &ann("a", 1, "Movie.bin", 1, 0), now)
-            .unwrap();
-        let before = r.names();
-        assert!(
-            Arc::ptr_eq(&before, &r.names()),
-            "unchanged names are not rebuilt"
-        );
-        r.announce(IP, &ann("a", 1, "movie-2.bin", 1, 0), now)
-            .unwrap();
-        assert_eq!(r.search("MOVIE").len(), 2);
-        assert!(r.exit(SocketAddr::new(IP, 1)));
-        assert!(r.search("movie").is_empty());
-    }
-
-    #[test]
-    fn need_prefers_complete_owners_on_distinct_addresses_then_the_older_content() {
-        let (mut r, now) = registry();
-        let genuine = IpAddr::from([10, 0, 0, 1]);
-        let squatter = IpAddr::from([10, 0, 0, 2]);
-        r.announce(genuine, &ann("real", 1, "movie.bin", 1, 0), now)
-            .unwrap();
-        // One host announcing its own file from three ports is one address.
-        for port in 1..=3 {
-            r.announce(squatter, &ann("fake", port, "movie.bin", 2, 0), now)
-                .unwrap();
-        }
-        let found = r.look_up("movie.bin", 10, 1, None).unwrap();
-        assert_eq!(found.content, ContentId([1; 32]));
-        assert_eq!(found.contents, 2);
-        // A pin gets the pinned content, and only it.
-        let pinned = r
-            .look_up("movie.bin", 10, 1, Some(ContentId([2; 32])))
-            .unwrap();
-        assert_eq!(pinned.content, ContentId([2; 32]));
-        assert_eq!(pinned.owners.len(), 3);
-        assert!(
-            r.look_up("movie.bin", 10, 1, Some(ContentId([9; 32])))
-                .is_none()
-        );
-        // Partial owners of a stale content do not outvote a complete owner of the new.
-        let mut stale = ann("leech", 1, "doc.bin", 3, 0);
-        stale.complete = false;
-        for last in 10..20 {
-            r.announce(IpAddr::from([10, 0, 1, last]), &stale, now)
-                .unwrap();
-        }
-        r.announce(genuine, &ann("real", 1, "doc.bin", 4, 0), now)
-            .unwrap();
-        assert_eq!(
-            r.look_up("doc.bin", 10, 1, None).unwrap().content,
-            ContentId([4; 32])
-        );
-    }
-}
+mod tests;

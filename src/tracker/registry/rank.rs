@@ -1,13 +1,14 @@
 //! Which owners the tracker lists, and in what order: complete owners first, then a random
 //! subset drawn afresh for each download's look-up, or the best for a search.
 //!
-//! The picks are addresses; [`owner_ref`] names one from the table when the reply is
-//! written, so only the owners listed are looked up.
+//! The picks are node ids; [`owner_ref`] names one from the table when the reply is
+//! written, so only the owners listed are looked up, each by index.
 
 use std::cmp::Reverse;
 use std::net::SocketAddr;
 
-use super::{HashMap, NodeEntry, Swarm};
+use super::Swarm;
+use super::nodes::{NodeId, Nodes};
 use crate::tracker::wire::OwnerRef;
 
 /// How owners are ordered within the complete and the partial ones.
@@ -23,33 +24,34 @@ pub(super) enum Order {
 /// (`v6`), complete ones first, then in `order`. `out` is the caller's, kept from one
 /// look-up to the next, so a look-up allocates nothing once it has grown.
 pub(super) fn rank(
-    nodes: &HashMap<SocketAddr, NodeEntry>,
+    nodes: &Nodes,
     swarm: &Swarm,
     want: usize,
     order: Order,
     v6: bool,
-    out: &mut Vec<(SocketAddr, bool)>,
+    out: &mut Vec<(NodeId, bool)>,
 ) {
     out.clear();
     out.extend(
         swarm
-            .owners
+            .owners()
             .iter()
-            .filter(|(addr, _)| addr.is_ipv6() == v6)
-            .map(|(addr, o)| (*addr, o.complete)),
+            .filter(|o| o.v6 == v6)
+            .map(|o| (o.node, o.complete)),
     );
     let want = want.min(out.len());
     match order {
         Order::Shuffled(seed) => shuffle_front(out, want, seed),
         Order::Best => {
             // The original's "best node": most files sent, then most bytes.
-            let key = |&(addr, complete): &(SocketAddr, bool)| {
-                let c = nodes.get(&addr).map(|n| n.counters).unwrap_or_default();
+            let key = |&(id, complete): &(NodeId, bool)| {
+                let node = nodes.by_id(id);
+                let c = node.map(|n| n.counters).unwrap_or_default();
                 (
                     Reverse(complete),
                     Reverse(c.files_sent),
                     Reverse(c.bytes_sent),
-                    addr,
+                    node.map(|n| n.addr),
                 )
             };
             // The best `want` found in linear time, then only those sorted: a search
@@ -65,18 +67,18 @@ pub(super) fn rank(
         }
     }
     out.truncate(want);
+    // A swarm lists only nodes in the table; should one not be, it is left out rather
+    // than named wrongly (`owner_ref` then never meets it).
+    out.retain(|&(id, _)| nodes.by_id(id).is_some());
 }
 
-/// The owner at `addr` as a reply lists it, named from the table.
-pub(super) fn owner_ref(
-    nodes: &HashMap<SocketAddr, NodeEntry>,
-    addr: SocketAddr,
-    complete: bool,
-) -> OwnerRef<'_> {
-    let node = nodes.get(&addr);
+/// The owner `id` as a reply lists it, named from the table. `rank` picks only ids the
+/// table holds; any other is named as nobody at the unspecified address.
+pub(super) fn owner_ref(nodes: &Nodes, id: NodeId, complete: bool) -> OwnerRef<'_> {
+    let node = nodes.by_id(id);
     OwnerRef {
         node: node.map_or("", |n| n.name.as_str()),
-        addr,
+        addr: node.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |n| n.addr),
         uploads: node.map_or(0, |n| n.counters.files_sent),
         complete,
     }
@@ -86,7 +88,7 @@ pub(super) fn owner_ref(
 /// first: the complete ones are moved ahead, then a partial Fisher-Yates shuffle fills
 /// each place from what is left of its group. Linear in the owners, with one draw per
 /// place; a fresh seed per request gives each asker its own random subset.
-fn shuffle_front(owners: &mut [(SocketAddr, bool)], want: usize, seed: u64) {
+fn shuffle_front<T>(owners: &mut [(T, bool)], want: usize, seed: u64) {
     let mut complete = 0;
     for i in 0..owners.len() {
         if owners[i].1 {
