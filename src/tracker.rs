@@ -695,7 +695,7 @@ impl Service {
                     let file = file.to_owned();
                     return self.answer(out, txid, TrackerToNode::NotFound { file }, from);
                 };
-                let written = out.write(&OwnersReply {
+                let written = out.write_owners(&OwnersReply {
                     txid,
                     file,
                     content: found.content,

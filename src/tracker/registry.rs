@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::host::address_key;
-use crate::tracker::wire::{AnnounceView, OwnerRef};
+use crate::tracker::wire::{AnnounceView, OwnerBytes, encode_node};
 use nodes::{NodeId, Nodes};
 use rank::{Order, owner_ref, rank};
 use swarm::{Owner, Swarm};
@@ -105,12 +105,14 @@ pub(crate) struct Picked<'r> {
 }
 
 impl<'r> Picked<'r> {
-    /// The owners picked, in order, named from the table.
-    pub fn owners(&self) -> impl ExactSizeIterator<Item = OwnerRef<'r>> + Clone + 'r {
+    /// The owners picked, in order, as the answer lists them: each node's bytes as its
+    /// last announce left them, and whether it is complete.
+    pub fn owners(&self) -> impl ExactSizeIterator<Item = OwnerBytes<'r>> + Clone + 'r {
         let nodes = self.nodes;
-        self.chosen
-            .iter()
-            .map(move |&(id, complete)| owner_ref(nodes, id, complete))
+        self.chosen.iter().map(move |&(id, complete)| {
+            let node = nodes.by_id(id).map_or(&[][..], |n| n.wire.as_slice());
+            (node, complete)
+        })
     }
 }
 
@@ -215,6 +217,9 @@ impl Registry {
             ann.node.clone_into(&mut node.name);
         }
         node.counters = ann.counters;
+        if changed || node.wire.is_empty() {
+            encode_node(&node.name, addr, node.counters.files_sent, &mut node.wire);
+        }
         // An owner announces one content per name: a changed file replaces the old one.
         match held.flatten() {
             Some(old) if old == ann.content => {}

@@ -10,8 +10,7 @@
 
 use std::net::SocketAddr;
 
-use serde::ser::{SerializeStruct, SerializeStructVariant};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::outbox::Ready;
 use crate::error::{Error, Result};
@@ -119,14 +118,48 @@ impl ReplyBuf {
     /// [`Error::FrameTooLarge`] if the reply would not fit in one datagram.
     pub fn write(&mut self, reply: &impl Serialize) -> Result<usize> {
         let room = &mut self.buf[SEAL_HEAD..SEAL_HEAD + MAX_DATAGRAM_LEN];
-        match postcard::to_slice(reply, room) {
-            Ok(body) => Ok(body.len()),
-            Err(postcard::Error::SerializeBufferFull) => Err(Error::FrameTooLarge {
-                len: MAX_DATAGRAM_LEN as u64 + 1,
-                max: MAX_DATAGRAM_LEN as u64,
-            }),
-            Err(e) => Err(e.into()),
+        Ok(postcard::to_slice(reply, room).map_err(too_large)?.len())
+    }
+
+    /// Writes a look-up's answer after room for a seal's head, copying each owner's bytes
+    /// as its node's announce left them; returns its length, for [`ready`](Self::ready).
+    /// The bytes are those `write` makes of the `TrackerReply` it stands for: postcard lays
+    /// a struct's fields and a sequence's items end to end, so the head, the owners and
+    /// the tail are written one after another.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FrameTooLarge`] if the reply would not fit in one datagram.
+    pub fn write_owners<'a, I>(&mut self, reply: &OwnersReply<'a, I>) -> Result<usize>
+    where
+        I: Iterator<Item = OwnerBytes<'a>> + ExactSizeIterator + Clone,
+    {
+        let room = &mut self.buf[SEAL_HEAD..SEAL_HEAD + MAX_DATAGRAM_LEN];
+        let head = (
+            PROTOCOL_VERSION,
+            reply.txid,
+            OWNERS_VARIANT,
+            reply.file,
+            reply.content,
+            reply.size,
+            reply.owners.len(),
+        );
+        let mut len = postcard::to_slice(&head, room).map_err(too_large)?.len();
+        for (node, complete) in reply.owners.clone() {
+            let end = len + node.len() + 1;
+            let into = room
+                .get_mut(len..end)
+                .ok_or(too_large(postcard::Error::SerializeBufferFull))?;
+            let (bytes, flag) = into.split_at_mut(node.len());
+            bytes.copy_from_slice(node);
+            flag[0] = u8::from(complete);
+            len = end;
         }
+        let tail = (reply.interval_secs, reply.contents);
+        len += postcard::to_slice(&tail, &mut room[len..])
+            .map_err(too_large)?
+            .len();
+        Ok(len)
     }
 
     /// The reply last written (`len` bytes long), sealed under `seal` if given: the
@@ -207,7 +240,7 @@ impl From<OwnerRef<'_>> for OwnerInfo {
 }
 
 /// A [`TrackerReply`](crate::messages::TrackerReply) carrying [`TrackerToNode::Owners`](crate::messages::TrackerToNode),
-/// encoded from the table: `owners` is walked once, as it is written.
+/// written from the table by [`ReplyBuf::write_owners`]: `owners` is walked once.
 pub(crate) struct OwnersReply<'a, I> {
     pub txid: u64,
     pub file: &'a str,
@@ -218,52 +251,32 @@ pub(crate) struct OwnersReply<'a, I> {
     pub contents: u32,
 }
 
+/// One owner of a look-up's answer: its node's bytes ([`encode_node`]) and whether it
+/// holds the whole file.
+pub(crate) type OwnerBytes<'a> = (&'a [u8], bool);
+
 /// Where `Owners` stands among [`TrackerToNode`](crate::messages::TrackerToNode)'s
 /// variants: its index on the wire.
 const OWNERS_VARIANT: u32 = 1;
 
-impl<'a, I> Serialize for OwnersReply<'a, I>
-where
-    I: Iterator<Item = OwnerRef<'a>> + ExactSizeIterator + Clone,
-{
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut reply = s.serialize_struct("TrackerReply", 3)?;
-        reply.serialize_field("version", &PROTOCOL_VERSION)?;
-        reply.serialize_field("txid", &self.txid)?;
-        reply.serialize_field("body", &OwnersBody(self))?;
-        reply.end()
-    }
+/// Puts in `out` what an answer says of a node whatever file lists it: its name, address
+/// and uploads, encoded as the first three fields of [`OwnerInfo`]. The table keeps these
+/// bytes per node, re-encoded when an announce changes them, so a look-up copies fifty
+/// owners rather than encoding them.
+pub(crate) fn encode_node(name: &str, addr: SocketAddr, uploads: u64, out: &mut Vec<u8>) {
+    out.clear();
+    // Writing into a vector cannot fail: it grows as needed.
+    *out = postcard::to_extend(&(name, addr, uploads), std::mem::take(out)).unwrap_or_default();
 }
 
-/// The `body` field of an [`OwnersReply`].
-struct OwnersBody<'r, 'a, I>(&'r OwnersReply<'a, I>);
-
-impl<'a, I> Serialize for OwnersBody<'_, 'a, I>
-where
-    I: Iterator<Item = OwnerRef<'a>> + ExactSizeIterator + Clone,
-{
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let r = self.0;
-        let mut body = s.serialize_struct_variant("TrackerToNode", OWNERS_VARIANT, "Owners", 6)?;
-        body.serialize_field("file", r.file)?;
-        body.serialize_field("content", &r.content)?;
-        body.serialize_field("size", &r.size)?;
-        body.serialize_field("owners", &Owners(r.owners.clone()))?;
-        body.serialize_field("interval_secs", &r.interval_secs)?;
-        body.serialize_field("contents", &r.contents)?;
-        body.end()
-    }
-}
-
-/// A sequence of owners, written as a `Vec<OwnerInfo>` is.
-struct Owners<I>(I);
-
-impl<'a, I> Serialize for Owners<I>
-where
-    I: Iterator<Item = OwnerRef<'a>> + ExactSizeIterator + Clone,
-{
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.clone())
+/// What a reply too large for one datagram is refused with.
+fn too_large(e: postcard::Error) -> Error {
+    match e {
+        postcard::Error::SerializeBufferFull => Error::FrameTooLarge {
+            len: MAX_DATAGRAM_LEN as u64 + 1,
+            max: MAX_DATAGRAM_LEN as u64,
+        },
+        e => e.into(),
     }
 }
 
@@ -387,28 +400,36 @@ mod tests {
                     contents: 2,
                 },
             };
+            let nodes: Vec<Vec<u8>> = owned
+                .iter()
+                .map(|o| {
+                    let mut bytes = vec![9; 3]; // stale bytes are replaced
+                    encode_node(&o.node, o.addr, o.uploads, &mut bytes);
+                    bytes
+                })
+                .collect();
             let view = OwnersReply {
                 txid: u64::MAX - 3,
                 file: "f.bin",
                 content: content(1),
                 size: 123_456_789,
-                owners: owned.iter().map(|o| OwnerRef {
-                    node: &o.node,
-                    addr: o.addr,
-                    uploads: o.uploads,
-                    complete: o.complete,
-                }),
+                owners: nodes
+                    .iter()
+                    .zip(owned)
+                    .map(|(bytes, o)| (bytes.as_slice(), o.complete)),
                 interval_secs: 30,
                 contents: 2,
             };
             let mut buf = ReplyBuf::new();
+            let len = buf.write_owners(&view).unwrap();
             assert_eq!(
-                buf.encode(&view, None).unwrap(),
+                buf.datagram(len, None).unwrap(),
                 encode_reply(&reply).unwrap()
             );
             let key = NetworkKey::from_bytes([5; 32]);
             let seal = DatagramSeal::new(&key);
-            let mut sealed = buf.encode(&view, Some(&seal)).unwrap().to_vec();
+            let len = buf.write_owners(&view).unwrap();
+            let mut sealed = buf.datagram(len, Some(&seal)).unwrap().to_vec();
             let (_, plain) = seal.open(Direction::Reply, &mut sealed).unwrap();
             assert_eq!(decode_reply(plain).unwrap(), reply);
         }

@@ -23,6 +23,9 @@ pub(super) struct NodeEntry {
     pub counters: Counters,
     /// File name → the content this node announced under it (one per name).
     pub files: HashMap<String, crate::messages::ContentId>,
+    /// Its name, address and uploads as an answer lists them
+    /// ([`encode_node`](crate::tracker::wire::encode_node)), kept in step by `announce`.
+    pub wire: Vec<u8>,
 }
 
 /// Every node in the table, found by address or by id.
@@ -115,6 +118,7 @@ fn blank(addr: SocketAddr) -> NodeEntry {
         name: String::new(),
         counters: Counters::default(),
         files: HashMap::default(),
+        wire: Vec::new(),
     }
 }
 

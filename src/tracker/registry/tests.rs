@@ -28,7 +28,14 @@ impl Registry {
         Some(Found {
             content: p.content,
             size: p.size,
-            owners: p.owners().map(OwnerInfo::from).collect(),
+            // Read back from the bytes a reply copies, as a node decodes them.
+            owners: p
+                .owners()
+                .map(|(node, complete)| {
+                    let bytes = [node, &[u8::from(complete)]].concat();
+                    postcard::from_bytes(&bytes).unwrap()
+                })
+                .collect(),
             contents: p.contents,
         })
     }
