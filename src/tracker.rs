@@ -10,9 +10,9 @@
 //! `KeyRefused`, smaller than what they sent, and change nothing.
 
 mod budget;
+mod burst;
 mod client;
 mod metrics;
-mod outbox;
 mod registry;
 mod set;
 mod token;
@@ -32,7 +32,6 @@ pub use set::{
 };
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,10 +47,10 @@ use crate::key::{
     unix_millis,
 };
 use crate::messages::{
-    MAX_DATAGRAM_LEN, PROTOCOL_VERSION, TrackerReply, TrackerToNode, decode_request, encode_reply,
+    PROTOCOL_VERSION, TrackerReply, TrackerToNode, decode_request, encode_reply,
 };
 use budget::{Budgets, Verdict};
-use outbox::{BATCH, Outbox};
+use burst::{Inbox, Outbox, Received};
 use registry::Registry;
 pub use token::TOKEN_EPOCH;
 use token::Tokens;
@@ -383,26 +382,6 @@ type Written = (Result<usize>, Outcome, bool);
 /// Binds one of the tracker's sockets, sharing the port with the others (`reuse_port`).
 /// On the IPv6 wildcard (`[::]`) it is dual-stack whatever the system's default: IPv4
 /// nodes are served on it too.
-/// Receives one datagram and its source, `None` when there is no source: a socket shut for
-/// reading wakes a waiting receive with nothing and no address, and std's `recv_from`
-/// then panics on the empty address (seen as "tracker: thread tracker-udp panicked" when
-/// a tracker shut down mid-receive). With `queued_only` it takes only a datagram already
-/// queued, and fails with `WouldBlock` rather than wait.
-fn recv_datagram(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    queued_only: bool,
-) -> io::Result<(usize, Option<SocketAddr>)> {
-    let sock = socket2::SockRef::from(socket);
-    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and socket2's
-    // `recv_from` writes only initialised bytes into the buffer (its documented promise,
-    // for exactly this cast), so `buf` stays initialised.
-    let uninit = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [MaybeUninit<u8>]) };
-    let flags = if queued_only { libc::MSG_DONTWAIT } else { 0 };
-    let (n, from) = sock.recv_from_with_flags(uninit, flags)?;
-    Ok((n, from.as_socket()))
-}
-
 fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -452,29 +431,14 @@ struct Service {
 
 impl Service {
     fn run(self) -> Result<()> {
-        let mut buf = vec![0u8; MAX_DATAGRAM_LEN + 1];
+        let mut inbox = Inbox::new();
         let mut outbox = Outbox::new();
         let mut last_sweep = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
-            match recv_datagram(&self.socket, &mut buf, false) {
-                Ok((n, Some(from))) => {
-                    if self.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    self.receive(&mut buf[..n], from, &mut outbox.replies[0]);
-                    // Answer what else is queued already, then send every reply at once.
-                    let mut used = 1;
-                    while used < BATCH
-                        && let Ok((n, Some(from))) = recv_datagram(&self.socket, &mut buf, true)
-                    {
-                        self.receive(&mut buf[..n], from, &mut outbox.replies[used]);
-                        used += 1;
-                    }
-                    let sent = outbox.flush(&self.socket, used);
+            match self.serve_burst(&mut inbox, &mut outbox) {
+                Ok(sent) => {
                     self.answered.fetch_add(sent as u64, Ordering::Relaxed);
                 }
-                // No source: the socket was shut for reading by `close`.
-                Ok((_, None)) => {}
                 Err(e) if is_timeout(&e) => {}
                 // ICMP errors for earlier replies and signals are not the tracker's problem.
                 Err(e)
@@ -502,6 +466,26 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// Takes the requests queued on the socket (waiting for the first), answers each, and
+    /// sends the replies in one burst; returns how many were sent.
+    fn serve_burst(&self, inbox: &mut Inbox, outbox: &mut Outbox) -> io::Result<usize> {
+        let taken = inbox.receive(&self.socket)?;
+        if self.stop.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        for i in 0..taken {
+            match inbox.datagram(i) {
+                Received::Request(datagram, from) => {
+                    self.receive(datagram, from, &mut outbox.replies[i]);
+                }
+                Received::TooLarge(from) => self.malformed(from),
+                // The socket was shut for reading by `close`.
+                Received::Nothing => {}
+            }
+        }
+        Ok(outbox.flush(&self.socket, taken))
     }
 
     /// Opens a datagram if the network has a key, refusing any not sealed under it, and
@@ -794,8 +778,8 @@ mod tests {
     }
 
     /// Serving a look-up of fifty owners, or a re-announce, allocates nothing: the request
-    /// is read in place, the owners are written from the table into the thread's buffer,
-    /// and the reply is sent from there.
+    /// is received into the thread's buffers and read in place, the owners are written
+    /// from the table into the thread's reply buffer, and the reply is sent from there.
     /// (Before, a look-up made some fifty allocations: each owner's name was copied.)
     #[test]
     fn a_look_up_and_a_re_announce_allocate_nothing() {
@@ -837,12 +821,14 @@ mod tests {
                 content: None,
             },
         );
-        let mut outbox = Outbox::new();
+        let (mut inbox, mut outbox) = (Inbox::new(), Outbox::new());
         let mut sent = 0;
-        // Served one request to a burst, as a thread with nothing else queued does.
+        let to = service.socket.local_addr().unwrap();
+        // Sent over the socket and served one request to a burst, as a thread with nothing
+        // else queued does: taken, answered and replied to as `run` does.
         let mut serve = |datagram: &[u8]| {
-            service.handle(datagram, from, &mut outbox.replies[0]);
-            outbox.flush(&service.socket, 1)
+            asker.send_to(datagram, to).unwrap();
+            service.serve_burst(&mut inbox, &mut outbox).unwrap()
         };
         // The first round fills the table and grows its scratch space: that allocates,
         // as the count shows.
@@ -863,7 +849,7 @@ mod tests {
         // And every one of them was answered: the last look-up lists all fifty owners.
         assert_eq!(sent, 1071);
         // Most of those replies overflowed the asker's buffer; drain it and ask once more.
-        let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
+        let mut buf = vec![0u8; crate::messages::MAX_DATAGRAM_LEN];
         asker.set_nonblocking(true).unwrap();
         while asker.recv(&mut buf).is_ok() {}
         asker.set_nonblocking(false).unwrap();

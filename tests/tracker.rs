@@ -442,7 +442,19 @@ fn a_flood_from_one_address_is_served_at_its_rate_and_others_are_answered() {
         replies <= allowed + secs as usize + 2,
         "{replies} replies to a flood: the tracker answers what it serves, and Busy once a second"
     );
-    assert!(busy >= 1, "the flooder is told it is over its rate");
+    // Told it is over its rate: a `Busy` among the flood's replies, unless the counting
+    // thread, starved of CPU by the flood on two cores, let its socket overflow (seen:
+    // the tracker sent every reply, 400-490 of 550 arrived). Then the flooder announces
+    // on, one at a time, until it is told: within a second of the last telling.
+    let told = busy >= 1
+        || (sent..sent + 200).any(|i| {
+            flooder.send(i + 1, flood_announce(i));
+            matches!(
+                flooder.reply_within(i + 1, Duration::from_millis(250)),
+                Some(p2ptorrent::messages::TrackerToNode::Busy { .. })
+            )
+        });
+    assert!(told, "the flooder is told it is over its rate");
     let mut waits: Vec<Duration> = honest.iter().map(|(_, t)| *t).collect();
     waits.sort();
     eprintln!(

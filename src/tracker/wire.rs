@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::outbox::Ready;
+use super::burst::Ready;
 use crate::error::{Error, Result};
 use crate::key::{DatagramSeal, Direction, SEAL_HEAD, SEAL_OVERHEAD, unix_millis};
 use crate::messages::{
