@@ -26,6 +26,10 @@ mod swarm;
 /// the short keys here (a `need` hashes fifty addresses).
 type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
 
+/// A file name as the table keeps it: one copy, shared by the table's entry for the file
+/// and the row of each node that owns it.
+type Name = Arc<str>;
+
 use crate::messages::{
     ContentId, Counters, MAX_NODE_NAME_LEN, OwnerInfo, SearchHit, check_file_name,
 };
@@ -73,7 +77,7 @@ pub(crate) struct Registry {
     expiry: Duration,
     /// File name → content id → swarm; a name may carry several contents if owners
     /// disagree, and `need` answers with the one most owners hold.
-    files: HashMap<String, HashMap<ContentId, Swarm>>,
+    files: HashMap<Name, HashMap<ContentId, Swarm>>,
     nodes: Nodes,
     limits: TableLimits,
     /// Nodes and rows per address, as [`TableLimits`] counts them.
@@ -224,20 +228,34 @@ impl Registry {
         match held.flatten() {
             Some(old) if old == ann.content => {}
             Some(old) => {
-                node.files.insert(ann.file.to_owned(), ann.content);
-                // The name itself stays: this node's new content is added under it below.
+                if let Some(content) = node.files.get_mut(ann.file) {
+                    *content = ann.content;
+                }
+                // The node's row stays: its new content is added under the name below.
                 remove_owner(&mut self.files, ann.file, old, id);
                 changed = true;
             }
-            None => {
-                node.files.insert(ann.file.to_owned(), ann.content);
-            }
+            None => {}
         }
+        if new_row {
+            // The node's row shares the table's copy of the name.
+            let name = match self.files.get_key_value(ann.file) {
+                Some((name, _)) => Arc::clone(name),
+                None => {
+                    self.names_stale = true;
+                    let name = Name::from(ann.file);
+                    self.files.insert(Arc::clone(&name), HashMap::default());
+                    name
+                }
+            };
+            node.files.insert(name, ann.content);
+        }
+        // A re-announce finds its name here at the first look.
         let swarms = match self.files.get_mut(ann.file) {
             Some(swarms) => swarms,
             None => {
                 self.names_stale = true;
-                self.files.entry(ann.file.to_owned()).or_default()
+                self.files.entry(Name::from(ann.file)).or_default()
             }
         };
         let swarm = swarms
@@ -311,7 +329,7 @@ impl Registry {
             let mut names: Vec<(String, String)> = self
                 .files
                 .keys()
-                .map(|n| (n.clone(), n.to_lowercase()))
+                .map(|n| (n.to_string(), n.to_lowercase()))
                 .collect();
             // In name order: a search lists its first hits alphabetically.
             names.sort_unstable();
@@ -332,7 +350,7 @@ impl Registry {
                     .iter()
                     .filter(|(_, s)| !s.is_empty())
                     .map(|(content, swarm)| SearchHit {
-                        file: name.clone(),
+                        file: name.to_string(),
                         content: *content,
                         size: swarm.size,
                         owner_count: u32::try_from(swarm.len()).unwrap_or(u32::MAX),
@@ -391,7 +409,7 @@ impl Registry {
             for (content, swarm) in swarms.iter_mut() {
                 swarm.retain(
                     |o| now.saturating_duration_since(o.last_seen) < expiry,
-                    |o| dropped.push((o.node, file.clone(), *content)),
+                    |o| dropped.push((o.node, Arc::clone(file), *content)),
                 );
             }
             swarms.retain(|_, s| !s.is_empty());
@@ -404,9 +422,9 @@ impl Registry {
                 continue;
             };
             if let Some(node) = self.nodes.get_mut(&addr)
-                && node.files.get(file) == Some(content)
+                && node.files.get(&**file) == Some(content)
             {
-                node.files.remove(file);
+                node.files.remove(&**file);
                 self.count(addr, 0, -1);
             }
         }
@@ -451,7 +469,7 @@ impl Registry {
                         .collect();
                     owners.sort_by(|a, b| (&a.node, a.addr).cmp(&(&b.node, b.addr)));
                     FileRow {
-                        file: name.clone(),
+                        file: name.to_string(),
                         content: *content,
                         size: swarm.size,
                         owners,
@@ -464,7 +482,7 @@ impl Registry {
             .nodes
             .iter()
             .map(|n| {
-                let mut files: Vec<String> = n.files.keys().cloned().collect();
+                let mut files: Vec<String> = n.files.keys().map(|f| f.to_string()).collect();
                 files.sort();
                 NodeRow {
                     node: n.name.clone(),
@@ -494,7 +512,7 @@ pub(crate) fn matching<'a>(names: &'a [(String, String)], pattern: &str) -> Vec<
 /// Removes `node` from the swarm of `content` under `file`, and what it leaves empty.
 /// Returns whether the name left the table.
 fn remove_owner(
-    files: &mut HashMap<String, HashMap<ContentId, Swarm>>,
+    files: &mut HashMap<Name, HashMap<ContentId, Swarm>>,
     file: &str,
     content: ContentId,
     node: NodeId,

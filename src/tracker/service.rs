@@ -215,18 +215,17 @@ impl Service {
             return;
         };
         let began = Instant::now();
+        // Token epochs count from the tracker's start; one clock read serves both.
+        let age = began.saturating_duration_since(self.started);
         let kind = RequestKind::of(&req.body);
         let txid = req.txid;
         let (written, outcome, changed) = if req.version != PROTOCOL_VERSION {
             let reason = format!("protocol version {} is not supported", req.version);
             self.answer(out, txid, TrackerToNode::Reject { reason }, from)
         } else if let BodyView::Connect = req.body {
-            let token = self.tokens.issue(from.ip(), self.started.elapsed());
+            let token = self.tokens.issue(from.ip(), age);
             self.answer(out, txid, TrackerToNode::Token { token }, from)
-        } else if !self
-            .tokens
-            .check(from.ip(), &req.token, self.started.elapsed())
-        {
+        } else if !self.tokens.check(from.ip(), &req.token, age) {
             // Smaller than any request that could have earned it: no amplification.
             self.answer(out, txid, TrackerToNode::BadToken, from)
         } else {

@@ -22,7 +22,7 @@ pub(super) struct NodeEntry {
     pub name: String,
     pub counters: Counters,
     /// File name → the content this node announced under it (one per name).
-    pub files: HashMap<String, crate::messages::ContentId>,
+    pub files: HashMap<super::Name, crate::messages::ContentId>,
     /// Its name, address and uploads as an answer lists them
     /// ([`encode_node`](crate::tracker::wire::encode_node)), kept in step by `announce`.
     pub wire: Vec<u8>,
