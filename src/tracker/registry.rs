@@ -23,7 +23,7 @@ mod swarm;
 
 /// The table's maps: keyed by what strangers choose (names, addresses), so the hash is
 /// seeded per map, and foldhash's quality variant, several times cheaper than SipHash on
-/// the short keys here (a `need` hashes fifty addresses).
+/// the short keys here (each request hashes its file name and its sender's address).
 type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
 
 /// A file name as the table keeps it: one copy, shared by the table's entry for the file

@@ -3,10 +3,12 @@
 //! A request is decoded borrowing its names from the datagram ([`RequestView`]), and a
 //! reply is encoded into the serving thread's own buffer ([`ReplyBuf`]), sealed where it
 //! lies when the network has a key; an owner list is written straight from the table
-//! ([`OwnersReply`]), naming each owner from the table's own strings. On the wire these
-//! are byte for byte [`TrackerRequest`](crate::messages::TrackerRequest) and
-//! [`TrackerReply`](crate::messages::TrackerReply) (the tests below hold them to it), so nodes see no difference; what
-//! changes is that a look-up or an announce costs the tracker no allocation at all.
+//! ([`OwnersReply`], [`ReplyBuf::write_owners`]), copying each owner's bytes as the table
+//! keeps them encoded per node ([`encode_node`]). On the wire these are byte for byte
+//! [`TrackerRequest`](crate::messages::TrackerRequest) and
+//! [`TrackerReply`](crate::messages::TrackerReply) (the tests below hold them to it), so
+//! nodes see no difference; what changes is that a look-up or an announce costs the
+//! tracker no allocation at all.
 
 use std::net::SocketAddr;
 
