@@ -145,6 +145,9 @@ impl Registry {
             .copied()
             .unwrap_or_default();
         let l = &self.limits;
+        if new_node && self.nodes.len() >= nodes::MAX_NODES {
+            return Err(format!("the table is full ({} nodes)", nodes::MAX_NODES));
+        }
         if new_node && use_.nodes >= l.nodes_per_address {
             return Err(format!(
                 "at most {} nodes per address are listed",
@@ -456,7 +459,6 @@ impl Registry {
                 swarms.iter().map(move |(content, swarm)| {
                     let mut owners: Vec<OwnerRow> = swarm
                         .owners()
-                        .iter()
                         .filter_map(|o| {
                             let node = self.nodes.by_id(o.node)?;
                             Some(OwnerRow {

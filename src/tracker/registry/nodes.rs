@@ -11,9 +11,26 @@ use std::net::SocketAddr;
 use super::HashMap;
 use crate::messages::Counters;
 
-/// A node's place in [`Nodes`].
+/// A node's place in [`Nodes`], below [`MAX_NODES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct NodeId(u32);
+
+/// Most nodes the table holds: an id fits in 30 bits, so a swarm packs it with two flags
+/// in four bytes. The table refuses a new node past it (the default row cap keeps the
+/// table a thousand times smaller).
+pub(super) const MAX_NODES: usize = 1 << 30;
+
+impl NodeId {
+    /// The id as a number below [`MAX_NODES`].
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
+    /// The id numbered `index` (below [`MAX_NODES`]), as [`index`](Self::index) gave it.
+    pub fn from_index(index: u32) -> Self {
+        Self(index)
+    }
+}
 
 /// One node: where it serves, what it calls itself, its counters and its files.
 #[derive(Debug)]
@@ -101,7 +118,7 @@ impl Nodes {
                 id
             }
             None => {
-                // The table's row limit keeps nodes far below u32::MAX.
+                // The table refuses new nodes before MAX_NODES, far below u32::MAX.
                 let id = NodeId(u32::try_from(self.slots.len()).unwrap_or(u32::MAX));
                 self.slots.push(Some(blank(addr)));
                 id

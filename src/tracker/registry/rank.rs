@@ -34,10 +34,10 @@ pub(super) fn rank(
     out.clear();
     out.extend(
         swarm
-            .owners()
+            .listed()
             .iter()
-            .filter(|o| o.v6 == v6)
-            .map(|o| (o.node, o.complete)),
+            .filter(|l| l.v6() == v6)
+            .map(|l| (l.node(), l.complete())),
     );
     let want = want.min(out.len());
     match order {
