@@ -462,6 +462,54 @@ fn garbage_datagrams_do_not_disturb_the_tracker() {
     tracker.shutdown().unwrap();
 }
 
+/// A request longer than any node sends (here a well-formed search of 3,000 bytes with a
+/// valid token; the tracker reads 2 KiB of a datagram) is refused unread: counted as
+/// malformed, unanswered, and its sender's next request is answered.
+#[test]
+fn an_oversized_request_is_counted_malformed_and_unanswered() {
+    use p2ptorrent::TrackerEvent;
+    use p2ptorrent::messages::{
+        NodeToTracker, TrackerRequest, TrackerToNode, decode_reply, encode_request,
+    };
+    let (tracker, events) = start_tracker();
+    let token = TrackerClient::new(tracker.local_addr()).token().unwrap();
+    let probe = UdpSocket::bind(localhost()).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let search = |txid, pattern: String| {
+        encode_request(&TrackerRequest {
+            version: PROTOCOL_VERSION,
+            txid,
+            token,
+            body: NodeToTracker::Search { pattern },
+        })
+        .unwrap()
+    };
+    let big = search(1, "x".repeat(3000));
+    assert!(big.len() > 2048);
+    probe.send_to(&big, tracker.local_addr()).unwrap();
+    let me = probe.local_addr().unwrap();
+    loop {
+        match events.recv_timeout(Duration::from_secs(10)) {
+            Ok(TrackerEvent::Malformed { from }) if from == me => break,
+            Ok(_) => {}
+            Err(e) => panic!("no Malformed event for the oversized request: {e}"),
+        }
+    }
+    assert_eq!(tracker.metrics().malformed, 1);
+    // The next request's answer is the first to arrive: the oversized one got none.
+    probe
+        .send_to(&search(2, "x".into()), tracker.local_addr())
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = probe.recv(&mut buf).unwrap();
+    let reply = decode_reply(&buf[..n]).unwrap();
+    assert_eq!(reply.txid, 2);
+    assert!(matches!(reply.body, TrackerToNode::SearchResults { .. }));
+    tracker.shutdown().unwrap();
+}
+
 #[test]
 fn the_tracker_refuses_announces_with_bad_names() {
     let (tracker, _te) = start_tracker();

@@ -421,13 +421,11 @@ impl Registry {
         self.files.retain(|_, swarms| !swarms.is_empty());
         self.names_stale |= self.files.len() != names;
         for (id, file, content) in &dropped {
-            let Some(addr) = self.nodes.by_id(*id).map(|n| n.addr) else {
-                continue;
-            };
-            if let Some(node) = self.nodes.get_mut(&addr)
+            if let Some(node) = self.nodes.by_id_mut(*id)
                 && node.files.get(&**file) == Some(content)
             {
                 node.files.remove(&**file);
+                let addr = node.addr;
                 self.count(addr, 0, -1);
             }
         }

@@ -70,15 +70,14 @@ impl Nodes {
         self.id(addr).and_then(|id| self.by_id(id))
     }
 
-    /// The node at `addr`, to change.
-    pub fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut NodeEntry> {
-        let id = self.id(addr)?;
-        self.slot_mut(id)
-    }
-
     /// The node `id` names.
     pub fn by_id(&self, id: NodeId) -> Option<&NodeEntry> {
         self.slots.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// The node `id` names, to change.
+    pub fn by_id_mut(&mut self, id: NodeId) -> Option<&mut NodeEntry> {
+        self.slots.get_mut(id.0 as usize).and_then(Option::as_mut)
     }
 
     /// The node at `addr`, added with no name, counters or files if it is new, and its id.
@@ -104,10 +103,6 @@ impl Nodes {
     /// Every node.
     pub fn iter(&self) -> impl Iterator<Item = &NodeEntry> {
         self.slots.iter().flatten()
-    }
-
-    fn slot_mut(&mut self, id: NodeId) -> Option<&mut NodeEntry> {
-        self.slots.get_mut(id.0 as usize).and_then(Option::as_mut)
     }
 
     /// Puts a blank node for `addr` in a free slot, or a new one.
