@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use crate::host::address_key;
 use crate::tracker::wire::{AnnounceView, OwnerBytes, encode_node};
+use contents::Contents;
 use nodes::{NodeId, Nodes};
 use rank::{Order, owner_ref, rank};
 use swarm::{Owner, Swarm};
 
+mod contents;
 mod nodes;
 mod rank;
 mod swarm;
@@ -77,7 +79,7 @@ pub(crate) struct Registry {
     expiry: Duration,
     /// File name → content id → swarm; a name may carry several contents if owners
     /// disagree, and `need` answers with the one most owners hold.
-    files: HashMap<Name, HashMap<ContentId, Swarm>>,
+    files: HashMap<Name, Contents>,
     nodes: Nodes,
     limits: TableLimits,
     /// Nodes and rows per address, as [`TableLimits`] counts them.
@@ -240,30 +242,28 @@ impl Registry {
             }
             None => {}
         }
-        if new_row {
-            // The node's row shares the table's copy of the name.
-            let name = match self.files.get_key_value(ann.file) {
-                Some((name, _)) => Arc::clone(name),
-                None => {
-                    self.names_stale = true;
-                    let name = Name::from(ann.file);
-                    self.files.insert(Arc::clone(&name), HashMap::default());
-                    name
-                }
-            };
-            node.files.insert(name, ann.content);
+        // The node's row shares the table's copy of the name.
+        let name = new_row.then(|| match self.files.get_key_value(ann.file) {
+            Some((name, _)) => Arc::clone(name),
+            None => Name::from(ann.file),
+        });
+        if let Some(name) = &name {
+            node.files.insert(Arc::clone(name), ann.content);
         }
+        let new_swarm = || Swarm::new(ann.size, now);
         // A re-announce finds its name here at the first look.
-        let swarms = match self.files.get_mut(ann.file) {
-            Some(swarms) => swarms,
+        let contents = match self.files.get_mut(ann.file) {
+            Some(contents) => contents,
             None => {
+                // A new name, entered with its first content.
                 self.names_stale = true;
-                self.files.entry(Name::from(ann.file)).or_default()
+                let name = name.unwrap_or_else(|| Name::from(ann.file));
+                self.files
+                    .entry(name)
+                    .or_insert_with(|| Contents::One(ann.content, new_swarm()))
             }
         };
-        let swarm = swarms
-            .entry(ann.content)
-            .or_insert_with(|| Swarm::new(ann.size, now));
+        let swarm = contents.get_or_insert_with(ann.content, new_swarm);
         let new = Owner {
             node: id,
             pieces: ann.pieces,
@@ -300,13 +300,13 @@ impl Registry {
         pin: Option<ContentId>,
         v6: bool,
     ) -> Option<Picked<'_>> {
-        let swarms = self.files.get(file)?;
-        let mut live = swarms.iter().filter(|(_, s)| !s.is_empty());
-        let (content, swarm) = match pin {
-            Some(pin) => live.find(|(c, _)| **c == pin)?,
+        let contents = self.files.get(file)?;
+        let mut live = contents.iter().filter(|(_, s)| !s.is_empty());
+        let (content, swarm) = match (pin, contents) {
+            (Some(pin), _) => live.find(|(c, _)| **c == pin)?,
             // One content, as nearly always: nothing to weigh.
-            None if swarms.len() == 1 => live.next()?,
-            None => live.max_by_key(|(c, s)| {
+            (None, Contents::One(c, s)) => (c, s),
+            (None, Contents::Many(_)) => live.max_by_key(|(c, s)| {
                 let older = std::cmp::Reverse((s.since, **c));
                 let nodes = &self.nodes;
                 (s.addresses(nodes, true), s.addresses(nodes, false), older)
@@ -318,7 +318,7 @@ impl Registry {
         Some(Picked {
             content: *content,
             size: swarm.size,
-            contents: u32::try_from(swarms.len()).unwrap_or(u32::MAX),
+            contents: u32::try_from(contents.len()).unwrap_or(u32::MAX),
             chosen: &self.picked,
             nodes: &self.nodes,
         })
@@ -348,8 +348,8 @@ impl Registry {
         names
             .iter()
             .filter_map(|name| self.files.get_key_value(*name))
-            .flat_map(|(name, swarms)| {
-                swarms
+            .flat_map(|(name, contents)| {
+                contents
                     .iter()
                     .filter(|(_, s)| !s.is_empty())
                     .map(|(content, swarm)| SearchHit {
@@ -408,17 +408,17 @@ impl Registry {
     pub fn expire(&mut self, now: Instant) -> bool {
         let expiry = self.expiry;
         let mut dropped = Vec::new();
-        for (file, swarms) in &mut self.files {
-            for (content, swarm) in swarms.iter_mut() {
+        for (file, contents) in &mut self.files {
+            for (content, swarm) in contents.iter_mut() {
                 swarm.retain(
                     |o| now.saturating_duration_since(o.last_seen) < expiry,
                     |o| dropped.push((o.node, Arc::clone(file), *content)),
                 );
             }
-            swarms.retain(|_, s| !s.is_empty());
+            contents.drop_empty();
         }
         let names = self.files.len();
-        self.files.retain(|_, swarms| !swarms.is_empty());
+        self.files.retain(|_, contents| !contents.is_empty());
         self.names_stale |= self.files.len() != names;
         for (id, file, content) in &dropped {
             if let Some(node) = self.nodes.by_id_mut(*id)
@@ -444,7 +444,7 @@ impl Registry {
 
     /// Returns how many files (name and content), nodes and owner rows the table holds.
     pub fn sizes(&self) -> (usize, usize, usize) {
-        let files = self.files.values().map(HashMap::len).sum();
+        let files = self.files.values().map(Contents::len).sum();
         (files, self.nodes.len(), self.rows)
     }
 
@@ -453,8 +453,8 @@ impl Registry {
         let mut files: Vec<FileRow> = self
             .files
             .iter()
-            .flat_map(|(name, swarms)| {
-                swarms.iter().map(move |(content, swarm)| {
+            .flat_map(|(name, contents)| {
+                contents.iter().map(move |(content, swarm)| {
                     let mut owners: Vec<OwnerRow> = swarm
                         .owners()
                         .filter_map(|o| {
@@ -512,21 +512,19 @@ pub(crate) fn matching<'a>(names: &'a [(String, String)], pattern: &str) -> Vec<
 /// Removes `node` from the swarm of `content` under `file`, and what it leaves empty.
 /// Returns whether the name left the table.
 fn remove_owner(
-    files: &mut HashMap<Name, HashMap<ContentId, Swarm>>,
+    files: &mut HashMap<Name, Contents>,
     file: &str,
     content: ContentId,
     node: NodeId,
 ) -> bool {
-    let Some(swarms) = files.get_mut(file) else {
+    let Some(contents) = files.get_mut(file) else {
         return false;
     };
-    if let Some(swarm) = swarms.get_mut(&content) {
+    if let Some(swarm) = contents.get_mut(&content) {
         swarm.remove(node);
-        if swarm.is_empty() {
-            swarms.remove(&content);
-        }
+        contents.drop_if_empty(&content);
     }
-    swarms.is_empty() && files.remove(file).is_some()
+    contents.is_empty() && files.remove(file).is_some()
 }
 
 /// A copy of the tracker's table at one moment.

@@ -320,7 +320,7 @@ enum Step {
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     use proptest::prelude::*;
     prop_oneof![
-        6 => (1..8u16, 0..3u8, 0..3u8, 0..2u8, 1..5u32).prop_map(
+        6 => (1..8u16, 0..3u8, 0..3u8, 0..3u8, 1..5u32).prop_map(
             |(port, name, file, content, pieces)| Step::Announce {
                 port,
                 name,
@@ -419,6 +419,9 @@ proptest::proptest! {
                 proptest::prop_assert_eq!(listed, owners);
             }
             proptest::prop_assert_eq!(r.sizes().1, model.len());
+            // No content is kept once its last owner is gone.
+            let contents: BTreeSet<_> = want.iter().map(|w| (&w.0, w.1)).collect();
+            proptest::prop_assert_eq!(r.sizes().0, contents.len());
         }
     }
 }
