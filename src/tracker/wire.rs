@@ -151,7 +151,7 @@ impl ReplyBuf {
             let end = len + node.len() + 1;
             let into = room
                 .get_mut(len..end)
-                .ok_or(too_large(postcard::Error::SerializeBufferFull))?;
+                .ok_or_else(|| too_large(postcard::Error::SerializeBufferFull))?;
             let (bytes, flag) = into.split_at_mut(node.len());
             bytes.copy_from_slice(node);
             flag[0] = u8::from(complete);

@@ -4,9 +4,12 @@
 //! The owners sit in two parallel vectors, in no order: what a look-up reads of each
 //! (its node id and two flags, packed in four bytes, [`Listed`]) and what only announces
 //! and sweeps read (pieces, last announce). Fifty owners' look-up halves fill four cache
-//! lines, where whole 32-byte entries filled twenty-five, each cold in a large table. An
-//! index from node id to place finds an owner to update or remove, and a removal moves
-//! the last owner into the hole.
+//! lines, where whole 32-byte entries filled twenty-five, each cold in a large table. A
+//! removal moves the last owner into the hole.
+//!
+//! An announce finds its owner's place by scanning the look-up half while the swarm is
+//! small (at most [`SCANNED`] owners: as many cache lines as a hash probe's two misses);
+//! a larger swarm keeps an index from node id to place.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -25,9 +28,14 @@ pub(super) struct Swarm {
     listed: Vec<Listed>,
     /// Beside `listed`, place for place.
     state: Vec<State>,
-    /// Node id → place in both vectors.
+    /// Node id → place in both vectors, kept only past [`SCANNED`] owners (and until the
+    /// swarm shrinks to half that); empty otherwise.
     index: HashMap<NodeId, u32>,
 }
+
+/// Most owners a swarm finds an owner among by scanning: 64 four-byte entries are four
+/// cache lines, read in a stream.
+pub(super) const SCANNED: usize = 64;
 
 /// One owner of a swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,36 +130,62 @@ impl Swarm {
                 last_seen: owner.last_seen,
             },
         );
-        if let Some(&at) = self.index.get(&owner.node) {
-            let at = at as usize;
+        if let Some(at) = self.place(owner.node) {
             let (l, s) = (self.listed.get_mut(at)?, self.state.get_mut(at)?);
             let old = self::owner(*l, *s);
             (*l, *s) = (listed, state);
             return Some(old);
         }
-        // The node count's cap keeps a swarm far below u32::MAX.
-        let at = u32::try_from(self.listed.len()).unwrap_or(u32::MAX);
-        self.index.insert(owner.node, at);
+        let at = self.listed.len();
         self.listed.push(listed);
         self.state.push(state);
+        if !self.index.is_empty() {
+            self.index.insert(owner.node, place_number(at));
+        } else if self.listed.len() > SCANNED {
+            self.reindex();
+        }
         None
     }
 
     /// Removes the owner `node`; returns whether it was there.
     pub fn remove(&mut self, node: NodeId) -> bool {
-        let Some(at) = self.index.remove(&node) else {
+        let Some(at) = self.place(node) else {
             return false;
         };
-        let at = at as usize;
-        if at >= self.listed.len() {
-            return false;
-        }
         self.listed.swap_remove(at);
         self.state.swap_remove(at);
-        if let Some(moved) = self.listed.get(at) {
-            self.index.insert(moved.node(), at as u32);
+        if !self.index.is_empty() {
+            self.index.remove(&node);
+            if let Some(moved) = self.listed.get(at) {
+                self.index.insert(moved.node(), place_number(at));
+            }
+            if self.listed.len() < SCANNED / 2 {
+                self.reindex();
+            }
         }
         true
+    }
+
+    /// Where the owner `node` sits in both vectors, if it is an owner.
+    fn place(&self, node: NodeId) -> Option<usize> {
+        if self.index.is_empty() {
+            self.listed.iter().position(|l| l.node() == node)
+        } else {
+            let at = *self.index.get(&node)? as usize;
+            (at < self.listed.len()).then_some(at)
+        }
+    }
+
+    /// Builds the index if the swarm is past [`SCANNED`] owners, or drops it.
+    fn reindex(&mut self) {
+        if self.listed.len() > SCANNED {
+            self.index.clear();
+            for (at, l) in self.listed.iter().enumerate() {
+                self.index.insert(l.node(), place_number(at));
+            }
+        } else {
+            self.index = HashMap::default();
+        }
     }
 
     /// Removes every owner for which `keep` is false, passing each to `gone`.
@@ -169,10 +203,7 @@ impl Swarm {
             }
         }
         if self.listed.len() != before {
-            self.index.clear();
-            for (at, l) in self.listed.iter().enumerate() {
-                self.index.insert(l.node(), at as u32);
-            }
+            self.reindex();
             self.index.shrink_to_fit();
             self.listed.shrink_to_fit();
             self.state.shrink_to_fit();
@@ -193,6 +224,12 @@ impl Swarm {
         ips.dedup();
         ips.len()
     }
+}
+
+/// A place as the index keeps it: the node count's cap keeps a swarm far below
+/// `u32::MAX`.
+fn place_number(at: usize) -> u32 {
+    u32::try_from(at).unwrap_or(u32::MAX)
 }
 
 /// An owner, whole, from its two halves.
@@ -258,5 +295,72 @@ mod tests {
             assert!(swarm.remove(o.node), "each left is found by its id");
         }
         assert!(swarm.is_empty());
+    }
+
+    /// One step of [`the_swarm_matches_a_model_scanned_and_indexed`].
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(u32, u32),
+        Remove(u32),
+        /// Keeps the owners whose id modulo the first is not the second.
+        Retain(u32, u32),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (0..160u32, 0..4u32).prop_map(|(n, p)| Step::Insert(n, p)),
+            3 => (0..160u32).prop_map(Step::Remove),
+            1 => (2..9u32, 0..9u32).prop_map(|(m, r)| Step::Retain(m, r)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Owners come and go past [`SCANNED`] and back below half of it, so the swarm
+        /// builds and drops its index; after every step it holds exactly what a plain
+        /// map holds, and each insert finds the owner it replaces.
+        #[test]
+        fn the_swarm_matches_a_model_scanned_and_indexed(
+            steps in proptest::collection::vec(step(), 1..600)
+        ) {
+            use std::collections::BTreeMap;
+            let now = Instant::now();
+            let mut swarm = Swarm::new(1, now);
+            let mut model: BTreeMap<NodeId, Owner> = BTreeMap::new();
+            for step in steps {
+                match step {
+                    Step::Insert(n, pieces) => {
+                        let o = Owner {
+                            node: NodeId::from_index(n),
+                            pieces,
+                            complete: pieces == 3,
+                            v6: n % 5 == 0,
+                            last_seen: now,
+                        };
+                        proptest::prop_assert_eq!(swarm.insert(o), model.insert(o.node, o));
+                    }
+                    Step::Remove(n) => {
+                        let id = NodeId::from_index(n);
+                        proptest::prop_assert_eq!(swarm.remove(id), model.remove(&id).is_some());
+                    }
+                    Step::Retain(m, r) => {
+                        let keep = |o: &Owner| o.node.index() % m != r;
+                        let mut gone = Vec::new();
+                        swarm.retain(keep, |o| gone.push(o.node));
+                        let before = model.len();
+                        model.retain(|_, o| keep(o));
+                        proptest::prop_assert_eq!(gone.len(), before - model.len());
+                    }
+                }
+                let mut held: Vec<Owner> = swarm.owners().collect();
+                held.sort_unstable_by_key(|o| o.node);
+                let want: Vec<Owner> = model.values().copied().collect();
+                proptest::prop_assert_eq!(held, want);
+                proptest::prop_assert!(
+                    swarm.index.is_empty() || swarm.len() >= SCANNED / 2,
+                    "the index is dropped below half"
+                );
+            }
+        }
     }
 }
