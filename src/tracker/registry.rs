@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::host::address_key;
-use crate::tracker::wire::{AnnounceView, OwnerBytes, encode_node};
+use crate::tracker::wire::{AnnounceView, NodeWire, OwnerBytes};
 use contents::Contents;
 use nodes::{NodeId, Nodes};
 use rank::{Order, owner_ref, rank};
@@ -116,7 +116,7 @@ impl<'r> Picked<'r> {
     pub fn owners(&self) -> impl ExactSizeIterator<Item = OwnerBytes<'r>> + Clone + 'r {
         let nodes = self.nodes;
         self.chosen.iter().map(move |&(id, complete)| {
-            let node = nodes.by_id(id).map_or(&[][..], |n| n.wire.as_slice());
+            let node = nodes.by_id(id).map_or(&NodeWire::EMPTY, |n| &n.wire);
             (node, complete)
         })
     }
@@ -208,6 +208,9 @@ impl Registry {
             return Err("port 0 cannot be served on".into());
         }
         let addr = SocketAddr::new(ip, ann.port);
+        // What a look-up lists of the node (the name's length is checked above).
+        let wire =
+            NodeWire::encode(ann.node, addr, ann.counters.files_sent).map_err(|e| e.to_string())?;
         // A re-announce, by far the most common request, finds everything in place: each
         // table is searched once and no name is copied.
         let held = self
@@ -226,9 +229,7 @@ impl Registry {
             ann.node.clone_into(&mut node.name);
         }
         node.counters = ann.counters;
-        if changed || node.wire.is_empty() {
-            encode_node(&node.name, addr, node.counters.files_sent, &mut node.wire);
-        }
+        node.wire = wire;
         // An owner announces one content per name: a changed file replaces the old one.
         match held.flatten() {
             Some(old) if old == ann.content => {}

@@ -4,7 +4,7 @@
 //! reply is encoded into the serving thread's own buffer ([`ReplyBuf`]), sealed where it
 //! lies when the network has a key; an owner list is written straight from the table
 //! ([`OwnersReply`], [`ReplyBuf::write_owners`]), copying each owner's bytes as the table
-//! keeps them encoded per node ([`encode_node`]). On the wire these are byte for byte
+//! keeps them encoded per node ([`NodeWire`]). On the wire these are byte for byte
 //! [`TrackerRequest`](crate::messages::TrackerRequest) and
 //! [`TrackerReply`](crate::messages::TrackerReply) (the tests below hold them to it), so
 //! nodes see no difference; what changes is that a look-up or an announce costs the
@@ -18,7 +18,8 @@ use super::burst::Ready;
 use crate::error::{Error, Result};
 use crate::key::{DatagramSeal, Direction, SEAL_HEAD, SEAL_OVERHEAD, unix_millis};
 use crate::messages::{
-    Announce, ContentId, Counters, MAX_DATAGRAM_LEN, OwnerInfo, PROTOCOL_VERSION, Token,
+    Announce, ContentId, Counters, MAX_DATAGRAM_LEN, MAX_NODE_NAME_LEN, OwnerInfo,
+    PROTOCOL_VERSION, Token,
 };
 
 /// A request as it lies in the datagram: [`TrackerRequest`](crate::messages::TrackerRequest)
@@ -148,13 +149,21 @@ impl ReplyBuf {
         );
         let mut len = postcard::to_slice(&head, room).map_err(too_large)?.len();
         for (node, complete) in reply.owners.clone() {
-            let end = len + node.len() + 1;
-            let into = room
-                .get_mut(len..end)
-                .ok_or_else(|| too_large(postcard::Error::SerializeBufferFull))?;
-            let (bytes, flag) = into.split_at_mut(node.len());
-            bytes.copy_from_slice(node);
-            flag[0] = u8::from(complete);
+            let n = node.as_bytes().len();
+            let end = len + n + 1;
+            if n <= NodeWire::SHORT && len + NodeWire::SHORT <= room.len() {
+                // A short node is copied as a fixed-size block (no call, no loop); the
+                // bytes past its end are overwritten by what follows.
+                room[len..len + NodeWire::SHORT].copy_from_slice(node.short());
+            } else {
+                room.get_mut(len..len + n)
+                    .ok_or_else(|| too_large(postcard::Error::SerializeBufferFull))?
+                    .copy_from_slice(node.as_bytes());
+            }
+            *room
+                .get_mut(end - 1)
+                .ok_or_else(|| too_large(postcard::Error::SerializeBufferFull))? =
+                u8::from(complete);
             len = end;
         }
         let tail = (reply.interval_secs, reply.contents);
@@ -253,22 +262,68 @@ pub(crate) struct OwnersReply<'a, I> {
     pub contents: u32,
 }
 
-/// One owner of a look-up's answer: its node's bytes ([`encode_node`]) and whether it
-/// holds the whole file.
-pub(crate) type OwnerBytes<'a> = (&'a [u8], bool);
+/// One owner of a look-up's answer: its node's bytes and whether it holds the whole file.
+pub(crate) type OwnerBytes<'a> = (&'a NodeWire, bool);
 
 /// Where `Owners` stands among [`TrackerToNode`](crate::messages::TrackerToNode)'s
 /// variants: its index on the wire.
 const OWNERS_VARIANT: u32 = 1;
 
-/// Puts in `out` what an answer says of a node whatever file lists it: its name, address
-/// and uploads, encoded as the first three fields of [`OwnerInfo`]. The table keeps these
-/// bytes per node, re-encoded when an announce changes them, so a look-up copies fifty
-/// owners rather than encoding them.
-pub(crate) fn encode_node(name: &str, addr: SocketAddr, uploads: u64, out: &mut Vec<u8>) {
-    out.clear();
-    // Writing into a vector cannot fail: it grows as needed.
-    *out = postcard::to_extend(&(name, addr, uploads), std::mem::take(out)).unwrap_or_default();
+/// What an answer says of a node whatever file lists it: its name, address and uploads,
+/// encoded as the first three fields of [`OwnerInfo`]. The table keeps these bytes in
+/// each node's entry, re-encoded when an announce changes them, so a look-up copies fifty
+/// owners rather than encoding them, each from the entry it reads anyway.
+#[derive(Clone)]
+pub(crate) struct NodeWire {
+    len: u8,
+    bytes: [u8; NodeWire::MAX],
+}
+
+impl NodeWire {
+    /// The longest encoding: a name of [`MAX_NODE_NAME_LEN`] bytes and its length, an
+    /// IPv6 address with its tag and port, and the largest count.
+    const MAX: usize = 1 + MAX_NODE_NAME_LEN + 20 + 10;
+    /// Nodes this short (most: a name of a dozen bytes and an IPv4 address) are copied
+    /// as one fixed-size block.
+    const SHORT: usize = 32;
+
+    /// Nothing: not a node an answer lists (a fresh entry, before its first announce).
+    pub const EMPTY: Self = Self {
+        len: 0,
+        bytes: [0; Self::MAX],
+    };
+
+    /// Encodes a node named `name` (at most [`MAX_NODE_NAME_LEN`] bytes) serving at
+    /// `addr` that has sent `uploads` files.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FrameTooLarge`] if the name is longer (the table refuses such names first).
+    pub fn encode(name: &str, addr: SocketAddr, uploads: u64) -> Result<Self> {
+        let mut wire = Self::EMPTY;
+        let len = postcard::to_slice(&(name, addr, uploads), &mut wire.bytes)
+            .map_err(too_large)?
+            .len();
+        // At most `MAX`, below 256.
+        wire.len = u8::try_from(len).unwrap_or(u8::MAX);
+        Ok(wire)
+    }
+
+    /// The node's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Its first [`SHORT`](Self::SHORT) bytes, zeros past its end.
+    fn short(&self) -> &[u8; Self::SHORT] {
+        self.bytes.first_chunk().unwrap_or(&[0; Self::SHORT])
+    }
+}
+
+impl std::fmt::Debug for NodeWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeWire({:?})", self.as_bytes())
+    }
 }
 
 /// What a reply too large for one datagram is refused with.
@@ -372,13 +427,22 @@ mod tests {
     fn owners() -> Vec<OwnerInfo> {
         (0..50u16)
             .map(|i| OwnerInfo {
-                node: format!("node-{i}"),
+                // Two with the longest name and count: copied byte by byte, not as a block.
+                node: if i % 25 == 1 {
+                    "n".repeat(MAX_NODE_NAME_LEN)
+                } else {
+                    format!("node-{i}")
+                },
                 addr: if i % 2 == 0 {
                     SocketAddr::from(([10, 0, 0, i as u8], 4000 + i))
                 } else {
                     SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, i], 4000 + i))
                 },
-                uploads: u64::from(i) << 20,
+                uploads: if i % 25 == 1 {
+                    u64::MAX
+                } else {
+                    u64::from(i) << 20
+                },
                 complete: i < 7,
             })
             .collect()
@@ -402,13 +466,9 @@ mod tests {
                     contents: 2,
                 },
             };
-            let nodes: Vec<Vec<u8>> = owned
+            let nodes: Vec<NodeWire> = owned
                 .iter()
-                .map(|o| {
-                    let mut bytes = vec![9; 3]; // stale bytes are replaced
-                    encode_node(&o.node, o.addr, o.uploads, &mut bytes);
-                    bytes
-                })
+                .map(|o| NodeWire::encode(&o.node, o.addr, o.uploads).unwrap())
                 .collect();
             let view = OwnersReply {
                 txid: u64::MAX - 3,
@@ -418,7 +478,7 @@ mod tests {
                 owners: nodes
                     .iter()
                     .zip(owned)
-                    .map(|(bytes, o)| (bytes.as_slice(), o.complete)),
+                    .map(|(bytes, o)| (bytes, o.complete)),
                 interval_secs: 30,
                 contents: 2,
             };

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use super::HashMap;
 use crate::messages::Counters;
+use crate::tracker::wire::NodeWire;
 
 /// A node's place in [`Nodes`], below [`MAX_NODES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,9 +41,8 @@ pub(super) struct NodeEntry {
     pub counters: Counters,
     /// File name → the content this node announced under it (one per name).
     pub files: HashMap<super::Name, crate::messages::ContentId>,
-    /// Its name, address and uploads as an answer lists them
-    /// ([`encode_node`](crate::tracker::wire::encode_node)), kept in step by `announce`.
-    pub wire: Vec<u8>,
+    /// Its name, address and uploads as an answer lists them, kept in step by `announce`.
+    pub wire: NodeWire,
 }
 
 /// Every node in the table, found by address or by id.
@@ -130,7 +130,7 @@ fn blank(addr: SocketAddr) -> NodeEntry {
         name: String::new(),
         counters: Counters::default(),
         files: HashMap::default(),
-        wire: Vec::new(),
+        wire: NodeWire::EMPTY,
     }
 }
 

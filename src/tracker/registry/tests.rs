@@ -32,7 +32,7 @@ impl Registry {
             owners: p
                 .owners()
                 .map(|(node, complete)| {
-                    let bytes = [node, &[u8::from(complete)]].concat();
+                    let bytes = [node.as_bytes(), &[u8::from(complete)]].concat();
                     postcard::from_bytes(&bytes).unwrap()
                 })
                 .collect(),
