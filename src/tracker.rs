@@ -170,7 +170,8 @@ pub struct Tracker {
     registry: Arc<Mutex<Registry>>,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
-    metrics: Arc<metrics::Cells>,
+    /// Each thread's counters.
+    metrics: Arc<[Arc<metrics::Cells>]>,
     #[cfg(feature = "http")]
     http: Option<crate::http::HttpServer>,
     threads: Vec<JoinHandle<Result<()>>>,
@@ -228,7 +229,7 @@ impl Tracker {
             registry,
             stop,
             answered,
-            metrics: Arc::default(),
+            metrics: (0..threads).map(|_| Arc::default()).collect(),
             #[cfg(feature = "http")]
             http: None,
             threads: Vec::new(),
@@ -242,7 +243,7 @@ impl Tracker {
                 registry: Arc::clone(&tracker.registry),
                 stop: Arc::clone(&tracker.stop),
                 answered: Arc::clone(&tracker.answered),
-                metrics: Arc::clone(&tracker.metrics),
+                metrics: Arc::clone(&tracker.metrics[i]),
                 events: events_tx.clone(),
                 interval_secs: u32::try_from(config.interval.as_secs()).unwrap_or(u32::MAX),
                 sweep,
@@ -356,9 +357,9 @@ impl Drop for Tracker {
 }
 
 /// The counters, with the table's size.
-fn metrics_of(registry: &Mutex<Registry>, cells: &metrics::Cells) -> TrackerMetrics {
+fn metrics_of(registry: &Mutex<Registry>, cells: &[Arc<metrics::Cells>]) -> TrackerMetrics {
     let (files, nodes, owners) = registry.lock().sizes();
-    cells.snapshot(files, nodes, owners)
+    metrics::snapshot(cells, files, nodes, owners)
 }
 
 /// Binds one of the tracker's sockets, sharing the port with the others (`reuse_port`).

@@ -5,6 +5,7 @@
 //! request); [`Tracker::metrics`](crate::Tracker::metrics) copies them, with the table's
 //! size, into a [`TrackerMetrics`]. The `http` feature serves that copy as Prometheus text.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -133,8 +134,10 @@ pub struct TrackerMetrics {
     pub owners: usize,
 }
 
-/// The live counters, shared by every `tracker-udp` thread.
+/// The live counters of one `tracker-udp` thread: each thread counts in its own cells
+/// (aligned apart, so no two threads write one cache line), and a snapshot sums them.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Cells {
     requests: [[AtomicU64; Outcome::ALL.len()]; RequestKind::ALL.len()],
     pub malformed: AtomicU64,
@@ -163,36 +166,52 @@ impl Cells {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.latency_ns.fetch_add(ns, Ordering::Relaxed);
     }
+}
 
-    /// Everything, with the table's sizes as counted by the caller.
-    pub fn snapshot(&self, files: usize, nodes: usize, owners: usize) -> TrackerMetrics {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut requests = Vec::new();
-        for (k, kind) in RequestKind::ALL.into_iter().enumerate() {
-            for (o, outcome) in Outcome::ALL.into_iter().enumerate() {
-                requests.push((kind, outcome, get(&self.requests[k][o])));
-            }
-        }
-        let mut total = 0;
-        let latency_buckets = self
-            .latency
+/// Every thread's counters summed, with the table's sizes as counted by the caller.
+pub(crate) fn snapshot(
+    shards: &[Arc<Cells>],
+    files: usize,
+    nodes: usize,
+    owners: usize,
+) -> TrackerMetrics {
+    let sum = |cell: fn(&Cells) -> &AtomicU64| {
+        shards
             .iter()
-            .map(|c| {
-                total += get(c);
-                total
-            })
-            .collect();
-        TrackerMetrics {
-            requests,
-            malformed: get(&self.malformed),
-            key_refused: get(&self.key_refused),
-            replayed: get(&self.replayed),
-            latency_buckets,
-            latency_sum: Duration::from_nanos(get(&self.latency_ns)),
-            files,
-            nodes,
-            owners,
+            .map(|c| cell(c).load(Ordering::Relaxed))
+            .fold(0u64, u64::saturating_add)
+    };
+    let mut requests = Vec::new();
+    for (k, kind) in RequestKind::ALL.into_iter().enumerate() {
+        for (o, outcome) in Outcome::ALL.into_iter().enumerate() {
+            let count = shards
+                .iter()
+                .map(|c| c.requests[k][o].load(Ordering::Relaxed))
+                .fold(0u64, u64::saturating_add);
+            requests.push((kind, outcome, count));
         }
+    }
+    let mut total = 0u64;
+    let latency_buckets = (0..=LATENCY_BUCKETS_US.len())
+        .map(|b| {
+            let count = shards
+                .iter()
+                .map(|c| c.latency[b].load(Ordering::Relaxed))
+                .fold(0u64, u64::saturating_add);
+            total = total.saturating_add(count);
+            total
+        })
+        .collect();
+    TrackerMetrics {
+        requests,
+        malformed: sum(|c| &c.malformed),
+        key_refused: sum(|c| &c.key_refused),
+        replayed: sum(|c| &c.replayed),
+        latency_buckets,
+        latency_sum: Duration::from_nanos(sum(|c| &c.latency_ns)),
+        files,
+        nodes,
+        owners,
     }
 }
 
@@ -200,21 +219,26 @@ impl Cells {
 mod tests {
     use super::*;
 
+    /// Requests counted by two threads land in their cells and sum in the snapshot.
     #[test]
     fn requests_land_in_their_cell_and_buckets_add_up() {
-        let cells = Cells::default();
-        cells.request(
+        let shards = [Arc::new(Cells::default()), Arc::new(Cells::default())];
+        shards[0].request(
             RequestKind::Lookup,
             Outcome::Answered,
             Duration::from_micros(30),
         );
-        cells.request(
+        shards[1].request(
             RequestKind::Lookup,
             Outcome::Throttled,
             Duration::from_micros(5),
         );
-        cells.request(RequestKind::Exit, Outcome::Answered, Duration::from_secs(1));
-        let m = cells.snapshot(1, 2, 3);
+        shards[1].request(RequestKind::Exit, Outcome::Answered, Duration::from_secs(1));
+        shards[0].malformed.fetch_add(2, Ordering::Relaxed);
+        shards[1].malformed.fetch_add(1, Ordering::Relaxed);
+        let m = snapshot(&shards, 1, 2, 3);
+        assert_eq!(m.malformed, 3);
+        assert_eq!(m.latency_sum, Duration::from_micros(1_000_035));
         let count = |k, o| {
             m.requests
                 .iter()

@@ -95,10 +95,13 @@ impl Service {
         if self.stop.load(Ordering::SeqCst) {
             return Ok(0);
         }
+        // One clock read per request: each one's time runs from the end of the one
+        // before it in the burst.
+        let mut clock = Instant::now();
         for i in 0..taken {
             match inbox.datagram(i) {
                 Received::Request(datagram, from) => {
-                    self.receive(datagram, from, &mut outbox.replies[i]);
+                    self.receive(datagram, from, &mut outbox.replies[i], &mut clock);
                 }
                 Received::TooLarge(from) => self.malformed(from),
                 // The socket was shut for reading by `close`.
@@ -110,13 +113,19 @@ impl Service {
 
     /// Opens a datagram if the network has a key, refusing any not sealed under it, and
     /// handles the request inside.
-    fn receive(&self, datagram: &mut [u8], from: SocketAddr, out: &mut ReplyBuf) {
+    fn receive(
+        &self,
+        datagram: &mut [u8],
+        from: SocketAddr,
+        out: &mut ReplyBuf,
+        clock: &mut Instant,
+    ) {
         let Some(seal) = &self.seal else {
             if is_sealed(datagram) {
                 // Sealed by a node with a key: tell it this tracker has none.
                 self.refuse_key(from, 0, KeyProblem::TheyRequireKey, datagram.len());
             } else {
-                self.handle(datagram, from, out);
+                self.handle(datagram, from, out, clock);
             }
             return;
         };
@@ -132,7 +141,7 @@ impl Service {
                     self.metrics.replayed.fetch_add(1, Ordering::Relaxed);
                 }
                 let reason = match admitted {
-                    Ok(()) => return self.handle(body, from, out),
+                    Ok(()) => return self.handle(body, from, out, clock),
                     // No answer: a replay earns its sender nothing.
                     Err(Replay::Seen) => "replayed request",
                     Err(Replay::Full) => "too many sealed requests to remember",
@@ -206,7 +215,15 @@ impl Service {
         }
     }
 
-    fn handle(&self, datagram: &[u8], reply_to: SocketAddr, out: &mut ReplyBuf) {
+    /// Answers one request into `out`; `clock` is when the thread began on it, set to
+    /// when it finished.
+    fn handle(
+        &self,
+        datagram: &[u8],
+        reply_to: SocketAddr,
+        out: &mut ReplyBuf,
+        clock: &mut Instant,
+    ) {
         // On a dual-stack socket an IPv4 node arrives as `::ffff:a.b.c.d`: it is keyed,
         // listed and budgeted by its IPv4 address, and answered where it sent from.
         let from = SocketAddr::new(reply_to.ip().to_canonical(), reply_to.port());
@@ -214,7 +231,7 @@ impl Service {
             self.malformed(from);
             return;
         };
-        let began = Instant::now();
+        let began = *clock;
         // Token epochs count from the tracker's start; one clock read serves both.
         let age = began.saturating_duration_since(self.started);
         let kind = RequestKind::of(&req.body);
@@ -241,8 +258,7 @@ impl Service {
                 }
                 Verdict::Drop => {
                     self.emit(TrackerEvent::Throttled { from });
-                    self.metrics
-                        .request(kind, Outcome::Throttled, began.elapsed());
+                    self.metrics.request(kind, Outcome::Throttled, lap(clock));
                     return;
                 }
             }
@@ -252,7 +268,7 @@ impl Service {
         if let Ok(len) = written {
             let _ = out.ready(len, self.seal.as_ref(), reply_to);
         }
-        self.metrics.request(kind, outcome, began.elapsed());
+        self.metrics.request(kind, outcome, lap(clock));
         if changed {
             self.emit(TrackerEvent::TableChanged);
         }
@@ -374,6 +390,14 @@ fn budget_kind(body: &BodyView<'_>) -> budget::Kind {
 /// What answering a request did: the length of the reply written (or why none was), the
 /// outcome, and whether the table changed.
 type Written = (Result<usize>, Outcome, bool);
+
+/// Reads the clock into `clock`; returns the time since it was last read.
+fn lap(clock: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let took = now.saturating_duration_since(*clock);
+    *clock = now;
+    took
+}
 
 #[cfg(test)]
 mod tests {
