@@ -2,7 +2,7 @@
 //! of the table that random operations are checked against.
 
 use super::*;
-use crate::messages::Announce;
+use crate::messages::{Announce, Counters};
 
 const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
