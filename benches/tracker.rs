@@ -72,11 +72,7 @@ fn main() {
         return;
     }
     let windows: usize = env_or("P2P_BENCH_WINDOWS", 5);
-    let (echo, ceiling) = echo_ceiling(windows);
-    println!(
-        "echo baseline: {:.0} requests/s answered, {ceiling:.0} per echo CPU-second (one thread answering each datagram with {ECHO_REPLY} bytes, nothing else: the kernel's share)",
-        echo
-    );
+    let echo = Echo::start();
     let mut trackers = vec![(fill(None), None)];
     if env_or("P2P_BENCH_KEY", 1) == 1 {
         let key = NetworkKey::from_bytes(*blake3::hash(b"bench").as_bytes());
@@ -89,7 +85,14 @@ fn main() {
     // is the tracker's own work, steadier than the total on a shared machine.
     let mut user_us = vec![Vec::new(); trackers.len()];
     let mut kernel_us = vec![Vec::new(); trackers.len()];
+    // Each tracker's figure over the echo's in the window just before: the machine's
+    // load moves both, so the ratio is steadier than either.
+    let mut to_echo = vec![Vec::new(); trackers.len()];
+    let (mut echo_rates, mut echo_per_cpu) = (Vec::new(), Vec::new());
     for _ in 0..windows {
+        let (rate, ceiling) = echo.window();
+        echo_rates.push(rate);
+        echo_per_cpu.push(ceiling);
         for (i, (tracker, key)) in trackers.iter().enumerate() {
             let (answered, cpu, wall) = measure(tracker, key.as_ref(), Duration::from_secs(2));
             rates[i].push(answered as f64 / wall.as_secs_f64());
@@ -98,14 +101,22 @@ fn main() {
             let per_request = |d: Duration| 1e6 * d.as_secs_f64() / answered.max(1) as f64;
             user_us[i].push(per_request(cpu.user));
             kernel_us[i].push(per_request(cpu.system));
+            to_echo[i].push(per_cpu[i].last().copied().unwrap_or(0.0) / ceiling.max(1.0));
         }
     }
+    echo.stop();
+    println!(
+        "echo baseline: {:.0} requests/s answered, {:.0} per echo CPU-second (one thread answering each datagram with {ECHO_REPLY} bytes, nothing else: the kernel's share; each window just before the trackers')",
+        median(echo_rates),
+        median(echo_per_cpu),
+    );
     for (i, (_, key)) in trackers.iter().enumerate() {
         println!(
-            "tracker{}: {:.0} requests/s answered, {:.0} per tracker CPU-second, {:.0}% of it in user space; {:.2} µs user + {:.2} µs kernel per request (medians of {windows} windows of 2 s; 2 client threads; 80% need with 50 owners, 20% have)",
+            "tracker{}: {:.0} requests/s answered, {:.0} per tracker CPU-second ({:.2} x the echo's, window by window), {:.0}% of it in user space; {:.2} µs user + {:.2} µs kernel per request (medians of {windows} windows of 2 s; 2 client threads; 80% need with 50 owners, 20% have)",
             if key.is_some() { ", key" } else { "" },
             median(rates[i].clone()),
             median(per_cpu[i].clone()),
+            median(to_echo[i].clone()),
             100.0 * median(user_share[i].clone()),
             median(user_us[i].clone()),
             median(kernel_us[i].clone()),
@@ -220,48 +231,68 @@ const ECHO_REPLY: usize = 1500;
 /// The echo baseline's port, once it runs.
 static ECHO_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
-/// The same load against a thread that only answers each datagram with `ECHO_REPLY`
-/// bytes: what the kernel's UDP path costs on this machine, the ceiling for any tracker
-/// answering one datagram per request. Returns requests per second and per CPU-second.
-fn echo_ceiling(windows: usize) -> (f64, f64) {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    ECHO_PORT.store(addr.port(), Ordering::Relaxed);
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (stop2, answered2) = (stop.clone(), answered.clone());
-    let echo = std::thread::Builder::new()
-        .name("echo-udp".into())
-        .spawn(move || {
-            let (mut buf, reply) = (vec![0u8; MAX_DATAGRAM_LEN], vec![7u8; ECHO_REPLY]);
-            while !stop2.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buf)
-                    && socket.send_to(&reply, from).is_ok()
-                {
-                    answered2.fetch_add(1, Ordering::Relaxed);
+/// A thread that only answers each datagram with `ECHO_REPLY` bytes: under the same load,
+/// what the kernel's UDP path costs on this machine, the ceiling for any tracker answering
+/// one datagram per request.
+struct Echo {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Echo {
+    fn start() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        ECHO_PORT.store(addr.port(), Ordering::Relaxed);
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, answered2) = (stop.clone(), answered.clone());
+        let thread = std::thread::Builder::new()
+            .name("echo-udp".into())
+            .spawn(move || {
+                let (mut buf, reply) = (vec![0u8; MAX_DATAGRAM_LEN], vec![7u8; ECHO_REPLY]);
+                while !stop2.load(Ordering::Relaxed) {
+                    if let Ok((_, from)) = socket.recv_from(&mut buf)
+                        && socket.send_to(&reply, from).is_ok()
+                    {
+                        answered2.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            }
-        })
-        .unwrap();
-    let (mut rates, mut per_cpu) = (Vec::new(), Vec::new());
-    for _ in 0..windows {
+            })
+            .unwrap();
+        Self {
+            addr,
+            stop,
+            answered,
+            thread,
+        }
+    }
+
+    /// Loads it for one 2-second window; returns requests per second and per CPU-second.
+    fn window(&self) -> (f64, f64) {
         let (before, cpu_before, started) = (
-            answered.load(Ordering::Relaxed),
+            self.answered.load(Ordering::Relaxed),
             thread_cpu("echo-udp"),
             Instant::now(),
         );
-        load(addr, None, Duration::from_secs(2));
-        let n = answered.load(Ordering::Relaxed) - before;
-        rates.push(n as f64 / started.elapsed().as_secs_f64());
+        load(self.addr, None, Duration::from_secs(2));
+        let n = self.answered.load(Ordering::Relaxed) - before;
         let cpu = (thread_cpu("echo-udp") - cpu_before).total();
-        per_cpu.push(n as f64 / cpu.as_secs_f64().max(1e-3));
+        (
+            n as f64 / started.elapsed().as_secs_f64(),
+            n as f64 / cpu.as_secs_f64().max(1e-3),
+        )
     }
-    stop.store(true, Ordering::Relaxed);
-    echo.join().unwrap();
-    (median(rates), median(per_cpu))
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
 }
 
 /// The CPU time the threads named `tracker-udp` have used.
