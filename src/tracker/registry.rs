@@ -306,7 +306,7 @@ impl Registry {
         let (content, swarm) = match (pin, contents) {
             (Some(pin), _) => live.find(|(c, _)| **c == pin)?,
             // One content, as nearly always: nothing to weigh.
-            (None, Contents::One(c, s)) => (c, s),
+            (None, Contents::One(c, s)) => (!s.is_empty()).then_some((c, s))?,
             (None, Contents::Many(_)) => live.max_by_key(|(c, s)| {
                 let older = std::cmp::Reverse((s.since, **c));
                 let nodes = &self.nodes;

@@ -498,6 +498,76 @@ mod tests {
     }
 
     /// An owned reply too large for a datagram is refused, not cut.
+    /// An owner list that just fits a datagram is written whole, to the byte, and one a
+    /// byte longer is refused, never cut.
+    #[test]
+    fn an_owner_list_at_the_datagram_limit_is_written_whole_or_refused() {
+        // Long owners (copied byte by byte), then short ones (copied as a block) last, so
+        // the block's guard meets the end of the room; the file name's length sweeps the
+        // reply's length across the limit a byte at a time.
+        let owners: Vec<OwnerInfo> = (0..874u16)
+            .map(|i| OwnerInfo {
+                node: if i < 754 {
+                    "n".repeat(MAX_NODE_NAME_LEN)
+                } else {
+                    format!("s{i}")
+                },
+                addr: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 4000)),
+                uploads: u64::MAX,
+                complete: i % 2 == 0,
+            })
+            .collect();
+        let nodes: Vec<NodeWire> = owners
+            .iter()
+            .map(|o| NodeWire::encode(&o.node, o.addr, o.uploads).unwrap())
+            .collect();
+        let (mut fitted, mut refused) = (0, 0);
+        let mut buf = ReplyBuf::new();
+        for name_len in 1..=crate::messages::MAX_NAME_LEN {
+            let file = "f".repeat(name_len);
+            let reply = TrackerReply {
+                version: PROTOCOL_VERSION,
+                txid: 7,
+                body: TrackerToNode::Owners {
+                    file: file.clone(),
+                    content: content(3),
+                    size: 1 << 40,
+                    owners: owners.clone(),
+                    interval_secs: 30,
+                    contents: 1,
+                },
+            };
+            let view = OwnersReply {
+                txid: 7,
+                file: &file,
+                content: content(3),
+                size: 1 << 40,
+                owners: nodes.iter().zip(&owners).map(|(n, o)| (n, o.complete)),
+                interval_secs: 30,
+                contents: 1,
+            };
+            let owned = encode_reply(&reply)
+                .ok()
+                .filter(|b| b.len() <= MAX_DATAGRAM_LEN);
+            match (buf.write_owners(&view), owned) {
+                (Ok(len), Some(owned)) => {
+                    assert_eq!(buf.datagram(len, None).unwrap(), owned, "{name_len}");
+                    fitted += 1;
+                }
+                (Err(Error::FrameTooLarge { .. }), None) => refused += 1,
+                (got, owned) => panic!(
+                    "name of {name_len}: wrote {:?}, the owned reply is {:?} bytes",
+                    got.map_err(|e| e.to_string()),
+                    owned.map(|o| o.len())
+                ),
+            }
+        }
+        assert!(
+            fitted > 10 && refused > 10,
+            "{fitted} fitted, {refused} refused"
+        );
+    }
+
     #[test]
     fn a_reply_too_large_for_a_datagram_is_refused() {
         let reply = TrackerReply {
