@@ -6,14 +6,18 @@
 //! handle's methods, each a `Command` on a bounded channel, and hear from it through the
 //! [`Event`] receiver `start` returns.
 //!
-//! Layout: `config` ([`NodeConfig`]), `handle` (the [`Download`] handle and the entry a
-//! running download keeps in the node's table), `store` (which files are served), `serve`
+//! Layout: `config` ([`NodeConfig`]), `control` (the `node-control` thread and the
+//! commands it runs), `conns` (the open connections), `handle` (the [`Download`] handle
+//! and the entry a running download keeps in the node's table), `store` (which files are
+//! served), `serve`
 //! (answering peers), `peer` (asking peers), `schedule` (which owner fetches which piece),
 //! `download` (one download, end to end). With a [`NetworkKey`](crate::NetworkKey), `serve` and `peer` run every connection
 //! through the crate's session layer (a Noise handshake, then encrypted records).
 
 mod bitfield;
 mod config;
+mod conns;
+mod control;
 mod download;
 mod handle;
 mod limit;
@@ -28,61 +32,29 @@ mod serve;
 mod sockopt;
 mod store;
 
-use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result, report};
+use crate::error::{Error, Result};
 use crate::messages::{Announce, ContentId, MAX_NODE_NAME_LEN, SearchHit};
-use crate::session::SharedStream;
 use crate::tracker::{TrackerChange, TrackerSet, wake_addr};
 pub use config::{DEFAULT_MAX_OWNERS, NodeConfig};
+use conns::{ConnGuard, Conns};
+use control::{Command, Sharing, control_loop, status_of};
 pub use handle::Download;
-use handle::{Running, progress_of};
+use handle::Running;
 use limit::RateLimiter;
 pub use limit::parse_rate;
 pub use metrics::NodeMetrics;
 pub use report::{DownloadId, DownloadProgress, DownloadReport, Event, ShareReport, Status};
 use store::{SharedFile, Store};
-
-/// What a `Share` command shares.
-enum Sharing {
-    /// A plain file name in the node's folder.
-    Name(String),
-    /// A file anywhere, served in place under its base name.
-    Path(PathBuf),
-}
-
-/// A command for the `node-control` thread; each carries the channel its answer goes to.
-enum Command {
-    Share {
-        what: Sharing,
-        reply: Sender<Result<ShareReport>>,
-    },
-    Download {
-        id: DownloadId,
-        file: String,
-        content: Option<ContentId>,
-        cancelled: Receiver<()>,
-        reply: Sender<Result<DownloadReport>>,
-        /// Dropped once the reply is sent: the handle's `ended` disconnects.
-        ended: Sender<()>,
-    },
-    Search {
-        pattern: String,
-        reply: Sender<Result<Vec<SearchHit>>>,
-    },
-    Status {
-        reply: Sender<Status>,
-    },
-}
 
 /// A running node. Dropping it shuts it down.
 #[derive(Debug)]
@@ -419,7 +391,7 @@ impl Ctx {
     }
 
     fn metrics(&self) -> NodeMetrics {
-        let open = self.conns.inner.lock().open.len();
+        let open = self.conns.open();
         let in_flight = self
             .downloading
             .lock()
@@ -480,89 +452,6 @@ impl Ctx {
             0 => self.config.announce_interval,
             secs => Duration::from_secs(secs.into()),
         }
-    }
-}
-
-/// Every open peer connection, so shutdown can break their blocking reads.
-#[derive(Debug, Default)]
-struct Conns {
-    inner: Mutex<ConnTable>,
-}
-
-#[derive(Debug, Default)]
-struct ConnTable {
-    next: u64,
-    closed: bool,
-    open: HashMap<u64, SharedStream>,
-}
-
-impl Conns {
-    /// Registers a connection until the guard drops.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Shutdown`] if the node is shutting down; the stream is then shut.
-    fn register(&self, stream: &SharedStream) -> Result<ConnGuard<'_>> {
-        let mut table = self.inner.lock();
-        if table.closed {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            return Err(Error::Shutdown);
-        }
-        let id = table.next;
-        table.next += 1;
-        table.open.insert(id, stream.clone());
-        Ok(ConnGuard { conns: self, id })
-    }
-
-    /// Breaks connection `id`, if still open: its threads see it end and leave.
-    fn shut(&self, id: u64) {
-        if let Some(stream) = self.inner.lock().open.get(&id) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    /// The peers of the open connections, sorted, each once.
-    fn peers(&self) -> Vec<SocketAddr> {
-        let mut peers: Vec<SocketAddr> = self
-            .inner
-            .lock()
-            .open
-            .values()
-            .filter_map(|s| s.peer_addr().ok())
-            .collect();
-        peers.sort_unstable();
-        peers.dedup();
-        peers
-    }
-
-    fn close_all(&self) {
-        let open = {
-            let mut table = self.inner.lock();
-            table.closed = true;
-            std::mem::take(&mut table.open)
-        };
-        for stream in open.values() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-/// Keeps a connection registered in [`Conns`] while alive.
-struct ConnGuard<'a> {
-    conns: &'a Conns,
-    id: u64,
-}
-
-impl ConnGuard<'_> {
-    /// Returns the connection's id, unique within the node.
-    fn id(&self) -> u64 {
-        self.id
-    }
-}
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        self.conns.inner.lock().open.remove(&self.id);
     }
 }
 
@@ -645,191 +534,6 @@ impl Drop for TripOnPanic<'_> {
             self.0.conns.close_all();
             let wake = wake_addr(self.0.local_addr);
             let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        }
-    }
-}
-
-/// The `node-control` thread: runs commands, re-announces, owns the download threads.
-fn control_loop(ctx: &Arc<Ctx>, commands: &Receiver<Command>, stop: &Receiver<()>) -> Result<()> {
-    let mut downloads: Vec<JoinHandle<()>> = Vec::new();
-    let mut last_announce = Instant::now();
-    loop {
-        // Recomputed each pass: the tracker's first answer may shorten the interval.
-        let next_announce = last_announce + ctx.announce_interval();
-        let wait = next_announce.saturating_duration_since(Instant::now());
-        select! {
-            recv(stop) -> _ => break,
-            recv(commands) -> cmd => match cmd {
-                Ok(cmd) => run_command(ctx, cmd, &mut downloads),
-                Err(_) => break,
-            },
-            default(wait) => {
-                reannounce(ctx);
-                last_announce = Instant::now();
-            }
-        }
-        let (finished, running): (Vec<_>, Vec<_>) =
-            downloads.into_iter().partition(|h| h.is_finished());
-        for handle in finished {
-            handle
-                .join()
-                .map_err(|_| Error::ThreadPanicked("node-download".into()))?;
-        }
-        downloads = running;
-    }
-    // Shutting down: transfers are being broken by `close`; tell the tracker, then wait.
-    let quick = ctx
-        .trackers
-        .clone()
-        .with_retries(2, Duration::from_millis(200));
-    let _ = quick.exit(ctx.local_addr.port());
-    for handle in downloads {
-        handle
-            .join()
-            .map_err(|_| Error::ThreadPanicked("node-download".into()))?;
-    }
-    Ok(())
-}
-
-fn run_command(ctx: &Arc<Ctx>, cmd: Command, downloads: &mut Vec<JoinHandle<()>>) {
-    match cmd {
-        Command::Share { what, reply } => {
-            let _ = reply.send(share(ctx, &what));
-        }
-        Command::Download {
-            id,
-            file,
-            content,
-            reply,
-            cancelled,
-            ended,
-        } => {
-            {
-                let mut downloading = ctx.downloading.lock();
-                if downloading.contains_key(&file) {
-                    let _ = reply.send(Err(Error::AlreadyDownloading { file }));
-                    return;
-                }
-                downloading.insert(file.clone(), Arc::new(Running::new(id)));
-            }
-            ctx.counters.download_started();
-            let dl_ctx = Arc::clone(ctx);
-            let name = file.clone();
-            let spawned = thread::Builder::new()
-                .name("node-download".into())
-                .spawn(move || {
-                    // Dropped when this thread ends, after the reply is sent.
-                    let _ended = ended;
-                    download::run(&dl_ctx, id, &name, content, &cancelled, |result| {
-                        dl_ctx.downloading.lock().remove(&name);
-                        dl_ctx.counters.download_ended(match &result {
-                            Ok(_) => metrics::Ended::Finished,
-                            Err(Error::Cancelled { .. }) => metrics::Ended::Cancelled,
-                            Err(_) => metrics::Ended::Failed,
-                        });
-                        match &result {
-                            Ok(report) => dl_ctx.emit(Event::DownloadFinished(report.clone())),
-                            Err(e) => dl_ctx.emit(Event::DownloadFailed {
-                                download: id,
-                                file: name.clone(),
-                                error: report(&e),
-                            }),
-                        }
-                        let _ = reply.send(result);
-                    });
-                });
-            match spawned {
-                Ok(handle) => downloads.push(handle),
-                Err(e) => {
-                    ctx.counters.download_ended(metrics::Ended::Failed);
-                    ctx.downloading.lock().remove(&file);
-                    ctx.emit(Event::DownloadFailed {
-                        download: id,
-                        file,
-                        error: report(&e),
-                    });
-                }
-            }
-        }
-        Command::Search { pattern, reply } => {
-            let _ = reply.send(ctx.trackers.search(&pattern));
-        }
-        Command::Status { reply } => {
-            let _ = reply.send(status_of(ctx));
-        }
-    }
-}
-
-/// What the node shares and downloads, and its counters.
-fn status_of(ctx: &Ctx) -> Status {
-    let shared = ctx
-        .store
-        .list()
-        .iter()
-        .filter(|f| !f.is_partial())
-        .map(|f| share_report(f))
-        .collect();
-    let running: Vec<(String, Arc<Running>)> = ctx
-        .downloading
-        .lock()
-        .iter()
-        .map(|(f, r)| (f.clone(), Arc::clone(r)))
-        .collect();
-    let downloading = running
-        .into_iter()
-        .map(|(file, run)| progress_of(file, &run))
-        .collect();
-    let peers = ctx.conns.peers();
-    Status {
-        name: ctx.config.name.clone(),
-        addr: ctx.local_addr,
-        shared,
-        downloading,
-        peers,
-        trackers: ctx.trackers.health(),
-        counters: ctx.counters.counters(),
-    }
-}
-
-fn share(ctx: &Ctx, what: &Sharing) -> Result<ShareReport> {
-    let shared = match what {
-        Sharing::Name(file) => ctx.store.share(file, ctx.config.piece_size)?,
-        Sharing::Path(path) => ctx.store.share_path(path, ctx.config.piece_size)?,
-    };
-    let report = share_report(&shared);
-    ctx.emit(Event::Shared {
-        file: report.file.clone(),
-        size: report.size,
-        pieces: report.pieces,
-    });
-    ctx.announce(&ctx.trackers, &shared)?;
-    Ok(report)
-}
-
-fn share_report(f: &SharedFile) -> ShareReport {
-    ShareReport {
-        file: f.name.clone(),
-        size: f.manifest.size(),
-        pieces: f.manifest.piece_count(),
-        content: f.manifest.content(),
-    }
-}
-
-/// Re-announces every shared file to the trackers of its set, with short retries so a
-/// dead tracker cannot stall the node's commands for long. A silent tracker due to be
-/// asked again is asked here, so one that came back is found within an interval.
-fn reannounce(ctx: &Ctx) {
-    let quick = ctx
-        .trackers
-        .clone()
-        .with_retries(2, Duration::from_millis(250));
-    for file in ctx.store.list() {
-        if let Err(e) = ctx.announce(&quick, &file) {
-            ctx.emit(Event::TrackerError { error: report(&e) });
-            if ctx.trackers.health().iter().all(|t| !t.up) {
-                // Every tracker is silent: the rest would only wait out the same tries.
-                return;
-            }
         }
     }
 }
