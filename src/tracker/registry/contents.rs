@@ -4,8 +4,9 @@
 //! when a stranger announces a different file under a popular name. The one content is
 //! kept inline in the table's entry for the name, so a look-up goes from the name to the
 //! owners without a second table's control bytes and buckets, each a cache miss in a large
-//! table. A name with several contents keeps them in a map, so a stranger's thousands of
-//! contents under one name still cost each look-up one probe.
+//! table. A name with several contents keeps them in a map: an announce, or a look-up
+//! pinned to its content (every running download's), finds its swarm in one probe however
+//! many contents strangers have put under the name.
 
 use super::HashMap;
 use super::swarm::Swarm;
