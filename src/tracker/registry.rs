@@ -92,6 +92,8 @@ pub(crate) struct Registry {
     names_stale: bool,
     /// The owners the last look-up picked, kept so the next one allocates nothing.
     picked: Vec<(NodeId, bool)>,
+    /// Where a look-up under a name of several contents counts each one's addresses.
+    addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -135,6 +137,7 @@ impl Registry {
             names: Arc::default(),
             names_stale: false,
             picked: Vec::new(),
+            addresses: Vec::new(),
         }
     }
 
@@ -302,22 +305,27 @@ impl Registry {
         v6: bool,
     ) -> Option<Picked<'_>> {
         let contents = self.files.get(file)?;
-        let mut live = contents.iter().filter(|(_, s)| !s.is_empty());
         let (content, swarm) = match (pin, contents) {
-            (Some(pin), _) => live.find(|(c, _)| **c == pin)?,
+            // A running download's look-up: one probe, however many contents.
+            (Some(pin), _) => (pin, contents.get(&pin).filter(|s| !s.is_empty())?),
             // One content, as nearly always: nothing to weigh.
-            (None, Contents::One(c, s)) => (!s.is_empty()).then_some((c, s))?,
-            (None, Contents::Many(_)) => live.max_by_key(|(c, s)| {
-                let older = std::cmp::Reverse((s.since, **c));
-                let nodes = &self.nodes;
-                (s.addresses(nodes, true), s.addresses(nodes, false), older)
-            })?,
+            (None, Contents::One(c, s)) => (*c, (!s.is_empty()).then_some(s)?),
+            (None, Contents::Many(_)) => {
+                let (nodes, scratch) = (&self.nodes, &mut self.addresses);
+                let live = contents.iter().filter(|(_, s)| !s.is_empty());
+                let (c, s) = live.max_by_key(|(c, s)| {
+                    let older = std::cmp::Reverse((s.since, **c));
+                    let complete = s.addresses(nodes, true, scratch);
+                    (complete, s.addresses(nodes, false, scratch), older)
+                })?;
+                (*c, s)
+            }
         };
         let want = usize::from(numwant).min(MAX_OWNERS_LISTED);
         let order = Order::Shuffled(seed);
         rank(&self.nodes, swarm, want, order, v6, &mut self.picked);
         Some(Picked {
-            content: *content,
+            content,
             size: swarm.size,
             contents: u32::try_from(contents.len()).unwrap_or(u32::MAX),
             chosen: &self.picked,

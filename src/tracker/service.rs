@@ -435,7 +435,8 @@ mod tests {
         }
     }
 
-    /// Serving a look-up of fifty owners, or a re-announce, allocates nothing: the request
+    /// Serving a look-up of fifty owners (under a name of one content or, weighed or
+    /// pinned, of two), or a re-announce, allocates nothing: the request
     /// is received into the thread's buffers and read in place, the owners are written
     /// from the table into the thread's reply buffer, and the reply is sent from there.
     /// (Before, a look-up made some fifty allocations: each owner's name was copied.)
@@ -454,15 +455,21 @@ mod tests {
             })
             .unwrap()
         };
-        let announces: Vec<Vec<u8>> = (1..=50u16)
-            .map(|port| {
+        // Every node owns f.bin; under g.bin they disagree, half on each of two contents.
+        let announces: Vec<Vec<u8>> = (1..=100u16)
+            .map(|i| {
+                let port = (i - 1) % 50 + 1;
+                let (file, content) = match i {
+                    ..=50 => ("f.bin", 1),
+                    _ => ("g.bin", 1 + (port % 2) as u8),
+                };
                 datagram(
-                    u64::from(port),
+                    u64::from(i),
                     NodeToTracker::Have(Announce {
                         node: format!("node-{port}"),
                         port,
-                        file: "f.bin".into(),
-                        content: ContentId([1; 32]),
+                        file: file.into(),
+                        content: ContentId([content; 32]),
                         size: 1 << 30,
                         pieces: 1024,
                         complete: port % 2 == 0,
@@ -471,14 +478,22 @@ mod tests {
                 )
             })
             .collect();
-        let need = datagram(
-            99,
-            NodeToTracker::Need {
-                file: "f.bin".into(),
-                numwant: 50,
-                content: None,
-            },
-        );
+        let need_of = |file: &str, content| {
+            datagram(
+                99,
+                NodeToTracker::Need {
+                    file: file.into(),
+                    numwant: 50,
+                    content,
+                },
+            )
+        };
+        let need = need_of("f.bin", None);
+        // Weighed between its two contents, and pinned to one.
+        let disputed = [
+            need_of("g.bin", None),
+            need_of("g.bin", Some(ContentId([2; 32]))),
+        ];
         let (mut inbox, mut outbox) = (Inbox::new(), Outbox::new());
         let mut sent = 0;
         let to = service.socket.local_addr().unwrap();
@@ -495,9 +510,15 @@ mod tests {
             sent += serve(announce);
         }
         sent += serve(&need);
+        for need in &disputed {
+            sent += serve(need);
+        }
         assert!(allocations() - before > 50, "filling the table is counted");
         let before = allocations();
         for _ in 0..20 {
+            for need in &disputed {
+                sent += serve(need);
+            }
             sent += serve(&need);
             for announce in &announces {
                 sent += serve(announce);
@@ -505,7 +526,7 @@ mod tests {
         }
         assert_eq!(allocations() - before, 0, "allocations while serving");
         // And every one of them was answered: the last look-up lists all fifty owners.
-        assert_eq!(sent, 1071);
+        assert_eq!(sent, 2163);
         // Most of those replies overflowed the asker's buffer; drain it and ask once more.
         let mut buf = vec![0u8; crate::messages::MAX_DATAGRAM_LEN];
         asker.set_nonblocking(true).unwrap();

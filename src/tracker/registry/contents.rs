@@ -41,6 +41,14 @@ impl Contents {
     }
 
     /// The swarm of `content`, if announced.
+    pub fn get(&self, content: &ContentId) -> Option<&Swarm> {
+        match self {
+            Self::One(c, swarm) => (c == content).then_some(swarm),
+            Self::Many(map) => map.get(content),
+        }
+    }
+
+    /// The swarm of `content`, if announced, to change.
     pub fn get_mut(&mut self, content: &ContentId) -> Option<&mut Swarm> {
         match self {
             Self::One(c, swarm) => (c == content).then_some(swarm),
@@ -171,6 +179,7 @@ mod tests {
         assert!(matches!(contents, Contents::Many(..)));
         assert_eq!(contents.len(), 3);
         assert_eq!(sizes(&contents), [(1, 10), (2, 20), (3, 30)]);
+        assert_eq!(contents.get(&content(2)).map(|s| s.size), Some(20));
         assert_eq!(contents.get_mut(&content(2)).map(|s| s.size), Some(20));
         assert!(contents.get_mut(&content(4)).is_none());
 

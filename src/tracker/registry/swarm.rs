@@ -211,18 +211,20 @@ impl Swarm {
     }
 
     /// How many distinct addresses (IPv6 /64s) its owners are on, only complete ones if
-    /// `complete`.
-    pub fn addresses(&self, nodes: &Nodes, complete: bool) -> usize {
-        let mut ips: Vec<IpAddr> = self
-            .listed
-            .iter()
-            .filter(|l| l.complete() || !complete)
-            .filter_map(|l| nodes.by_id(l.node()))
-            .map(|n| address_key(n.addr.ip()))
-            .collect();
-        ips.sort_unstable();
-        ips.dedup();
-        ips.len()
+    /// `complete`; `scratch` is the caller's, kept so a look-up allocates nothing once it
+    /// has grown.
+    pub fn addresses(&self, nodes: &Nodes, complete: bool, scratch: &mut Vec<IpAddr>) -> usize {
+        scratch.clear();
+        scratch.extend(
+            self.listed
+                .iter()
+                .filter(|l| l.complete() || !complete)
+                .filter_map(|l| nodes.by_id(l.node()))
+                .map(|n| address_key(n.addr.ip())),
+        );
+        scratch.sort_unstable();
+        scratch.dedup();
+        scratch.len()
     }
 }
 
