@@ -24,7 +24,23 @@ impl Registry {
         seed: u64,
         pin: Option<ContentId>,
     ) -> Option<Found> {
-        let p = self.need(file, want, seed, pin, false)?;
+        self.look_up_as(file, want, seed, pin, false)
+    }
+
+    /// An IPv6 asker's look-up of every owner of `file`, which must have some.
+    fn look_up_v6(&mut self, file: &str) -> Found {
+        self.look_up_as(file, 50, 0, None, true).unwrap()
+    }
+
+    fn look_up_as(
+        &mut self,
+        file: &str,
+        want: u16,
+        seed: u64,
+        pin: Option<ContentId>,
+        v6: bool,
+    ) -> Option<Found> {
+        let p = self.need(file, want, seed, pin, v6)?;
         Some(Found {
             content: p.content,
             size: p.size,
@@ -190,6 +206,30 @@ fn bad_announces_are_refused() {
     assert!(r.announce(IP, &ann("", 1, "x", 1, 0), now).is_err());
     assert!(r.announce(IP, &ann("A", 0, "x", 1, 0), now).is_err());
     assert_eq!(r.snapshot(), Snapshot::default());
+}
+
+/// The longest node a stranger may announce (a 64-byte name, an IPv6 address, the
+/// largest count) is listed whole; a byte longer is refused and changes nothing.
+#[test]
+fn the_longest_node_is_listed_and_a_longer_one_refused() {
+    let (mut r, now) = registry();
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 1, 2, 3, 4, 5, 6, 7));
+    let longest = "n".repeat(MAX_NODE_NAME_LEN);
+    r.announce(v6, &ann(&longest, u16::MAX, "f", 1, u64::MAX), now)
+        .unwrap();
+    let found = r.look_up_v6("f");
+    assert_eq!(found.owners.len(), 1);
+    assert_eq!(found.owners[0].node, longest);
+    assert_eq!(found.owners[0].addr, SocketAddr::new(v6, u16::MAX));
+    assert_eq!(found.owners[0].uploads, u64::MAX);
+    let before = r.snapshot();
+    let longer = "n".repeat(MAX_NODE_NAME_LEN + 1);
+    assert!(r.announce(v6, &ann(&longer, 1, "g", 1, 0), now).is_err());
+    assert!(
+        r.announce(v6, &ann(&longer, u16::MAX, "f", 1, 0), now)
+            .is_err()
+    );
+    assert_eq!(r.snapshot(), before);
 }
 
 #[test]
