@@ -29,7 +29,7 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{bench_dir, env_or, generate};
+use support::{Ticks, bench_dir, env_or, generate};
 
 #[path = "support/lab.rs"]
 mod lab;
@@ -221,7 +221,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
     });
 
     let cpu_before = children_cpu_secs();
-    let machine_before = machine_ticks();
+    let machine_before = Ticks::now();
     let began = Instant::now();
     for host in &mut procs[2..] {
         host.stdin.write_all(b"download f.bin\n").unwrap();
@@ -280,7 +280,7 @@ fn run(n: usize, size: u64, rate: f64) -> Run {
         }
     }
     let wall = began.elapsed().as_secs_f64();
-    let machine_busy = machine_ticks().busy_since(&machine_before);
+    let machine_busy = Ticks::now().busy_since(&machine_before);
 
     // The seeder's counters, then everyone leaves.
     procs[1].stdin.write_all(b"status\n").unwrap();
@@ -364,38 +364,6 @@ fn children_cpu_secs() -> f64 {
     };
     // After the name: state is field 3, so field k is at index k - 3.
     (ticks(16 - 3) + ticks(17 - 3)) / 100.0
-}
-
-/// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks.
-struct Ticks {
-    total: u64,
-    idle: u64,
-}
-
-fn machine_ticks() -> Ticks {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let counts: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    Ticks {
-        total: counts.iter().take(8).sum(),
-        idle: counts.get(3).copied().unwrap_or(0) + counts.get(4).copied().unwrap_or(0),
-    }
-}
-
-impl Ticks {
-    /// The busy share of the ticks since `before`.
-    fn busy_since(&self, before: &Ticks) -> f64 {
-        let total = self.total.saturating_sub(before.total).max(1) as f64;
-        let idle = self.idle.saturating_sub(before.idle) as f64;
-        1.0 - idle / total
-    }
 }
 
 fn file_hash(path: &Path) -> Option<blake3::Hash> {

@@ -1,8 +1,15 @@
 //! End-to-end transfer: a file from 1, 2 and 4 owners to one downloader over loopback,
 //! every owner and the downloader a separate `node` process, beside a plain single-stream
-//! TCP copy of the same file measured in the same run; each owner count once open and once
-//! with a network key (every peer connection encrypted), and the ratio of the two. The
-//! tracker's own load is measured by `benches/tracker.rs`.
+//! TCP copy of the same file; each owner count once open and once with a network key
+//! (every peer connection encrypted), and the ratio of the two. The tracker's own load is
+//! measured by `benches/tracker.rs`.
+//!
+//! Every download is paired with a plain copy made just before it, and a row's ratio is the
+//! median of its pairs' ratios: on this shared machine a copy's speed moves by half within
+//! minutes, and fresh memory costs more when the host has just taken it back, so only
+//! neighbours are compared. Beside each figure is the machine's busy CPU-seconds for one
+//! run (every process and the kernel, from `/proc/stat`): near twice the seconds taken, both
+//! cores were busy and the machine, not the wire, was the limit.
 //!
 //! ```text
 //! cargo bench --bench transfer
@@ -25,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use p2ptorrent::{NetworkKey, Tracker, TrackerConfig};
-use support::{bench_dir, env_or, generate};
+use support::{Ticks, bench_dir, env_or, generate};
 
 mod support;
 
@@ -53,19 +60,20 @@ fn main() {
         base.display()
     );
     println!(
-        "{:<28} {:>9} {:>9} {:>14}",
-        "setup", "MB/s", "ratio", "peak RSS"
+        "{:<28} {:>9} {:>9} {:>9} {:>14}",
+        "setup", "MB/s", "ratio", "CPU-s", "peak RSS"
     );
-
-    let plain = median(
-        (0..runs)
-            .map(|_| plain_copy(&source, &work.path().join("copy.bin")))
-            .collect(),
-    );
-    let plain_mbps = size as f64 / plain / 1e6;
+    let copy_path = work.path().join("copy.bin");
+    let copy = || plain_copy(&source, &copy_path);
+    // One copy first, unpaired: it tells the reader the baseline before any row.
+    let first = Timed::median(&(0..runs).map(|_| copy()).collect::<Vec<_>>());
     println!(
-        "{:<28} {:>9.0} {:>9.2} {:>14}",
-        "plain TCP copy (baseline)", plain_mbps, 1.0, "-"
+        "{:<28} {:>9.0} {:>9.2} {:>9.2} {:>14}",
+        "plain TCP copy (baseline)",
+        size as f64 / first.secs / 1e6,
+        1.0,
+        first.cpu,
+        "-"
     );
 
     let key_path = work.path().join("bench.key");
@@ -75,19 +83,31 @@ fn main() {
     }
     for n in owners {
         let row = |key: Option<&Path>| {
-            let (secs, rss) = p2p_download(work.path(), &source, n, runs, key);
+            let (pairs, rss) = p2p_download(work.path(), &source, n, runs, key, &copy);
+            let downloads: Vec<Timed> = pairs.iter().map(|(_, d)| *d).collect();
+            let copies: Vec<Timed> = pairs.iter().map(|(c, _)| *c).collect();
+            let ratios = pairs.iter().map(|(c, d)| c.secs / d.secs).collect();
+            let (dl, copied) = (Timed::median(&downloads), Timed::median(&copies));
             println!(
-                "{:<28} {:>9.0} {:>9.2} {:>10.1} MiB",
+                "{:<28} {:>9.0} {:>9.2} {:>9.2} {:>10.1} MiB",
                 format!(
                     "p2ptorrent, {n} owner{}{}",
                     if n == 1 { "" } else { "s" },
                     if key.is_some() { ", key" } else { "" }
                 ),
-                size as f64 / secs / 1e6,
-                plain / secs,
+                size as f64 / dl.secs / 1e6,
+                median(ratios),
+                dl.cpu,
                 rss as f64 / 1024.0
             );
-            secs
+            println!(
+                "{:<28} {:>9.0} {:>9} {:>9.2}",
+                "  its paired copies",
+                size as f64 / copied.secs / 1e6,
+                "",
+                copied.cpu
+            );
+            dl.secs
         };
         let open = row(None);
         if keyed {
@@ -97,9 +117,27 @@ fn main() {
     }
 }
 
+/// How long one run took, and the machine's busy CPU-seconds meanwhile.
+#[derive(Clone, Copy)]
+struct Timed {
+    secs: f64,
+    cpu: f64,
+}
+
+impl Timed {
+    /// The median time and, separately, the median CPU of `runs`.
+    fn median(runs: &[Timed]) -> Timed {
+        Timed {
+            secs: median(runs.iter().map(|r| r.secs).collect()),
+            cpu: median(runs.iter().map(|r| r.cpu).collect()),
+        }
+    }
+}
+
 /// One plain TCP copy, as `socat -b 131072` does it: 128 KiB read/write loops on both
-/// sides, then fsync. Returns seconds.
-fn plain_copy(source: &Path, dest: &Path) -> f64 {
+/// sides, then fsync.
+fn plain_copy(source: &Path, dest: &Path) -> Timed {
+    let before = Ticks::now();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let src = source.to_owned();
@@ -129,20 +167,22 @@ fn plain_copy(source: &Path, dest: &Path) -> f64 {
     out.sync_all().unwrap();
     let secs = started.elapsed().as_secs_f64();
     sender.join().unwrap();
+    let cpu = Ticks::now().busy_secs_since(&before);
     std::fs::remove_file(dest).unwrap();
-    secs
+    Timed { secs, cpu }
 }
 
 /// Runs `runs` downloads of `source` from `owners` node processes, all with the network
-/// key in `key` if given; returns the median seconds (as the downloader reports them) and
-/// the largest peak RSS in KiB.
+/// key in `key` if given, each just after a plain copy made by `copy`; returns each pair
+/// (the download's seconds as the downloader reports them) and the largest peak RSS in KiB.
 fn p2p_download(
     work: &Path,
     source: &Path,
     owners: usize,
     runs: usize,
     key: Option<&Path>,
-) -> (f64, u64) {
+    copy: &dyn Fn() -> Timed,
+) -> (Vec<(Timed, Timed)>, u64) {
     let mut config = TrackerConfig::new("127.0.0.1:0".parse().unwrap());
     let mut key_args = Vec::new();
     if let Some(path) = key {
@@ -174,10 +214,12 @@ fn p2p_download(
         })
         .collect();
     let dl_dir = work.join("L");
-    let mut times = Vec::new();
+    let mut pairs = Vec::new();
     let mut peak = 0;
     for _ in 0..runs {
         let _ = std::fs::remove_file(dl_dir.join("bench.bin"));
+        let copied = copy();
+        let before = Ticks::now();
         let owners_arg = owners.to_string();
         let mut args = vec![
             "L",
@@ -206,6 +248,7 @@ fn p2p_download(
             hwm = hwm.max(vm_hwm_kib(pid).unwrap_or(0));
             std::thread::sleep(Duration::from_millis(5));
         }
+        let cpu = Ticks::now().busy_secs_since(&before);
         peak = u64::max(peak, hwm);
         let line = reader
             .join()
@@ -218,7 +261,13 @@ fn p2p_download(
             .and_then(|t| t.split(' ').next())
             .and_then(|t| t.parse().ok())
             .unwrap();
-        times.push(secs);
+        if std::env::var_os("P2P_BENCH_VERBOSE").is_some() {
+            println!(
+                "    pair: copy {:.3} s {:.2} CPU-s, download {secs:.3} s {cpu:.2} CPU-s",
+                copied.secs, copied.cpu
+            );
+        }
+        pairs.push((copied, Timed { secs, cpu }));
     }
     let _ = std::fs::remove_file(dl_dir.join("bench.bin"));
     for child in &mut seeders {
@@ -226,7 +275,7 @@ fn p2p_download(
         let _ = child.wait();
     }
     tracker.shutdown().unwrap();
-    (median(times), peak)
+    (pairs, peak)
 }
 
 fn node(args: &[&str]) -> Child {

@@ -42,3 +42,46 @@ pub fn generate(path: &Path, size: u64, seed: u64) {
     }
     out.flush().unwrap();
 }
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks
+/// (1/100 s): every process's, and the kernel's own work such as softirq.
+#[allow(dead_code)] // not every bench measures the machine
+pub struct Ticks {
+    total: u64,
+    idle: u64,
+}
+
+#[allow(dead_code)]
+impl Ticks {
+    /// Reads the counts now.
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let counts: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        Ticks {
+            total: counts.iter().take(8).sum(),
+            idle: counts.get(3).copied().unwrap_or(0) + counts.get(4).copied().unwrap_or(0),
+        }
+    }
+
+    /// The busy share of the ticks since `before`.
+    pub fn busy_since(&self, before: &Ticks) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        1.0 - idle / total
+    }
+
+    /// The CPU-seconds the machine was busy since `before`.
+    pub fn busy_secs_since(&self, before: &Ticks) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        let idle = self.idle.saturating_sub(before.idle);
+        total.saturating_sub(idle) as f64 / 100.0
+    }
+}
