@@ -1,14 +1,18 @@
 //! A download never destroys or corrupts a file of the user's: a `.part` or resume record
 //! it did not make is left byte for byte, a symbolic link is never written through or
 //! published, and pieces a resume record lists are verified again before anything is
-//! published. A file outside the folder is shared where it lies, never copied.
+//! published. A file outside the folder is shared where it lies, never copied. A disk that
+//! fills up ends a download with the error and keeps what is verified for a resume.
 
 mod common;
 
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
-use p2ptorrent::{Error, Event};
+use p2ptorrent::{Error, Event, Node};
 
 const MIB: u64 = 1 << 20;
 
@@ -147,4 +151,94 @@ fn a_file_outside_the_folder_is_shared_where_it_lies() {
     );
     b.shutdown();
     a.shutdown();
+}
+
+/// A folder on a tmpfs of its own, unmounted (lazily, so nothing holds it) however the test
+/// ends.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as `mount` takes it: "1m") on a new folder; `None` without
+    /// root or `mount`.
+    fn mount(size: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Gives the filesystem `size` in all.
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+/// A write that fails (the disk is full) ends the download at once with the error and the
+/// `.part`'s path; the pieces verified before stay in the `.part` and its record, and once
+/// there is room the same download resumes from them and finishes byte for byte.
+#[test]
+fn a_full_disk_ends_the_download_and_a_resume_finishes_it() {
+    let Some(disk) = SmallDisk::mount("1m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root and mount(8)");
+        return;
+    };
+    let (tracker, _te) = start_tracker();
+    let seeder = start_node("seeder", tracker.local_addr());
+    write_random(&seeder.path("report"), 9, 4 * MIB);
+    seeder.node.share("report").unwrap();
+    let (leech, _events) =
+        Node::start(config("leech", disk.path(), tracker.local_addr())).expect("node starts");
+    let part: PathBuf = disk.path().join("report.part");
+
+    let download = leech.download("report").unwrap();
+    let err = download
+        .wait_timeout(Duration::from_secs(60))
+        .expect("a full disk ends the download, it does not hold it")
+        .unwrap_err();
+    match &err {
+        Error::File { op, path, source } => {
+            assert_eq!(*op, "writing", "{err}");
+            assert_eq!(path, &part, "{err}");
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        }
+        other => panic!("expected a write error, got {other}"),
+    }
+    assert!(!disk.path().join("report").exists());
+    assert!(part.exists(), "the .part is kept");
+    assert!(disk.path().join("report.part.state").exists());
+
+    disk.resize("16m");
+    let report = leech.download("report").unwrap().wait().unwrap();
+    assert!(
+        report.resumed > 0,
+        "pieces written before the disk filled are kept: {report:?}"
+    );
+    assert_same_file(&report.path, &seeder.path("report"));
+    leech.shutdown().unwrap();
+    seeder.shutdown();
+    tracker.shutdown().unwrap();
 }

@@ -296,6 +296,7 @@ impl<'s, 'd> Coordinator<'s, 'd> {
                 written,
             } => self.on_piece(slot, piece, bytes, written),
             Report::Stopped { slot, error } => self.on_stopped(slot, error)?,
+            Report::WriteFailed(e) => return Err(e),
             Report::Listed(listed) => self.on_listed(listed)?,
         }
         Ok(())

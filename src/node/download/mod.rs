@@ -7,18 +7,20 @@
 //!    or create one; anything else in the way is left alone.
 //! 4. Serve the verified pieces while downloading, and run the [`coordinator`]: it alone owns
 //!    the schedule, the owners and the resume record; one [`worker`] per owner does the
-//!    connection I/O, verifying every piece before it is written at its offset.
+//!    connection I/O, verifying every piece before the download's one [`writer`] writes it
+//!    at its offset.
 //! 5. The moment every piece is verified: publish (hard-link `.part` to the name, which fails
 //!    rather than overwrite), serve the file complete, announce it and report; workers still
 //!    connecting are told to stop and are joined after, so they never hold up a finish.
 //!
-//! Memory is one piece buffer and two small socket buffers per owner, whatever the file
-//! size.
+//! Memory is one piece buffer and two small socket buffers per owner, and at most
+//! [`writer::QUEUED`] + 2 piece buffers more for the writer, whatever the file size.
 
 mod coordinator;
 mod owners;
 mod pace;
 mod worker;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +111,8 @@ pub(super) fn run(
         owners: listed_owners,
     });
     let (reports_tx, reports) = bounded(REPORTS_QUEUED);
+    let largest = manifest.geometry().piece_len(0).unwrap_or(0) as usize;
+    let (writes, queue) = writer::channel(largest);
     let job = Job {
         ctx,
         file,
@@ -116,6 +120,7 @@ pub(super) fn run(
         part: &part,
         id,
         written: Written::new(&done),
+        writes,
         reports: reports_tx,
     };
     let (lookups_tx, lookups) = bounded::<Lookup>(1);
@@ -131,6 +136,11 @@ pub(super) fn run(
                 source,
             }));
         }
+        // Dropped at the end of the scope's closure, before the scope joins it.
+        let _writer = match writer::spawn(s, queue, &part, &manifest, job.reports.clone()) {
+            Ok(w) => w,
+            Err(e) => return deliver(Err(e)),
+        };
         let slots = ctx.config.max_owners.min(book.candidates.len()).max(1);
         let mut coordinator = Coordinator::new(
             &job,

@@ -2,15 +2,14 @@
 //!
 //! A worker is two threads and holds none of the download's state. `node-fetch` connects
 //! (or takes the connection the piece list came on), asks for the owner's holdings, tells
-//! the owner this node's, then reads: each piece into its one buffer, verified and written
-//! at its offset in the `.part`, and each `Have`. `node-ask` writes what the coordinator
+//! the owner this node's, then reads: each piece into a buffer, verified and handed to the
+//! download's [`writer`](super::writer), and each `Have`. `node-ask` writes what the coordinator
 //! sends it: piece requests and this node's own `Have`s. Both report to the coordinator on
 //! one bounded channel. Dropping the [`Worker`]'s sender stops it: `node-ask` breaks the
 //! connection, and `node-fetch`, blocked on it, stops too.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, Scope, ScopedJoinHandle};
 
@@ -25,6 +24,7 @@ use super::super::part::Part;
 use super::super::peer::{Incoming, PeerConn, PeerReader, PeerWriter};
 use super::super::schedule::Bitfield;
 use super::super::{Ctx, DownloadId, Event};
+use super::writer::{Write, Writes};
 use crate::messages::ContentId;
 use crate::tracker::Owners as Listed;
 
@@ -42,9 +42,9 @@ pub(super) enum Report {
     Choked { slot: usize, choked: bool },
     /// The owner no longer offers these pieces, nor answers requests for them.
     Withdrawn { slot: usize, pieces: Vec<u32> },
-    /// A piece arrived and verified. `written`: this copy was written to the `.part`;
-    /// otherwise another owner's copy of it was (an endgame duplicate), and this one is
-    /// only counted.
+    /// A piece arrived and verified. `written`: this copy was written to the `.part` (the
+    /// writer reports it then); otherwise another owner's copy of it was or will be (an
+    /// endgame duplicate), and this one is only counted.
     Piece {
         slot: usize,
         piece: u32,
@@ -53,6 +53,8 @@ pub(super) enum Report {
     },
     /// The worker has stopped; the error says why (`None`: told to stop).
     Stopped { slot: usize, error: Option<Error> },
+    /// The writer could not write a piece to the `.part`: the download ends with this.
+    WriteFailed(Error),
     /// The tracker answered a `node-lookup` request for owners (not from a worker).
     Listed(Result<Listed>),
 }
@@ -81,9 +83,12 @@ pub(super) struct Job<'d> {
     pub id: DownloadId,
     pub file: &'d str,
     pub manifest: &'d Manifest,
+    /// The `.part`, for the coordinator's resume record.
     pub part: &'d Part,
-    /// The pieces written to (or already in) the `.part`.
+    /// The pieces written to (or already in) the `.part`, or handed to the writer.
     pub written: Written,
+    /// Where verified pieces go to be written.
+    pub writes: Writes,
     pub reports: Sender<Report>,
 }
 
@@ -188,7 +193,7 @@ impl<'d> Job<'d> {
     fn read(&self, slot: usize, mut reader: PeerReader<'_>, owed: &Mutex<Owed>) -> Result<()> {
         let content = self.manifest.content();
         let geometry = self.manifest.geometry();
-        let mut buf = vec![0u8; geometry.piece_len(0).unwrap_or(0) as usize];
+        let mut buf = self.writes.buffer();
         loop {
             match reader.next(content)? {
                 Incoming::Quiet => {
@@ -265,23 +270,25 @@ impl<'d> Job<'d> {
                             addr,
                         });
                     }
-                    let written = self.written.claim(piece);
-                    if written {
-                        let offset = geometry.piece_range(piece).map_or(0, |r| r.start);
-                        self.part
-                            .file()
-                            .write_all_at(data, offset)
-                            .map_err(|source| Error::File {
-                                op: "writing",
-                                path: self.part.path().to_owned(),
-                                source,
-                            })?;
+                    if self.written.claim(piece) {
+                        // The writer reports it once it is in the `.part`.
+                        let data = std::mem::replace(&mut buf, self.writes.buffer());
+                        let write = Write {
+                            slot,
+                            piece,
+                            len,
+                            data,
+                        };
+                        if !self.writes.send(write) {
+                            return Ok(());
+                        }
+                        continue;
                     }
                     let report = Report::Piece {
                         slot,
                         piece,
                         bytes: len,
-                        written,
+                        written: false,
                     };
                     if self.reports.send(report).is_err() {
                         return Ok(());
@@ -304,8 +311,8 @@ impl<'d> Job<'d> {
     }
 }
 
-/// The pieces in the `.part`: each is claimed by the one worker that writes it, so a
-/// second verified copy (the endgame asks two owners for a piece) is never written. Nothing
+/// The pieces in the `.part`: each is claimed by the one worker whose copy is written, so
+/// a second verified copy (the endgame asks two owners for a piece) is never written. Nothing
 /// then writes to the file once its last piece is in: it may be published by then, and a
 /// late write would change it under the node that serves it, or under its user.
 pub(super) struct Written {
