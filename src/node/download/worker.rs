@@ -3,9 +3,9 @@
 //! A worker is two threads and holds none of the download's state. `node-fetch` connects
 //! (or takes the connection the piece list came on), asks for the owner's holdings, tells
 //! the owner this node's, then reads: each piece into a buffer, verified and handed to the
-//! download's [`writer`](super::writer), and each `Have`. `node-ask` writes what the coordinator
-//! sends it: piece requests and this node's own `Have`s. Both report to the coordinator on
-//! one bounded channel. Dropping the [`Worker`]'s sender stops it: `node-ask` breaks the
+//! download's [`writer`](super::writer), and each `Have`. `node-ask` writes what the
+//! coordinator sends it: piece requests and this node's own `Have`s. Both report to the
+//! coordinator on one bounded channel. Dropping the [`Worker`]'s sender stops it: `node-ask` breaks the
 //! connection, and `node-fetch`, blocked on it, stops too.
 
 use std::collections::HashSet;
