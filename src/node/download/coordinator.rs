@@ -59,7 +59,7 @@ mod steer;
 use prune::ROTATE_EVERY;
 
 /// Owners a download may run beyond `max_owners` for peers just met.
-const MET_EXTRA: usize = 2;
+pub(super) const MET_EXTRA: usize = 2;
 /// How often the coordinator looks at its timers.
 const TICK: Duration = Duration::from_millis(100);
 /// How often a running download saves its resume record.

@@ -112,7 +112,8 @@ pub(super) fn run(
     });
     let (reports_tx, reports) = bounded(REPORTS_QUEUED);
     let largest = manifest.geometry().piece_len(0).unwrap_or(0) as usize;
-    let (writes, queue) = writer::channel(largest);
+    let most_workers = ctx.config.max_owners + coordinator::MET_EXTRA;
+    let (writes, queue) = writer::channel(largest, most_workers);
     let job = Job {
         ctx,
         file,
