@@ -14,10 +14,11 @@
 //! download never holds more than `owners + QUEUED + 2`. The pool has room for that many,
 //! so a buffer made is kept and used again, never freed and made anew (a pool of five,
 //! too small for four owners, let 248 buffers be made and freed in a 1 GiB download, and
-//! the downloader's peak memory grew by 6 MiB). A worker whose piece finds the queue full waits for room, and its owner's data
-//! waits in the socket: a slow disk slows the download, it never grows it. A failed write
-//! ends the download with the error ([`Report::WriteFailed`]); pieces still queued then are
-//! not done, and a resume fetches them again.
+//! the downloader's peak memory grew by 6 MiB). A worker whose piece finds the queue full
+//! waits for room, and its owner's data waits in the socket: a slow disk slows the
+//! download, it never grows it. A failed write ends the download with the error
+//! ([`Report::WriteFailed`]); pieces still queued then are not done, and a resume fetches
+//! them again.
 
 use std::os::unix::fs::FileExt;
 use std::thread::{self, Scope, ScopedJoinHandle};
